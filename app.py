@@ -1,0 +1,19 @@
+"""Forgetting Lab — the Streamlit app. Pages live in pages/; science and storage live in core/."""
+
+import streamlit as st
+
+from pages._ui import sidebar
+
+st.set_page_config(page_title="Forgetting Lab", page_icon=":material/science:", layout="wide")
+
+pages = [
+    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),
+    st.Page("pages/threshold.py", title="Threshold", icon=":material/show_chart:"),
+    st.Page("pages/phases.py", title="Phases", icon=":material/timeline:"),
+    st.Page("pages/cross_domain.py", title="Cross-domain", icon=":material/grid_on:"),
+    st.Page("pages/smoke_test.py", title="Smoke test", icon=":material/chat:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+]
+nav = st.navigation(pages)
+sidebar()
+nav.run()

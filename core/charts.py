@@ -1,0 +1,396 @@
+"""Plotly figures. Pure functions from DataFrames to figures, so pages stay short and the charts
+can be tested without a browser."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .analysis import DEFAULT_CUTOFFS, PHASE_COLORS, PHASES, pct_to_ratio
+
+PALETTE = ["#1565c0", "#d84315", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#f9a825"]
+
+
+def pct_label(p: float) -> str:
+    return f"{p:+,.0f}%" if abs(p) >= 10 else f"{p:+.1f}%"
+
+
+def log_x_ticks(scales) -> dict:
+    """Tick values 1-2-5 per decade across the data, labelled with thousands separators (plotly's
+    default log ticks print bare minor digits such as '2 3 4')."""
+    vals = [float(v) for v in scales if v and v > 0]
+    if not vals:
+        return {}
+    lo, hi = min(vals), max(vals)
+    ticks = [
+        m * 10**e
+        for e in range(int(math.floor(math.log10(lo))), int(math.ceil(math.log10(hi))) + 1)
+        for m in (1, 2, 5)
+        if lo / 1.5 <= m * 10**e <= hi * 1.5
+    ]
+    return dict(tickvals=ticks, ticktext=[f"{t:,.0f}" for t in ticks])
+
+
+def _ratio_ticks(lo_ratio: float, hi_ratio: float) -> tuple[list[float], list[str]]:
+    cands = [
+        -90,
+        -50,
+        -20,
+        0,
+        10,
+        20,
+        50,
+        100,
+        200,
+        500,
+        1000,
+        2000,
+        5000,
+        10000,
+        20000,
+        50000,
+        100000,
+    ]
+    vals = [c for c in cands if lo_ratio * 0.9 <= 1 + c / 100 <= hi_ratio * 1.1]
+    return [1 + c / 100 for c in vals], [pct_label(c) if c else "0%" for c in vals]
+
+
+def threshold_figure(
+    curves: pd.DataFrame,
+    labels: dict[str, str],
+    cutoffs=DEFAULT_CUTOFFS,
+    threshold: dict[str, float | None] | None = None,
+    level: float = 10.0,
+    marker: dict | None = None,
+    domain_curves: pd.DataFrame | None = None,
+    paper: pd.DataFrame | None = None,
+    guidance: tuple[float, ...] = (),
+) -> go.Figure:
+    """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
+    in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
+    phase bands, the threshold, an optional slider marker and seed 000's claimed curve; domain
+    improvement in a second panel."""
+    two = domain_curves is not None and not domain_curves.empty
+    fig = make_subplots(
+        rows=2 if two else 1,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.7, 0.3] if two else [1.0],
+        subplot_titles=(
+            "General-knowledge degradation (perplexity change)",
+            "Domain improvement (perplexity drop)",
+        )
+        if two
+        else None,
+    )
+    all_ratios = [1.0]
+    for i, (run_id, c) in enumerate(curves.groupby("run_id", sort=False)):
+        c = c.sort_values("scale")
+        color = PALETTE[i % len(PALETTE)]
+        name = labels.get(run_id, run_id)
+        r_mean = pct_to_ratio(c["mean"])
+        all_ratios += list(r_mean)
+        if (c["n"] > 1).any():
+            lo, hi = (
+                pct_to_ratio(c["ci_low"]).clip(min=1e-3),
+                pct_to_ratio(c["ci_high"]).clip(min=1e-3),
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=list(c["scale"]) + list(c["scale"])[::-1],
+                    y=list(hi) + list(lo)[::-1],
+                    fill="toself",
+                    fillcolor=color,
+                    opacity=0.18,
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    name=f"{name} 95% CI",
+                ),
+                row=1,
+                col=1,
+            )
+            all_ratios += list(hi) + list(lo)
+        fig.add_trace(
+            go.Scatter(
+                x=c["scale"],
+                y=r_mean,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color, width=2.5),
+                customdata=np.stack([c["mean"], c["n"]], axis=1),
+                hovertemplate="n=%{x:,}<br>degradation %{customdata[0]:+,.1f}%<br>seeds %{customdata[1]}<extra>"
+                + name
+                + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        t = (threshold or {}).get(run_id)
+        if t:
+            fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)
+            fig.add_annotation(
+                x=math.log10(t),
+                y=1,
+                yref="y domain",
+                text=f"threshold ≈ {t:,.0f}",
+                showarrow=False,
+                font=dict(color=color, size=11),
+                yshift=10 + 14 * i,
+                row=1,
+                col=1,
+            )
+        if two:
+            d = domain_curves[domain_curves.run_id == run_id].sort_values("scale")
+            fig.add_trace(
+                go.Scatter(
+                    x=d["scale"],
+                    y=d["mean"],
+                    mode="lines+markers",
+                    line=dict(color=color, dash="dash"),
+                    name=f"{name} (domain)",
+                    showlegend=False,
+                    hovertemplate="n=%{x:,}<br>domain ppl %{y:+.1f}% better<extra></extra>",
+                ),
+                row=2,
+                col=1,
+            )
+    if paper is not None and not paper.empty:
+        for dom, p in paper.groupby("domain"):
+            r = pct_to_ratio(p["degradation_pct"])
+            all_ratios += list(r)
+            fig.add_trace(
+                go.Scatter(
+                    x=p["scale"],
+                    y=r,
+                    mode="lines+markers",
+                    name=f"claimed in seed 000: {dom} (GPT-2)",
+                    line=dict(color="#757575", dash="dash", width=1.5),
+                    marker=dict(symbol="x", size=7),
+                    hovertemplate="n=%{x:,}<br>paper claims %{customdata:+,.1f}%<extra>seed 000</extra>",
+                    customdata=p["degradation_pct"],
+                ),
+                row=1,
+                col=1,
+            )
+    lo_r, hi_r = max(min(all_ratios) * 0.8, 1e-3), max(all_ratios) * 1.25
+    # Phase bands, clipped to what is on screen.
+    edges = [0.0, *(pct_to_ratio(c) for c in cutoffs), float("inf")]
+    for name, a, b in zip(PHASES, edges[:-1], edges[1:]):
+        a_, b_ = max(a, lo_r), min(b, hi_r)
+        if a_ < b_:
+            fig.add_hrect(
+                y0=a_, y1=b_, fillcolor=PHASE_COLORS[name], opacity=0.07, line_width=0, row=1, col=1
+            )
+            fig.add_annotation(
+                x=1,
+                xref="x domain",
+                y=math.log10(math.sqrt(a_ * b_)),
+                text=name,
+                showarrow=False,
+                xanchor="right",
+                font=dict(size=10, color=PHASE_COLORS[name]),
+                row=1,
+                col=1,
+            )
+    for g in guidance:
+        fig.add_hline(
+            y=pct_to_ratio(g), line=dict(color="#9e9e9e", width=1, dash="dashdot"), row=1, col=1
+        )
+        fig.add_annotation(
+            x=0,
+            xref="x domain",
+            y=math.log10(pct_to_ratio(g)),
+            text=f"{pct_label(g)} guidance",
+            showarrow=False,
+            xanchor="left",
+            yshift=8,
+            font=dict(size=9, color="#757575"),
+            row=1,
+            col=1,
+        )
+    fig.add_hline(y=pct_to_ratio(level), line=dict(color="#424242", width=1), row=1, col=1)
+    if marker:
+        fig.add_trace(
+            go.Scatter(
+                x=[marker["x"]],
+                y=[pct_to_ratio(marker["value"])],
+                mode="markers+text",
+                marker=dict(size=16, color="#000", symbol="diamond-open", line=dict(width=3)),
+                text=[f"{pct_label(marker['value'])} ({marker['kind']})"],
+                textposition="top center",
+                name="slider",
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+    tv, tt = _ratio_ticks(lo_r, hi_r)
+    fig.update_yaxes(
+        type="log",
+        tickvals=tv,
+        ticktext=tt,
+        range=[math.log10(lo_r), math.log10(hi_r)],
+        title_text="general PPL change",
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(type="log", **log_x_ticks(curves["scale"]))
+    fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
+    if two:
+        fig.update_yaxes(title_text="domain PPL drop %", ticksuffix="%", row=2, col=1)
+    fig.update_layout(
+        height=640 if two else 480,
+        margin=dict(l=60, r=20, t=40, b=50),
+        legend=dict(orientation="h", y=-0.15),
+        hovermode="closest",
+        template="plotly_white",
+    )
+    return fig
+
+
+def loss_sparkline(losses: pd.DataFrame, height: int = 120) -> go.Figure:
+    fig = go.Figure(
+        go.Scatter(
+            x=losses["step"], y=losses["loss"], mode="lines", line=dict(width=1.5, color="#1565c0")
+        )
+    )
+    fig.update_layout(
+        height=height,
+        margin=dict(l=30, r=5, t=5, b=20),
+        template="plotly_white",
+        xaxis_title=None,
+        yaxis_title="loss",
+        showlegend=False,
+    )
+    return fig
+
+
+def phase_timeline(tables: dict[str, pd.DataFrame]) -> go.Figure:
+    """One row per run: each measured scale coloured by its phase, on a log x axis."""
+    fig = go.Figure()
+    seen = set()
+    for label, t in tables.items():
+        for name in PHASES:
+            sub = t[t.phase == name]
+            if sub.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["scale"],
+                    y=[label] * len(sub),
+                    mode="markers",
+                    name=name,
+                    marker=dict(size=18, color=PHASE_COLORS[name], symbol="square"),
+                    legendgroup=name,
+                    showlegend=name not in seen,
+                    customdata=sub["mean"],
+                    hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra>" + name + "</extra>",
+                )
+            )
+            seen.add(name)
+    allx = pd.concat([t["scale"] for t in tables.values()]) if tables else []
+    fig.update_xaxes(type="log", title_text="training samples (log scale)", **log_x_ticks(allx))
+    fig.update_layout(
+        height=140 + 50 * len(tables),
+        margin=dict(l=10, r=10, t=30, b=40),
+        template="plotly_white",
+        legend=dict(orientation="h", y=1.15),
+    )
+    return fig
+
+
+def heatmap(matrix: pd.DataFrame, title: str, value_label: str) -> go.Figure:
+    z = matrix.values.astype(float)
+    text = [[("" if np.isnan(v) else pct_label(v)) for v in row] for row in z]
+
+    # Colour by the sign-preserving log of the change so +5 % and +5,000 % both show.
+    def slog(v):
+        return np.sign(v) * np.log10(1 + np.abs(v))
+
+    zc = slog(z)
+    span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
+    marks = [
+        m for m in (-99, -90, -50, 0, 50, 100, 1000, 10000, 100000) if abs(slog(m)) <= span * 1.05
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=zc,
+            x=list(matrix.columns),
+            y=list(matrix.index),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="RdBu_r",
+            zmid=0,
+            zmin=-span,
+            zmax=span,
+            customdata=z,
+            hovertemplate="trained on %{y}<br>evaluated on %{x}<br>"
+            + value_label
+            + " %{customdata:+,.1f}%<extra></extra>",
+            colorbar=dict(
+                title=value_label,
+                tickvals=[float(slog(m)) for m in marks],
+                ticktext=[pct_label(m) if m else "0" for m in marks],
+            ),
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=max(320, 120 + 60 * len(matrix.index)),
+        template="plotly_white",
+        xaxis_title="evaluated on",
+        yaxis_title="trained on",
+        margin=dict(l=10, r=10, t=50, b=40),
+    )
+    return fig
+
+
+def compare_figure(
+    curves: pd.DataFrame, labels: dict[str, str], y_title: str, ratio_axis: bool = False
+) -> go.Figure:
+    """Mean curve per run on a log x axis; `ratio_axis` puts degradation % on the same log-ratio
+    y axis as the Threshold chart."""
+    fig = go.Figure()
+    ratios = [1.0]
+    for i, (run_id, c) in enumerate(curves.groupby("run_id", sort=False)):
+        c = c.sort_values("scale")
+        y = pct_to_ratio(c["mean"]) if ratio_axis else c["mean"]
+        if ratio_axis:
+            ratios += list(np.atleast_1d(y))
+        fig.add_trace(
+            go.Scatter(
+                x=c["scale"],
+                y=y,
+                mode="lines+markers",
+                customdata=c["mean"],
+                hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra></extra>",
+                name=labels.get(run_id, run_id),
+                line=dict(color=PALETTE[i % len(PALETTE)]),
+            )
+        )
+    fig.update_xaxes(
+        type="log", title_text="training samples (log scale)", **log_x_ticks(curves["scale"])
+    )
+    if ratio_axis:
+        lo, hi = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
+        tv, tt = _ratio_ticks(lo, hi)
+        fig.update_yaxes(
+            type="log", tickvals=tv, ticktext=tt, range=[math.log10(lo), math.log10(hi)]
+        )
+    else:
+        fig.update_yaxes(ticksuffix="%")
+    fig.update_yaxes(title_text=y_title)
+    fig.update_layout(
+        height=420,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),
+        margin=dict(l=60, r=10, t=20, b=40),
+    )
+    return fig

@@ -1,0 +1,310 @@
+"""`python -m core` — the command line. Every subcommand takes --db; errors print one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import PRESETS, RunSpec, field_help, parse_int_list, preset
+from .errors import LabError
+from .paths import resolve_db
+from .store import Store
+
+
+def quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notes) hides our own progress."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# (flag, RunSpec field, type) — help text comes from the RunSpec field itself.
+OVERRIDES = [
+    ("--name", "name", str),
+    ("--model", "model", str),
+    ("--method", "method", str),
+    ("--domain", "domain", str),
+    ("--construction", "construction", str),
+    ("--scales", "scales", str),
+    ("--seeds", "seeds", str),
+    ("--epochs", "epochs", int),
+    ("--lr", "learning_rate", float),
+    ("--weight-decay", "weight_decay", float),
+    ("--batch-size", "batch_size", int),
+    ("--max-length", "max_length", int),
+    ("--grad-clip", "grad_clip", float),
+    ("--rank", "lora_rank", int),
+    ("--alpha", "lora_alpha", float),
+    ("--dropout", "lora_dropout", float),
+    ("--target-modules", "target_modules", str),
+    ("--probe", "probe", str),
+    ("--device", "device", str),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's own convention)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db", help="database file (default: $FORGETTING_LAB_DB or the lab home's lab.duckdb)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog="python -m core", description="Forgetting Lab: measure forgetting vs dataset size."
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a sweep (foreground with a progress bar, or --detach)")
+    run.add_argument(
+        "--preset", default="quick-cpu", help=f"one of: {', '.join(PRESETS)} (default quick-cpu)"
+    )
+    for flag, fname, _ in OVERRIDES:
+        run.add_argument(flag, dest=fname, default=None, help=field_help(fname))
+    run.add_argument(
+        "--detach", action="store_true", help="queue it for the background worker and return"
+    )
+    _add_db(run)
+
+    for name, helptext in (
+        ("list", "list runs"),
+        ("worker", "drain the queue (used by the app)"),
+        ("prepare", "convert the embedded model to its fast cache (once) and check the database"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _add_db(p)
+    for name, helptext in (
+        ("show", "show a run and its points"),
+        ("cancel", "cancel a queued or running run"),
+        ("resume", "continue a stopped run, skipping finished points"),
+        ("delete", "delete a run and its points"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("run_id")
+        _add_db(p)
+        if name == "resume":
+            p.add_argument("--detach", action="store_true", help="resume in the background worker")
+        if name == "show":
+            p.add_argument("--json", action="store_true", help="print JSON")
+    exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")
+    exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    exp.add_argument("--out", required=True, help="output file")
+    exp.add_argument("--run", action="append", dest="runs", help="only this run (repeatable)")
+    _add_db(exp)
+    return ap
+
+
+def _spec_from_args(a: argparse.Namespace) -> RunSpec:
+    over = {}
+    for _, fname, typ in OVERRIDES:
+        v = getattr(a, fname)
+        if v is None:
+            continue
+        if fname in ("scales", "seeds"):
+            over[fname] = parse_int_list(v, fname)
+            continue
+        try:
+            over[fname] = typ(v)
+        except ValueError:
+            raise LabError(f"{fname}: '{v}' is not a valid {typ.__name__}") from None
+    return preset(a.preset, **over)
+
+
+class _Progress:
+    """tqdm bar per point: scale, seed, step, loss and ETA; one summary line per finished point."""
+
+    def __init__(self, n_points: int):
+        from tqdm import tqdm
+
+        self.tqdm, self.bar, self.n, self.i = tqdm, None, n_points, 0
+
+    def __call__(self, ev: dict) -> None:
+        t = ev["type"]
+        if t == "phase" and "scale" not in ev:
+            print(f"... {ev['phase']}", file=sys.stderr)
+        elif t == "plan" and ev["todo"] < ev["points"]:
+            print(
+                f"... {ev['points'] - ev['todo']} point(s) already stored, skipping them",
+                file=sys.stderr,
+            )
+        elif t == "point_start":
+            self.i += 1
+            self.bar = self.tqdm(
+                total=None,
+                desc=f"[{self.i}/{self.n}] scale {ev['scale']} seed {ev['seed']}",
+                unit="step",
+                leave=False,
+                file=sys.stderr,
+            )
+        elif t == "step" and self.bar is not None:
+            if self.bar.total is None:
+                self.bar.reset(total=ev["total"])
+            self.bar.update(ev["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
+        elif t == "point_done":
+            if self.bar is not None:
+                self.bar.close()
+            m = ev["metrics"]
+            if ev["status"] == "done":
+                print(
+                    f"scale {ev['scale']:>6} seed {ev['seed']}: general ppl {m['general_ppl_before']:.2f} -> "
+                    f"{m['general_ppl_after']:.2f} ({m['degradation_pct']:+.1f}%), domain "
+                    f"{m['domain_improvement_pct']:+.1f}% better, smoke {'ok' if m['smoke_ok'] else 'FAILED'} "
+                    f"[{ev['seconds']:.1f}s]",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"scale {ev['scale']:>6} seed {ev['seed']}: {ev['status']} ({m.get('error', '')})",
+                    flush=True,
+                )
+
+
+def _print_table(df, cols) -> None:
+    if df.empty:
+        print("(none)")
+        return
+    print(df[cols].to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
+    a = build_parser().parse_args(argv)
+    try:
+        return _dispatch(a)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; finished points are stored (resume with: python -m core resume RUN)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _dispatch(a: argparse.Namespace) -> int:
+    from . import runner
+
+    store = Store(resolve_db(a.db))
+    if a.cmd == "worker":
+        return runner.worker_main(store.path)
+    if a.cmd == "prepare":
+        from .models import ensure_embedded_cache
+
+        print(f"embedded model cache: {ensure_embedded_cache()}")
+        print(f"database: {store.path} ({len(store.list_runs())} runs)")
+        return 0
+    if a.cmd == "run":
+        spec = _spec_from_args(a)
+        if a.detach:
+            run_id = runner.launch(store, spec)
+            print(run_id)
+            return 0
+        run_id = runner.create_run(store, spec, status="running")
+        print(
+            f"run {run_id}: {spec.model} {spec.method} on {spec.domain}, scales {list(spec.scales)}, "
+            f"seeds {list(spec.seeds)} -> {store.path}",
+            file=sys.stderr,
+        )
+        status = runner.run_foreground(store, run_id, _Progress(len(spec.points())))
+        run = store.get_run(run_id)
+        if run["status"] == "failed":
+            print(f"error: run {run_id} failed: {run['error']}", file=sys.stderr)
+            return 1
+        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
+        return 0 if status == "done" and not run["error"] else 1
+    if a.cmd == "list":
+        df = store.list_runs()
+        if not df.empty:
+            df["points"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
+            df["created"] = df["created_at"].astype(str).str[:19]
+        _print_table(
+            df,
+            [
+                "run_id",
+                "status_effective",
+                "points",
+                "model",
+                "method",
+                "domain",
+                "name",
+                "created",
+            ],
+        )
+        return 0
+    if a.cmd == "show":
+        run = store.get_run(a.run_id)
+        pts = store.points_df([a.run_id])
+        if a.json:
+            print(
+                json.dumps(
+                    {
+                        "run": {k: (str(v) if v is not None else None) for k, v in run.items()},
+                        "points": json.loads(pts.to_json(orient="records")),
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        print(f"run {run['run_id']} [{run['status_effective']}] {run['name']}")
+        print(
+            f"  model {run['model']}  method {run['method']}  domain {run['domain']}  device {run['device']}"
+        )
+        if run["error"]:
+            print(f"  note: {run['error']}")
+        _print_table(
+            pts,
+            [
+                "scale",
+                "seed",
+                "status",
+                "general_ppl_before",
+                "general_ppl_after",
+                "degradation_pct",
+                "domain_improvement_pct",
+                "smoke_ok",
+            ],
+        )
+        return 0
+    if a.cmd == "cancel":
+        print(f"run {a.run_id}: {runner.cancel(store, a.run_id)}")
+        return 0
+    if a.cmd == "resume":
+        if a.detach:
+            runner.resume_background(store, a.run_id)
+            print(f"run {a.run_id}: queued")
+            return 0
+        runner.prepare_resume(store, a.run_id)
+        spec = RunSpec.from_dict(json.loads(store.get_run(a.run_id)["spec_json"]))
+        status = runner.run_foreground(store, a.run_id, _Progress(len(spec.points())))
+        print(f"run {a.run_id} {store.get_run(a.run_id)['status']}")
+        return 0 if status == "done" else 1
+    if a.cmd == "delete":
+        store.delete_run(a.run_id)
+        print(f"deleted {a.run_id}")
+        return 0
+    if a.cmd == "export":
+        n = store.export(Path(a.out), a.format, a.runs)
+        print(f"wrote {n} rows to {a.out}")
+        return 0
+    raise LabError(f"unknown command {a.cmd}")

@@ -1,0 +1,310 @@
+"""A run spec is plain data: one flat dataclass, validated once by `validate()`.
+
+Every field carries its help text in `metadata["help"]`; the CLI and the app's form read it from
+here, so the wording lives in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+METHODS = ("lora", "qlora", "full")
+CONSTRUCTIONS = ("varied", "paper")
+PROBES = ("general-200", "paper-8")
+TARGET_PRESETS = ("all-linear", "attention")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SCALE = 1_000_000
+MAX_SCALES = 64
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str = _f("", "A label for the run (free text, shown in tables).")
+    model: str = _f(
+        "smollm2-135m",
+        "Model: 'smollm2-135m' (embedded), 'tiny' (random, for tests), a local directory, "
+        "or a Hugging Face id already in the local cache.",
+    )
+    method: str = _f("lora", "How the model is fine-tuned.", choices=METHODS)
+    domain: str = _f("legal", "Training domain (a file under data/domains/ or an uploaded one).")
+    construction: str = _f(
+        "varied",
+        "How domain samples are built: 'varied' (slot-filled templates) or 'paper' "
+        "(seed 000: prefix + lowercased base sentence, rotated).",
+        choices=CONSTRUCTIONS,
+    )
+    scales: tuple[int, ...] = _f((50, 100, 150, 250, 500), "Dataset sizes to sweep (samples).")
+    seeds: tuple[int, ...] = _f((42,), "Random seeds; each scale is trained once per seed.")
+    epochs: int = _f(3, "Passes over each scale's data.")
+    learning_rate: float = _f(5e-5, "AdamW learning rate (constant).")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    batch_size: int = _f(1, "Samples per optimizer step (seed 000 uses 1).")
+    max_length: int = _f(512, "Tokens per sample after truncation.")
+    grad_clip: float = _f(0.0, "Clip the gradient norm to this value; 0 turns clipping off.")
+    lora_rank: int = _f(8, "LoRA rank r.")
+    lora_alpha: float = _f(16.0, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = _f(0.1, "Dropout on the LoRA input.")
+    target_modules: str = _f(
+        "all-linear",
+        "'all-linear', 'attention', or a comma list of module names (e.g. q_proj,v_proj).",
+    )
+    probe: str = _f(
+        "general-200",
+        "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (seed 000's eight facts).",
+        choices=PROBES,
+    )
+    domain_eval_size: int = _f(50, "Held-out domain sentences used for domain perplexity.")
+    eval_all_domains: bool = _f(
+        True, "Also evaluate every other domain's held-out split (feeds the cross-domain matrix)."
+    )
+    eval_batch_size: int = _f(16, "Sentences per forward pass during evaluation.")
+    smoke_max_new_tokens: int = _f(20, "Tokens generated per smoke-test prompt.")
+    save_adapters: bool = _f(True, "Save each point's adapter (needed by the Smoke test page).")
+    device: str = _f(
+        "auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda or mps.", choices=DEVICES
+    )
+
+    # -- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return validate(cls(**d))
+
+    def points(self) -> list[tuple[int, int]]:
+        """(scale, seed) pairs in execution order: small scales first, so curves fill left to right."""
+        return [(s, seed) for s in self.scales for seed in self.seeds]
+
+
+def field_help(name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(RunSpec) if f.name == name)
+
+
+def field_choices(name: str) -> tuple[str, ...] | None:
+    return next(f.metadata.get("choices") for f in fields(RunSpec) if f.name == name)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seed 000's protocol, exactly: fresh adapter per scale, bs 1, constant lr, 3 epochs.
+    "paper-000": dict(
+        name="paper-000",
+        construction="paper",
+        scales=(50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000),
+        seeds=(42,),
+        epochs=3,
+        learning_rate=5e-5,
+        weight_decay=0.01,
+        batch_size=1,
+        max_length=512,
+        lora_rank=8,
+        lora_alpha=16.0,
+        lora_dropout=0.1,
+        target_modules="all-linear",
+        probe="paper-8",
+        domain_eval_size=50,
+    ),
+    # The embedded model on two CPU cores in under five minutes (measured: see README).
+    # Shorter sequences, one epoch and a larger learning rate trade fidelity for a visible curve.
+    "quick-cpu": dict(
+        name="quick-cpu",
+        model="smollm2-135m",
+        scales=(8, 16, 32, 64, 128, 256),
+        seeds=(42,),
+        epochs=1,
+        learning_rate=1e-3,
+        max_length=48,
+        probe="general-200",
+        domain_eval_size=24,
+        eval_all_domains=False,
+        eval_batch_size=32,
+        smoke_max_new_tokens=12,
+    ),
+    # A random two-layer model: the whole sweep takes seconds; used by the tests.
+    "tiny-test": dict(
+        name="tiny-test",
+        model="tiny",
+        scales=(4, 8, 16),
+        seeds=(0,),
+        epochs=1,
+        learning_rate=5e-3,
+        max_length=32,
+        probe="paper-8",
+        domain_eval_size=8,
+        eval_batch_size=8,
+        smoke_max_new_tokens=6,
+        device="cpu",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> RunSpec:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return RunSpec.from_dict(values)
+
+
+# -- parsing helpers shared by the CLI and the app ----------------------------------------------
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """'50,100, 1e3' -> (50, 100, 1000). Rejects non-integers with a message naming the item."""
+    items = [t.strip() for t in str(text).replace(";", ",").split(",")]
+    if not any(items):
+        raise ConfigError(f"{what}: give at least one number, e.g. 50,100,150")
+    out = []
+    for t in items:
+        if not t:
+            raise ConfigError(f"{what}: empty item in '{text}'")
+        try:
+            v = float(t.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{what}: '{t}' is not a number") from None
+        if not math.isfinite(v) or v != int(v):
+            raise ConfigError(f"{what}: '{t}' is not a whole number")
+        out.append(int(v))
+    return tuple(out)
+
+
+def validate(spec: RunSpec) -> RunSpec:
+    """Check every field once; return a normalised spec (sorted scales) or raise ConfigError
+    listing every problem found."""
+    problems: list[str] = []
+
+    def bad(msg: str) -> None:
+        problems.append(msg)
+
+    def as_ints(name: str, value: Any) -> tuple[int, ...]:
+        if isinstance(value, str):
+            return parse_int_list(value, name)
+        try:
+            vals = tuple(value)
+        except TypeError:
+            raise ConfigError(f"{name}: expected a list of whole numbers, got {value!r}") from None
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                raise ConfigError(f"{name}: {v!r} is not a whole number")
+        return tuple(int(v) for v in vals)
+
+    try:
+        scales = as_ints("scales", spec.scales)
+    except ConfigError as e:
+        bad(str(e))
+        scales = ()
+    try:
+        seeds = as_ints("seeds", spec.seeds)
+    except ConfigError as e:
+        bad(str(e))
+        seeds = ()
+
+    if not scales and not problems:
+        bad("scales: give at least one dataset size")
+    for s in scales:
+        if s <= 0:
+            bad(f"scales: {s} is not a positive dataset size")
+        elif s > MAX_SCALE:
+            bad(f"scales: {s} is larger than the supported maximum {MAX_SCALE:,}")
+    dups = sorted({s for s in scales if scales.count(s) > 1})
+    if dups:
+        bad(f"scales: {', '.join(map(str, dups))} appear(s) more than once")
+    if len(scales) > MAX_SCALES:
+        bad(f"scales: at most {MAX_SCALES} dataset sizes per run, got {len(scales)}")
+    if not seeds and not any(p.startswith("seeds") for p in problems):
+        bad("seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        bad("seeds: a seed appears more than once")
+    for s in seeds:
+        if s < 0 or s >= 2**32:
+            bad(f"seeds: {s} must be between 0 and 2**32-1")
+
+    def positive_int(name: str, lo: int = 1, hi: int = 10**7) -> None:
+        v = getattr(spec, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            bad(f"{name}: expected a whole number, got {v!r}")
+        elif not lo <= v <= hi:
+            bad(f"{name}: {v} is outside {lo}..{hi:,}")
+
+    def real(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
+        v = getattr(spec, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            bad(f"{name}: expected a number, got {v!r}")
+        elif v < lo or v > hi or (lo_open and v == lo):
+            bad(f"{name}: {v} is outside {'(' if lo_open else '['}{lo}, {hi}]")
+
+    positive_int("epochs", 1, 1000)
+    positive_int("batch_size", 1, 4096)
+    positive_int("max_length", 8, 32768)
+    positive_int("lora_rank", 1, 4096)
+    positive_int("domain_eval_size", 1, 100_000)
+    positive_int("eval_batch_size", 1, 4096)
+    positive_int("smoke_max_new_tokens", 1, 512)
+    real("learning_rate", 0.0, 1.0, lo_open=True)
+    real("weight_decay", 0.0, 1.0)
+    real("grad_clip", 0.0, 1e6)
+    real("lora_alpha", 0.0, 1e6, lo_open=True)
+    real("lora_dropout", 0.0, 0.95)
+
+    for name, allowed in (
+        ("method", METHODS),
+        ("construction", CONSTRUCTIONS),
+        ("probe", PROBES),
+        ("device", DEVICES),
+    ):
+        if getattr(spec, name) not in allowed:
+            bad(
+                f"{name}: unknown value '{getattr(spec, name)}'; choose one of: {', '.join(allowed)}"
+            )
+
+    if not isinstance(spec.model, str) or not spec.model.strip():
+        bad("model: give a model name, directory or Hugging Face id")
+    elif any(ord(c) < 32 for c in spec.model):
+        bad("model: the name contains control characters")
+    if not isinstance(spec.domain, str) or not spec.domain.strip():
+        bad("domain: give a domain name")
+    tm = str(spec.target_modules).strip()
+    if tm not in TARGET_PRESETS:
+        names = [t.strip() for t in tm.split(",")]
+        if not tm or not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
+            bad(
+                f"target_modules: '{tm}' is not 'all-linear', 'attention' or a comma list of "
+                "module names"
+            )
+    if not isinstance(spec.name, str) or len(spec.name) > 200:
+        bad("name: at most 200 characters")
+
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return dataclasses.replace(
+        spec,
+        scales=tuple(sorted(scales)),
+        seeds=seeds,
+        model=spec.model.strip(),
+        domain=spec.domain.strip(),
+        target_modules=tm,
+        learning_rate=float(spec.learning_rate),
+        weight_decay=float(spec.weight_decay),
+        grad_clip=float(spec.grad_clip),
+        lora_alpha=float(spec.lora_alpha),
+        lora_dropout=float(spec.lora_dropout),
+    )

@@ -1,0 +1,162 @@
+"""The three requests the engine knows: perplexity of texts, log-likelihood of options, and
+generation from prompts. Before- and after-training numbers go through the same functions."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll_sum: float
+    tokens: int
+    item_nll: list[float]  # summed NLL per text
+    item_tokens: list[int]  # predicted tokens per text
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / max(self.tokens, 1)
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
+    """Summed negative log-likelihood and predicted-token count per text (right padding, padded
+    positions masked out). The first token of each text has no prediction and is not counted."""
+    device = next(model.parameters()).device
+    nll, counts = [], []
+    was_training = model.training
+    model.eval()
+    for chunk in _batches(texts, batch_size):
+        enc = tokenizer(
+            chunk,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
+        tgt = ids[:, 1:]
+        tok_nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        m = mask[:, 1:].to(tok_nll.dtype)
+        nll += (tok_nll * m).sum(1).tolist()
+        counts += m.sum(1).long().tolist()
+    if was_training:
+        model.train()
+    return nll, counts
+
+
+def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
+    """Token-weighted perplexity: exp(total NLL / total predicted tokens)."""
+    if not texts:
+        raise ValueError("perplexity of an empty text list")
+    nll, counts = token_nll(model, tokenizer, texts, batch_size, max_length)
+    total, n = float(sum(nll)), int(sum(counts))
+    return PerplexityResult(
+        ppl=math.exp(total / max(n, 1)), nll_sum=total, tokens=n, item_nll=nll, item_tokens=counts
+    )
+
+
+def change_pct(before: float, after: float) -> float:
+    """(after - before) / before * 100: positive when perplexity rose (worse)."""
+    return (after - before) / before * 100.0
+
+
+def degradation_pct(ppl_before: float, ppl_after: float) -> float:
+    """General-knowledge degradation: positive = the model got worse on general text."""
+    return change_pct(ppl_before, ppl_after)
+
+
+def improvement_pct(ppl_before: float, ppl_after: float) -> float:
+    """Domain improvement: positive = perplexity on the domain fell."""
+    return (ppl_before - ppl_after) / ppl_before * 100.0
+
+
+@torch.no_grad()
+def option_loglik(model, tokenizer, context: str, options: list[str]) -> list[float]:
+    """Summed log-likelihood of each option's tokens after the context (lm-eval-harness style)."""
+    device = next(model.parameters()).device
+    ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+    out = []
+    for opt in options:
+        cont = tokenizer(opt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ctx + cont], device=device)
+        logp = F.log_softmax(model(input_ids=ids).logits.float()[0, :-1], -1)
+        tgt = ids[0, 1:]
+        lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)[len(ctx) - 1 :]
+        out.append(float(lp.sum()))
+    return out
+
+
+def is_degenerate(text: str, new_tokens: int) -> bool:
+    """A generation that says nothing useful: no tokens, only whitespace/punctuation, or one word
+    repeated over most of the output."""
+    if new_tokens == 0 or not any(c.isalnum() for c in text):
+        return True
+    words = text.split()
+    if len(words) >= 6:
+        top = Counter(words).most_common(1)[0][1]
+        if top / len(words) >= 0.7:
+            return True
+    return False
+
+
+@dataclass
+class Generation:
+    prompt: str
+    output: str
+    new_tokens: int
+    ok: bool
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[Generation]:
+    """Generate from each prompt; count the new tokens (EOS excluded). Zero new tokens or a
+    degenerate answer is a failed smoke test (seed 003's silent-forgetting check)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for p in prompts:
+        enc = tokenizer(p, return_tensors="pt").to(device)
+        kw = (
+            dict(do_sample=True, temperature=temperature)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
+        if temperature > 0:
+            torch.manual_seed(seed)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **kw,
+        )
+        new = gen[0, enc["input_ids"].shape[1] :].tolist()
+        new = [t for t in new if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        out.append(Generation(p, text, len(new), not is_degenerate(text, len(new))))
+    if was_training:
+        model.train()
+    return out

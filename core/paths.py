@@ -1,0 +1,32 @@
+"""Where things live on disk. One per-user directory holds the database, model caches and saved
+adapters; `FORGETTING_LAB_HOME` moves it, `FORGETTING_LAB_DB` moves the database alone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def lab_home() -> Path:
+    env = os.environ.get("FORGETTING_LAB_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return (Path(base) / "forgetting-lab").resolve()
+
+
+def default_db() -> Path:
+    env = os.environ.get("FORGETTING_LAB_DB")
+    return Path(env).expanduser().resolve() if env else lab_home() / "lab.duckdb"
+
+
+def resolve_db(db: str | os.PathLike | None) -> Path:
+    return Path(db).expanduser().resolve() if db else default_db()
+
+
+def model_cache_dir() -> Path:
+    return lab_home() / "models"
+
+
+def adapters_dir() -> Path:
+    return lab_home() / "adapters"

@@ -1,0 +1,241 @@
+"""Run lifecycle: queued -> running -> done | failed | cancelled (and 'interrupted', derived when
+a running run's worker is gone). A run executes either in the foreground (CLI `run`) or in a
+background worker process that outlives the browser and the app: `python -m core worker`.
+
+One worker per database drains the queue (an advisory file lock next to the database makes sure
+of it); launching a run queues it and starts a worker if none holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import RunSpec
+from .engine import Event, preflight, run_sweep
+from .errors import LabError
+from .models import library_versions
+from .store import Store
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+CANCEL_POLL_S = 1.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def git_commit() -> str:
+    head = REPO / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            p = REPO / ".git" / ref[5:]
+            if p.is_file():
+                return p.read_text().strip()[:12]
+            packed = REPO / ".git" / "packed-refs"
+            for line in packed.read_text().splitlines() if packed.is_file() else []:
+                if line.endswith(ref[5:]):
+                    return line.split()[0][:12]
+            return ""
+        return ref[:12]
+    except OSError:
+        return ""
+
+
+def create_run(store: Store, spec: RunSpec, status: str = "queued") -> str:
+    preflight(spec)
+    run_id = new_run_id()
+    store.create_run(
+        run_id, spec, status=status, versions=library_versions(), git_commit=git_commit()
+    )
+    return run_id
+
+
+class StoreSink:
+    """Turns engine events into throttled progress rows (one write per second at most) and
+    answers 'should we stop?' from the run's cancel flag (polled once per second)."""
+
+    def __init__(self, store: Store, run_id: str, forward: Callable[[Event], None] | None = None):
+        self.store, self.run_id, self.forward = store, run_id, forward
+        self._buf: list[tuple[int, float]] = []
+        self._last_write = 0.0
+        self._last_poll = 0.0
+        self._cancel = False
+        self._cur: tuple[int, int] | None = None
+        self._step = (0, 0, None)
+
+    def __call__(self, ev: Event) -> None:
+        t = ev["type"]
+        if t == "point_start":
+            self._flush()
+            self._cur = (ev["scale"], ev["seed"])
+            self._step = (0, 0, None)
+            self.store.record_progress(
+                self.run_id, *self._cur, "training", 0, 0, None, [], restart=True
+            )
+        elif t == "step":
+            self._buf.append((ev["step"], ev["loss"]))
+            self._step = (ev["step"], ev["total"], ev["loss"])
+            if time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
+                self._flush()
+        elif t == "phase" and "scale" in ev:
+            self._flush(phase=ev["phase"])
+        elif t == "point_done":
+            self._flush(phase=ev["status"])
+            self._cur = None
+        if self.forward is not None:
+            self.forward(ev)
+
+    def _flush(self, phase: str = "training") -> None:
+        if self._cur is None:
+            return
+        step, total, loss = self._step
+        self.store.record_progress(self.run_id, *self._cur, phase, step, total, loss, self._buf)
+        self._buf = []
+        self._last_write = time.monotonic()
+
+    def should_cancel(self) -> bool:
+        if not self._cancel and time.monotonic() - self._last_poll >= CANCEL_POLL_S:
+            self._last_poll = time.monotonic()
+            self._cancel = self.store.cancel_requested(self.run_id)
+        return self._cancel
+
+
+def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None = None) -> str:
+    """Run (or continue) a run that is already marked running; record how it ended."""
+    run = store.get_run(run_id)
+    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
+    sink = StoreSink(store, run_id, forward)
+    try:
+        status = run_sweep(spec, run_id, store, sink, sink.should_cancel)
+    except KeyboardInterrupt:
+        store.set_status(run_id, "cancelled", error="stopped from the keyboard")
+        raise
+    except LabError as e:
+        store.set_status(run_id, "failed", error=str(e))
+        return "failed"
+    except Exception as e:  # anything else: keep the reason, never lose finished points
+        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        store.set_status(
+            run_id,
+            "failed",
+            error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        )
+        return "failed"
+    if status == "cancelled":
+        store.set_status(run_id, "cancelled", error="cancelled by the user")
+    else:
+        failed = store.query_df(
+            "SELECT count(*) AS n FROM points WHERE run_id = ? AND status = 'failed'", [run_id]
+        )["n"][0]
+        store.set_status(run_id, "done", error=f"{failed} point(s) failed" if failed else None)
+    return status
+
+
+# -- background worker ---------------------------------------------------------------------------
+def _lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".worker.lock")
+
+
+def worker_main(db: Path) -> int:
+    """Drain the queue of `db`, one run after another, then exit. Only one worker per database."""
+    store = Store(db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(db), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another worker owns this database's queue
+        while True:
+            run_id = store.claim_next_queued(os.getpid())
+            if run_id is None:
+                return 0
+            log.info("worker %s runs %s", os.getpid(), run_id)
+            execute(store, run_id)
+
+
+def spawn_worker(db: Path) -> subprocess.Popen | None:
+    """Start a detached worker (its own session: it survives the app and the browser). Returns
+    None when a worker already holds the queue."""
+    lock = _lock_path(db)
+    if lock.exists():
+        with open(lock, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return None
+    logdir = db.parent / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    out = open(logdir / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log", "ab")  # noqa: SIM115 (the child owns it)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A fixed argument list: no shell, no user text.
+    return subprocess.Popen(
+        [sys.executable, "-m", "core", "worker", "--db", str(db)],
+        cwd=str(REPO),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+
+
+def launch(store: Store, spec: RunSpec) -> str:
+    """Queue a run and make sure a background worker will execute it."""
+    run_id = create_run(store, spec, "queued")
+    spawn_worker(store.path)
+    return run_id
+
+
+def cancel(store: Store, run_id: str) -> str:
+    """Cancel a queued or running run; returns the resulting status."""
+    run = store.get_run(run_id)
+    st = run["status_effective"]
+    if st in ("done", "failed", "cancelled"):
+        raise LabError(f"run {run_id} already ended ({st}); nothing to cancel")
+    if st in ("queued", "interrupted"):
+        store.set_status(run_id, "cancelled", error="cancelled by the user")
+        return "cancelled"
+    store.request_cancel(run_id)
+    return "cancelling"
+
+
+def prepare_resume(store: Store, run_id: str) -> None:
+    run = store.get_run(run_id)
+    st = run["status_effective"]
+    if st in ("running", "queued"):
+        raise LabError(f"run {run_id} is {st}; it does not need resuming")
+    n_done = len(store.finished_points(run_id))
+    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
+    if st == "done" and n_done >= len(spec.points()):
+        raise LabError(f"run {run_id} is complete ({n_done} points); nothing to resume")
+    # Failed points are retried; finished ones are kept and skipped.
+    store.set_status(run_id, "queued", error=None, cancel_requested=False)
+
+
+def resume_background(store: Store, run_id: str) -> None:
+    prepare_resume(store, run_id)
+    spawn_worker(store.path)
+
+
+def run_foreground(
+    store: Store, run_id: str, forward: Callable[[Event], None] | None = None
+) -> str:
+    store.set_status(
+        run_id, "running", pid=os.getpid(), host=socket.gethostname(), cancel_requested=False
+    )
+    return execute(store, run_id, forward)

@@ -1,0 +1,566 @@
+"""The one module that speaks SQL. A DuckDB file holds runs, points and everything measured.
+
+Concurrency: DuckDB lets one process hold a database file open for writing at a time. Every
+access here opens a connection, does one short transaction and closes it; a process that finds
+the file locked by another waits and retries (jittered backoff, up to `LOCK_TIMEOUT_S`). The app,
+the CLI and background workers therefore share one file without a lock error reaching a user.
+Within a process a lock serialises connections (DuckDB also refuses two configurations of one file
+in one process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from .errors import RunNotFound, StoreError
+
+SCHEMA_VERSION = 1
+LOCK_TIMEOUT_S = 60.0
+HEARTBEAT_STALE_S = 90.0
+FINAL_STATES = ("done", "failed", "cancelled")
+_process_lock = threading.RLock()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    created_at TIMESTAMP,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    status VARCHAR,              -- queued | running | done | failed | cancelled
+    spec_json VARCHAR,
+    model VARCHAR,
+    method VARCHAR,
+    domain VARCHAR,
+    lora_rank INTEGER,
+    device VARCHAR,
+    versions_json VARCHAR,
+    git_commit VARCHAR,
+    error VARCHAR,
+    host VARCHAR,
+    pid INTEGER,
+    heartbeat_at TIMESTAMP,
+    cancel_requested BOOLEAN DEFAULT FALSE
+);
+CREATE TABLE IF NOT EXISTS points (
+    run_id VARCHAR,
+    scale INTEGER,
+    seed INTEGER,
+    status VARCHAR,              -- done | failed | diverged | stopped
+    general_ppl_before DOUBLE,
+    general_ppl_after DOUBLE,
+    degradation_pct DOUBLE,
+    domain_ppl_before DOUBLE,
+    domain_ppl_after DOUBLE,
+    domain_improvement_pct DOUBLE,
+    smoke_ok BOOLEAN,
+    smoke_min_new_tokens INTEGER,
+    steps INTEGER,
+    final_loss DOUBLE,
+    train_seconds DOUBLE,
+    eval_seconds DOUBLE,
+    trainable_params BIGINT,
+    total_params BIGINT,
+    peak_mem_mb DOUBLE,
+    adapter_path VARCHAR,
+    error VARCHAR,
+    finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, scale, seed)
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id VARCHAR, scale INTEGER, seed INTEGER, eval_set VARCHAR,
+    ppl_before DOUBLE, ppl_after DOUBLE, change_pct DOUBLE,
+    PRIMARY KEY (run_id, scale, seed, eval_set)
+);
+CREATE TABLE IF NOT EXISTS item_nll (
+    run_id VARCHAR, scale INTEGER, seed INTEGER, eval_set VARCHAR, item INTEGER,
+    nll_before DOUBLE, nll_after DOUBLE, tokens INTEGER,
+    PRIMARY KEY (run_id, scale, seed, eval_set, item)
+);
+CREATE TABLE IF NOT EXISTS progress (
+    run_id VARCHAR, scale INTEGER, seed INTEGER,
+    phase VARCHAR, step INTEGER, total_steps INTEGER, loss DOUBLE,
+    started_at TIMESTAMP, updated_at TIMESTAMP,
+    PRIMARY KEY (run_id, scale, seed)
+);
+CREATE TABLE IF NOT EXISTS step_losses (
+    run_id VARCHAR, scale INTEGER, seed INTEGER, step INTEGER, loss DOUBLE,
+    PRIMARY KEY (run_id, scale, seed, step)
+);
+CREATE TABLE IF NOT EXISTS generations (
+    run_id VARCHAR, scale INTEGER, seed INTEGER, stage VARCHAR, idx INTEGER,
+    prompt VARCHAR, output VARCHAR, new_tokens INTEGER, ok BOOLEAN,
+    PRIMARY KEY (run_id, scale, seed, stage, idx)
+);
+"""
+
+# The export's columns: one row per point with the run's configuration attached.
+EXPORT_SQL = """
+SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.domain,
+       p.scale, p.seed, p.status, p.general_ppl_before, p.general_ppl_after, p.degradation_pct,
+       p.domain_ppl_before, p.domain_ppl_after, p.domain_improvement_pct, p.smoke_ok,
+       p.smoke_min_new_tokens, p.steps, p.final_loss, p.train_seconds, p.eval_seconds,
+       p.trainable_params, p.total_params, p.peak_mem_mb, r.device, r.git_commit, p.finished_at
+FROM points p JOIN runs r USING (run_id)
+"""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(e: Exception) -> bool:
+    msg = str(e).lower()
+    return "lock" in msg or "conflicting" in msg
+
+
+@dataclass
+class PointResult:
+    """Everything measured for one (scale, seed) point; written in one transaction."""
+
+    scale: int
+    seed: int
+    status: str
+    metrics: dict[str, Any]
+    evals: list[dict[str, Any]]
+    item_nll: list[dict[str, Any]]
+    generations: list[dict[str, Any]]
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._ready = False
+
+    # -- connections ------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        delay = 0.01
+        with _process_lock:
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path))
+                    break
+                except duckdb.Error as e:
+                    if _is_lock_error(e) and time.monotonic() < deadline:
+                        time.sleep(delay * (1 + random.random()))
+                        delay = min(delay * 2, 0.5)
+                        continue
+                    if _is_lock_error(e):
+                        raise StoreError(
+                            f"the database {self.path.name} stayed locked by another process for "
+                            f"{LOCK_TIMEOUT_S:.0f} s; try again"
+                        ) from None
+                    raise StoreError(f"cannot open database {self.path}: {e}") from None
+            try:
+                if not self._ready:
+                    self._init(con)
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _init(self, con: duckdb.DuckDBPyConnection) -> None:
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        if "meta" in tables:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database {self.path.name} was written by a newer Forgetting Lab "
+                    f"(schema {version}, this one reads up to {SCHEMA_VERSION}); upgrade, or use another --db"
+                )
+            if version < SCHEMA_VERSION:
+                self._migrate(con, version)
+        elif tables:
+            raise StoreError(f"{self.path.name} is a DuckDB file but not a Forgetting Lab database")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(SCHEMA)
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+            )
+        self._ready = True
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:
+        raise StoreError(
+            f"the database {self.path.name} has schema version {version}, which this version cannot "
+            "migrate; export it with the version that wrote it"
+        )
+
+    def query_df(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self._connect() as con:
+            return con.execute(sql, params or []).df()
+
+    # -- runs -------------------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        spec,
+        status: str = "queued",
+        device: str = "",
+        versions: dict | None = None,
+        git_commit: str = "",
+    ) -> None:
+        with self.tx() as con:
+            con.execute(
+                """INSERT INTO runs (run_id, name, created_at, status, spec_json, model, method,
+                   domain, lora_rank, device, versions_json, git_commit, host)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    run_id,
+                    spec.name,
+                    now(),
+                    status,
+                    spec.to_json(),
+                    spec.model,
+                    spec.method,
+                    spec.domain,
+                    spec.lora_rank if spec.method != "full" else None,
+                    device,
+                    json.dumps(versions or {}),
+                    git_commit,
+                    socket.gethostname(),
+                ],
+            )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        df = self.query_df("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise RunNotFound(f"no run with id '{run_id}' in {self.path.name}")
+        row = df.iloc[0].to_dict()
+        row["status_effective"] = effective_status(row)
+        return row
+
+    def list_runs(self) -> pd.DataFrame:
+        df = self.query_df(
+            """SELECT r.*, (SELECT count(*) FROM points p WHERE p.run_id = r.run_id AND p.status = 'done') AS points_done
+               FROM runs r ORDER BY created_at DESC"""
+        )
+        if not df.empty:
+            df["status_effective"] = [effective_status(r) for r in df.to_dict("records")]
+            df["n_points"] = [_n_points(s) for s in df["spec_json"]]
+        else:
+            df["status_effective"] = []
+            df["n_points"] = []
+        return df
+
+    def set_status(self, run_id: str, status: str, error: str | None = None, **fields: Any) -> None:
+        sets = ["status = ?"]
+        params: list[Any] = [status]
+        if status == "running":
+            sets += [
+                "started_at = coalesce(started_at, ?)",
+                "heartbeat_at = ?",
+                "finished_at = NULL",
+                "error = NULL",
+            ]
+            params += [now(), now()]
+        if status in FINAL_STATES:
+            sets.append("finished_at = ?")
+            params.append(now())
+        if error is not None:
+            sets.append("error = ?")
+            params.append(error)
+        for k, v in fields.items():
+            sets.append(f"{k} = ?")
+            params.append(v)
+        with self.tx() as con:
+            con.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", [*params, run_id])
+
+    def claim_next_queued(self, pid: int) -> str | None:
+        """Atomically move the oldest queued run to running for this worker."""
+        with self.tx() as con:
+            row = con.execute(
+                "SELECT run_id FROM runs WHERE status = 'queued' ORDER BY created_at LIMIT 1"
+            ).fetchone()
+            if not row:
+                return None
+            con.execute(
+                """UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat_at = ?,
+                   started_at = coalesce(started_at, ?), finished_at = NULL, error = NULL
+                   WHERE run_id = ?""",
+                [pid, socket.gethostname(), now(), now(), row[0]],
+            )
+            return row[0]
+
+    def request_cancel(self, run_id: str) -> None:
+        with self.tx() as con:
+            con.execute("UPDATE runs SET cancel_requested = TRUE WHERE run_id = ?", [run_id])
+
+    def cancel_requested(self, run_id: str) -> bool:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT cancel_requested FROM runs WHERE run_id = ?", [run_id]
+            ).fetchone()
+        return bool(row and row[0])
+
+    def delete_run(self, run_id: str) -> None:
+        self.get_run(run_id)
+        with self.tx() as con:
+            for t in (
+                "step_losses",
+                "generations",
+                "progress",
+                "item_nll",
+                "evals",
+                "points",
+                "runs",
+            ):
+                con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+
+    # -- points -----------------------------------------------------------------------------
+    def finished_points(self, run_id: str) -> set[tuple[int, int]]:
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT scale, seed FROM points WHERE run_id = ? AND status IN ('done', 'diverged', 'stopped')",
+                [run_id],
+            ).fetchall()
+        return {(int(a), int(b)) for a, b in rows}
+
+    def save_point(self, run_id: str, r: PointResult) -> None:
+        """Write a point and all its details at once; writing it again replaces it (idempotent)."""
+        m = dict(r.metrics)
+        cols = ["run_id", "scale", "seed", "status", *m.keys(), "finished_at"]
+        vals = [run_id, r.scale, r.seed, r.status, *m.values(), now()]
+        key = [run_id, r.scale, r.seed]
+        with self.tx() as con:
+            for t in ("evals", "item_nll", "points"):
+                con.execute(f"DELETE FROM {t} WHERE run_id = ? AND scale = ? AND seed = ?", key)
+            con.execute(
+                "DELETE FROM generations WHERE run_id = ? AND scale = ? AND seed = ? AND stage = 'after'",
+                key,
+            )
+            con.execute(
+                f"INSERT INTO points ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                vals,
+            )
+            if r.evals:
+                con.executemany(
+                    "INSERT INTO evals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [*key, e["eval_set"], e["ppl_before"], e["ppl_after"], e["change_pct"]]
+                        for e in r.evals
+                    ],
+                )
+            if r.item_nll:
+                df = pd.DataFrame(r.item_nll)
+                df.insert(0, "seed", r.seed)
+                df.insert(0, "scale", r.scale)
+                df.insert(0, "run_id", run_id)
+                con.register("_items", df)
+                con.execute(
+                    "INSERT INTO item_nll SELECT run_id, scale, seed, eval_set, item, nll_before, nll_after, tokens FROM _items"
+                )
+                con.unregister("_items")
+            self._insert_generations(con, run_id, r.scale, r.seed, "after", r.generations)
+            con.execute(
+                "UPDATE progress SET phase = ?, updated_at = ? WHERE run_id = ? AND scale = ? AND seed = ?",
+                [r.status, now(), *key],
+            )
+
+    @staticmethod
+    def _insert_generations(con, run_id, scale, seed, stage, gens) -> None:
+        if gens:
+            con.executemany(
+                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        run_id,
+                        scale,
+                        seed,
+                        stage,
+                        i,
+                        g["prompt"],
+                        g["output"],
+                        g["new_tokens"],
+                        g["ok"],
+                    ]
+                    for i, g in enumerate(gens)
+                ],
+            )
+
+    def save_base_generations(self, run_id: str, gens: list[dict]) -> None:
+        """The base model's answers, stored once per run under scale 0."""
+        with self.tx() as con:
+            self._insert_generations(con, run_id, 0, 0, "before", gens)
+
+    def record_progress(
+        self,
+        run_id: str,
+        scale: int,
+        seed: int,
+        phase: str,
+        step: int,
+        total: int,
+        loss: float | None,
+        losses: list[tuple[int, float]],
+        restart: bool = False,
+    ) -> None:
+        """Progress of the point in flight plus buffered step losses; also the run's heartbeat."""
+        t = now()
+        with self.tx() as con:
+            if restart:
+                con.execute(
+                    "DELETE FROM step_losses WHERE run_id = ? AND scale = ? AND seed = ?",
+                    [run_id, scale, seed],
+                )
+            con.execute(
+                """INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?, ?, ?, ?,
+                   coalesce((SELECT started_at FROM progress WHERE run_id = ? AND scale = ? AND seed = ?), ?), ?)""",
+                [run_id, scale, seed, phase, step, total, loss, run_id, scale, seed, t, t],
+            )
+            if restart:
+                con.execute(
+                    "UPDATE progress SET started_at = ? WHERE run_id = ? AND scale = ? AND seed = ?",
+                    [t, run_id, scale, seed],
+                )
+            if losses:
+                con.executemany(
+                    "INSERT OR REPLACE INTO step_losses VALUES (?, ?, ?, ?, ?)",
+                    [[run_id, scale, seed, s, v] for s, v in losses],
+                )
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, run_id])
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.tx() as con:
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now(), run_id])
+
+    # -- reads for the app and the CLI --------------------------------------------------------
+    def points_df(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        sql = EXPORT_SQL
+        params: list[Any] = []
+        if run_ids is not None:
+            if not run_ids:
+                return self.query_df(EXPORT_SQL + " WHERE FALSE")
+            sql += f" WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
+            params = list(run_ids)
+        return self.query_df(sql + " ORDER BY p.run_id, p.scale, p.seed", params)
+
+    def progress_df(self, run_id: str) -> pd.DataFrame:
+        return self.query_df(
+            "SELECT * FROM progress WHERE run_id = ? ORDER BY scale, seed", [run_id]
+        )
+
+    def losses_df(self, run_id: str) -> pd.DataFrame:
+        return self.query_df(
+            "SELECT scale, seed, step, loss FROM step_losses WHERE run_id = ? ORDER BY scale, seed, step",
+            [run_id],
+        )
+
+    def generations_df(
+        self, run_id: str, scale: int | None = None, seed: int | None = None
+    ) -> pd.DataFrame:
+        sql = "SELECT * FROM generations WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if scale is not None:
+            sql += " AND ((scale = ? AND seed = ?) OR stage = 'before')"
+            params += [scale, seed]
+        return self.query_df(sql + " ORDER BY stage DESC, scale, seed, idx", params)
+
+    def evals_df(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        sql = """SELECT e.*, r.domain AS train_domain, r.method, r.model, r.lora_rank AS rank
+                 FROM evals e JOIN runs r USING (run_id)"""
+        params: list[Any] = []
+        if run_ids:
+            sql += f" WHERE e.run_id IN ({', '.join('?' * len(run_ids))})"
+            params = list(run_ids)
+        return self.query_df(sql, params)
+
+    def item_nll_df(self, run_id: str, eval_set: str = "general") -> pd.DataFrame:
+        return self.query_df(
+            "SELECT * FROM item_nll WHERE run_id = ? AND eval_set = ? ORDER BY scale, seed, item",
+            [run_id, eval_set],
+        )
+
+    def export(self, out: str | os.PathLike, fmt: str, run_ids: list[str] | None = None) -> int:
+        """Write per-point results with DuckDB's COPY; returns the number of rows written."""
+        if fmt not in ("csv", "parquet"):
+            raise StoreError(f"unknown export format '{fmt}'; use csv or parquet")
+        out = Path(out).expanduser().resolve()
+        if not out.parent.is_dir():
+            raise StoreError(f"the folder {out.parent} does not exist")
+        sql = EXPORT_SQL
+        params: list[Any] = []
+        if run_ids:
+            sql += f" WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
+            params = list(run_ids)
+        target = str(out).replace("'", "''")
+        with self._connect() as con:
+            n = con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+            options = "FORMAT csv, HEADER" if fmt == "csv" else "FORMAT parquet"
+            try:
+                con.execute(
+                    f"COPY ({sql} ORDER BY p.run_id, p.scale, p.seed) TO '{target}' ({options})",
+                    params,
+                )
+            except duckdb.Error as e:
+                raise StoreError(f"could not write {out.name}: {str(e).splitlines()[0]}") from None
+        return int(n)
+
+
+def _n_points(spec_json: str) -> int:
+    try:
+        d = json.loads(spec_json)
+        return len(d["scales"]) * len(d["seeds"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished child not yet reaped) still answers signal 0.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def effective_status(run: dict[str, Any]) -> str:
+    """'running' in the table but the worker is gone (killed, machine rebooted) -> 'interrupted'."""
+    status = run.get("status")
+    if status != "running":
+        return status
+    if run.get("host") == socket.gethostname() and run.get("pid") and not pd.isna(run.get("pid")):
+        return "running" if pid_alive(int(run["pid"])) else "interrupted"
+    hb = run.get("heartbeat_at")
+    if hb is None or pd.isna(hb):
+        return "interrupted"
+    age = (now() - pd.Timestamp(hb).to_pydatetime()).total_seconds()
+    return "running" if age < HEARTBEAT_STALE_S else "interrupted"

@@ -1,0 +1,87 @@
+"""Streamlit helpers shared by the pages: the store, run pickers, the sidebar, error display."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import LabError
+from core.paths import resolve_db
+from core.store import Store
+
+ACTIVE = ("queued", "running")
+
+
+@st.cache_resource
+def _store(path: str) -> Store:
+    return Store(path)
+
+
+def store() -> Store:
+    return _store(str(resolve_db(None)))
+
+
+def runs() -> pd.DataFrame:
+    try:
+        return store().list_runs()
+    except LabError as e:
+        st.error(str(e))
+        st.stop()
+
+
+def label(row) -> str:
+    name = row["name"] or "run"
+    rank = (
+        "" if row["method"] == "full" or pd.isna(row["lora_rank"]) else f" r{int(row['lora_rank'])}"
+    )
+    return (
+        f"{name} · {row['model']} · {row['method']}{rank} · {row['domain']} ({row['run_id'][-6:]})"
+    )
+
+
+def labels(df: pd.DataFrame) -> dict[str, str]:
+    return {r["run_id"]: label(r) for r in df.to_dict("records")}
+
+
+def pick_runs(df: pd.DataFrame, key: str, help: str = "", max_default: int = 3) -> list[str]:
+    """Multiselect of runs that have finished points; defaults to the newest ones."""
+    have = df[df["points_done"] > 0]
+    if have.empty:
+        return []
+    lab = labels(have)
+    chosen = st.multiselect(
+        "Runs",
+        list(lab),
+        default=list(lab)[:max_default],
+        format_func=lab.get,
+        key=key,
+        help=help or "Runs with at least one finished point.",
+    )
+    return chosen
+
+
+def no_results(what: str = "results") -> None:
+    st.info(
+        f"No {what} yet. Start a run on the **Launch** page — the *quick-cpu* preset measures a "
+        "real forgetting curve on the embedded model in a few minutes.",
+        icon=":material/info:",
+    )
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.caption(f"Database: `{resolve_db(None).name}` in the lab home")
+        try:
+            df = store().list_runs()
+        except LabError as e:
+            st.error(str(e))
+            return
+        active = df[df["status_effective"].isin(ACTIVE)] if not df.empty else df
+        if not active.empty:
+            st.markdown(f"**{len(active)} run(s) active**")
+            for r in active.to_dict("records"):
+                st.caption(
+                    f"{r['status_effective']}: {r['name'] or r['run_id']} — {r['points_done']}/{r['n_points']} points"
+                )
+        else:
+            st.caption(f"{len(df)} run(s) stored, none active")

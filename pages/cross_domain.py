@@ -1,0 +1,65 @@
+"""Train on one domain, evaluate on every domain: the cross-domain matrix, and methods/ranks
+compared on the same axes."""
+
+import streamlit as st
+
+from core import analysis, charts
+from pages._ui import labels, no_results, runs, store
+
+st.title("Cross-domain")
+st.caption(
+    "Each cell: mean perplexity change on an evaluation set after training on a domain "
+    "(red = worse, blue = better). Rows come from runs; columns from the evaluation sets each run measured."
+)
+df = runs()
+done = df[df["points_done"] > 0] if not df.empty else df
+if done.empty:
+    no_results("finished points")
+    st.stop()
+ev = store().evals_df(list(done.run_id))
+if ev.empty:
+    no_results("evaluations")
+    st.stop()
+scales = sorted(ev.scale.unique())
+scale = st.select_slider(
+    "Dataset size",
+    scales,
+    value=scales[-1],
+    format_func=lambda v: f"{v:,}",
+    help="Cells use the points trained at this size (mean over runs and seeds).",
+)
+sub = ev[ev.scale == scale].copy()
+sub["eval"] = sub["eval_set"].str.replace("domain:", "", regex=False)
+m = sub.pivot_table(index="train_domain", columns="eval", values="change_pct", aggfunc="mean")
+cols = ["general"] + sorted(c for c in m.columns if c != "general")
+m = m[[c for c in cols if c in m.columns]]
+st.plotly_chart(
+    charts.heatmap(m, f"Perplexity change after training on {scale:,} samples", "PPL change"),
+    key="xdomain",
+)
+if len(m.index) < 2:
+    st.caption("Only one training domain so far: queue runs on other domains to fill more rows.")
+
+st.subheader("Methods and ranks on the same axes")
+lab = labels(done)
+metric = st.radio(
+    "Metric",
+    ["degradation_pct", "domain_improvement_pct"],
+    horizontal=True,
+    format_func={
+        "degradation_pct": "general degradation %",
+        "domain_improvement_pct": "domain improvement %",
+    }.get,
+)
+chosen = st.multiselect(
+    "Runs", list(lab), default=list(lab)[:4], format_func=lab.get, key="xd_runs"
+)
+if chosen:
+    curves = analysis.per_scale(store().points_df(chosen), metric)
+    deg = metric == "degradation_pct"
+    st.plotly_chart(
+        charts.compare_figure(
+            curves, lab, "general PPL change" if deg else "domain PPL drop", ratio_axis=deg
+        ),
+        key="methods",
+    )

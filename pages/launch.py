@@ -1,0 +1,245 @@
+"""Launch a sweep and watch it run. Training happens in a background worker process."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core import charts, data, runner
+from core.config import PRESETS, RunSpec, field_choices, field_help, parse_int_list, preset
+from core.errors import LabError
+from pages._ui import ACTIVE, label, runs, store
+
+st.title("Launch a sweep")
+st.caption(
+    "Each dataset size gets a fresh adapter trained on that many domain samples; general-knowledge "
+    "perplexity, domain perplexity and a generation smoke test are measured before and after."
+)
+
+df = runs()
+if df.empty:
+    st.info(
+        "**Welcome.** No runs yet. The *quick-cpu* preset fine-tunes the embedded SmolLM2-135M on "
+        "legal text at six dataset sizes (8 → 256 samples) and takes about three minutes on two CPU cores.",
+        icon=":material/waving_hand:",
+    )
+    if st.button("▶ Start quick-cpu now", type="primary", key="quickstart"):
+        try:
+            st.session_state["watch"] = runner.launch(store(), preset("quick-cpu"))
+            st.rerun()
+        except LabError as e:
+            st.error(str(e))
+
+with st.expander("New run", expanded=df.empty is False):
+    pname = st.selectbox(
+        "Preset",
+        list(PRESETS),
+        index=list(PRESETS).index("quick-cpu"),
+        help="Starting values for the form below.",
+    )
+    base = preset(pname)
+    with st.form(f"launch-{pname}"):
+        c1, c2, c3 = st.columns(3)
+        model = c1.text_input("Model", base.model, help=field_help("model"))
+        method = c2.selectbox(
+            "Method",
+            field_choices("method"),
+            index=field_choices("method").index(base.method),
+            help=field_help("method"),
+        )
+        domains = data.list_domains()
+        domain = c3.selectbox(
+            "Domain",
+            domains,
+            index=domains.index(base.domain) if base.domain in domains else 0,
+            help=field_help("domain"),
+        )
+        c1, c2, c3 = st.columns(3)
+        scales = c1.text_input(
+            "Dataset sizes", ", ".join(map(str, base.scales)), help=field_help("scales")
+        )
+        seeds = c2.text_input("Seeds", ", ".join(map(str, base.seeds)), help=field_help("seeds"))
+        epochs = c3.number_input("Epochs", 1, 1000, base.epochs, help=field_help("epochs"))
+        c1, c2, c3 = st.columns(3)
+        lr = c1.number_input(
+            "Learning rate",
+            0.0,
+            1.0,
+            base.learning_rate,
+            format="%.2e",
+            step=1e-5,
+            help=field_help("learning_rate"),
+        )
+        rank = c2.number_input("LoRA rank", 1, 4096, base.lora_rank, help=field_help("lora_rank"))
+        alpha = c3.number_input(
+            "LoRA alpha", 0.0, 1e6, base.lora_alpha, help=field_help("lora_alpha")
+        )
+        with st.expander("More settings"):
+            c1, c2, c3 = st.columns(3)
+            max_length = c1.number_input(
+                "Max length (tokens)", 8, 32768, base.max_length, help=field_help("max_length")
+            )
+            batch = c2.number_input(
+                "Batch size", 1, 4096, base.batch_size, help=field_help("batch_size")
+            )
+            construction = c3.selectbox(
+                "Sample construction",
+                field_choices("construction"),
+                index=field_choices("construction").index(base.construction),
+                help=field_help("construction"),
+            )
+            c1, c2, c3 = st.columns(3)
+            probe = c1.selectbox(
+                "General probe",
+                field_choices("probe"),
+                index=field_choices("probe").index(base.probe),
+                help=field_help("probe"),
+            )
+            targets = c2.text_input(
+                "Target modules", base.target_modules, help=field_help("target_modules")
+            )
+            device = c3.selectbox(
+                "Device",
+                field_choices("device"),
+                index=field_choices("device").index(base.device),
+                help=field_help("device"),
+            )
+            name = st.text_input("Name", base.name, help=field_help("name"))
+        submitted = st.form_submit_button("Queue run", type="primary")
+    if submitted:
+        try:
+            spec = RunSpec.from_dict(
+                {
+                    **base.to_dict(),
+                    "model": model,
+                    "method": method,
+                    "domain": domain,
+                    "scales": parse_int_list(scales, "scales"),
+                    "seeds": parse_int_list(seeds, "seeds"),
+                    "epochs": int(epochs),
+                    "learning_rate": float(lr),
+                    "lora_rank": int(rank),
+                    "lora_alpha": float(alpha),
+                    "max_length": int(max_length),
+                    "batch_size": int(batch),
+                    "construction": construction,
+                    "probe": probe,
+                    "target_modules": targets,
+                    "device": device,
+                    "name": name,
+                }
+            )
+            run_id = runner.launch(store(), spec)
+            st.session_state["watch"] = run_id
+            st.success(
+                f"Queued run `{run_id}` with {len(spec.points())} point(s). It trains in a background "
+                "process: closing the browser does not stop it."
+            )
+        except LabError as e:
+            st.error(f"Not queued: {e}")
+
+
+def _eta(p: pd.Series) -> str:
+    if not p["total_steps"] or not p["step"]:
+        return "—"
+    elapsed = (p["updated_at"] - p["started_at"]).total_seconds()
+    if elapsed <= 0:
+        return "—"
+    rem = (p["total_steps"] - p["step"]) * elapsed / p["step"]
+    return f"{rem:,.0f} s" if rem < 120 else f"{rem / 60:,.1f} min"
+
+
+def panel() -> None:
+    all_runs = runs()
+    if all_runs.empty:
+        return
+    lab = {
+        r["run_id"]: f"[{r['status_effective']}] {label(r)}" for r in all_runs.to_dict("records")
+    }
+    watch = st.session_state.get("watch")
+    ids = list(lab)
+    idx = ids.index(watch) if watch in ids else 0
+    run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
+    run = store().get_run(run_id)
+    spec = json.loads(run["spec_json"])
+    n_total = len(spec["scales"]) * len(spec["seeds"])
+    pts = store().points_df([run_id])
+    n_done = int((pts["status"] != "failed").sum()) if not pts.empty else 0
+    status = run["status_effective"]
+    color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(status, "orange")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    c1.markdown(f"#### Status: :{color}[{status}]")
+    if run["error"]:
+        c1.caption(run["error"])
+    if status in ACTIVE and c2.button("Cancel run", key=f"cancel-{run_id}"):
+        try:
+            st.toast(f"{runner.cancel(store(), run_id)}")
+        except LabError as e:
+            st.error(str(e))
+    if status in ("failed", "cancelled", "interrupted") and c3.button(
+        "Resume", key=f"resume-{run_id}"
+    ):
+        try:
+            runner.resume_background(store(), run_id)
+            st.toast("queued again; finished points are kept")
+        except LabError as e:
+            st.error(str(e))
+    st.progress(n_done / max(n_total, 1), text=f"{n_done} of {n_total} points finished")
+    prog = store().progress_df(run_id)
+    live = prog[prog["phase"].isin(["training", "evaluating"])] if not prog.empty else prog
+    if status == "running" and not live.empty:
+        p = live.iloc[-1]
+        frac = (p["step"] / p["total_steps"]) if p["total_steps"] else 0.0
+        loss = f"{p['loss']:.3f}" if pd.notna(p["loss"]) else "—"
+        st.progress(
+            min(frac, 1.0),
+            text=f"scale {p['scale']:,} · seed {p['seed']} · {p['phase']} · "
+            f"step {p['step']}/{p['total_steps']} · loss {loss} · ETA {_eta(p)}",
+        )
+        losses = store().losses_df(run_id)
+        cur = losses[(losses.scale == p["scale"]) & (losses.seed == p["seed"])]
+        if len(cur) > 1:
+            st.plotly_chart(
+                charts.loss_sparkline(cur), key="spark", config={"displayModeBar": False}
+            )
+    elif status == "running":
+        st.caption("loading the model and measuring the base…")
+    if not pts.empty:
+        show = pts[
+            [
+                "scale",
+                "seed",
+                "status",
+                "general_ppl_before",
+                "general_ppl_after",
+                "degradation_pct",
+                "domain_improvement_pct",
+                "smoke_ok",
+                "train_seconds",
+            ]
+        ]
+        st.dataframe(
+            show,
+            hide_index=True,
+            column_config={
+                "degradation_pct": st.column_config.NumberColumn("degradation %", format="%+.1f"),
+                "domain_improvement_pct": st.column_config.NumberColumn(
+                    "domain better %", format="%+.1f"
+                ),
+                "general_ppl_before": st.column_config.NumberColumn(
+                    "general PPL before", format="%.2f"
+                ),
+                "general_ppl_after": st.column_config.NumberColumn(
+                    "general PPL after", format="%.2f"
+                ),
+                "train_seconds": st.column_config.NumberColumn("train s", format="%.1f"),
+                "smoke_ok": st.column_config.CheckboxColumn("smoke ok"),
+            },
+        )
+
+
+st.subheader("Progress")
+any_active = (
+    not df.empty and df["status_effective"].isin(ACTIVE).any() or "watch" in st.session_state
+)
+st.fragment(run_every=2.0 if any_active else None)(panel)()

@@ -1,0 +1,53 @@
+"""Which phase each measured dataset size falls in, and where each run enters a phase."""
+
+import pandas as pd
+import streamlit as st
+
+from core import analysis, charts
+from pages._ui import labels, no_results, pick_runs, runs, store
+
+st.title("Phases")
+st.caption(
+    "Phases by general-knowledge degradation: safe < 10 %, threshold 10–50 %, catastrophic "
+    "50–1,000 %, exponential 1,000–10,000 %, collapse above (defaults from our reading of seed 000; "
+    "change them on the Threshold page's sidebar)."
+)
+df = runs()
+chosen = pick_runs(df, "phase_runs")
+if not chosen:
+    no_results("finished points")
+    st.stop()
+cutoffs = tuple(st.session_state.get(f"cut{i}", v) for i, v in enumerate(analysis.DEFAULT_CUTOFFS))
+try:
+    cutoffs = analysis.validate_cutoffs(cutoffs)
+except ValueError:
+    cutoffs = analysis.DEFAULT_CUTOFFS
+curves = analysis.per_scale(store().points_df(chosen))
+if curves.empty:
+    st.warning("No finished points in the selected runs.")
+    st.stop()
+lab = labels(df)
+tables = {
+    lab.get(r, r): analysis.phase_table(c, cutoffs) for r, c in curves.groupby("run_id", sort=False)
+}
+st.plotly_chart(charts.phase_timeline(tables), key="phase_timeline")
+
+entries = []
+for r, c in curves.groupby("run_id", sort=False):
+    row = {"run": lab.get(r, r)}
+    for e in analysis.phase_entries(c, cutoffs):
+        row[e.phase] = f"{e.first_scale:,.0f}" if e.first_scale else "—"
+    entries.append(row)
+st.subheader("Smallest measured dataset size in each phase")
+st.dataframe(pd.DataFrame(entries), hide_index=True)
+
+st.subheader("Per point")
+for name, t in tables.items():
+    st.markdown(f"**{name}**")
+    st.dataframe(
+        t.rename(columns={"mean": "degradation % (mean over seeds)"}),
+        hide_index=True,
+        column_config={
+            "degradation % (mean over seeds)": st.column_config.NumberColumn(format="%+.1f")
+        },
+    )

@@ -1,0 +1,106 @@
+"""Every stored run: filter, compare, export, delete."""
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from core import analysis, charts
+from core.errors import LabError
+from pages._ui import labels, no_results, runs, store
+
+st.title("Runs")
+df = runs()
+if df.empty:
+    no_results("runs")
+    st.stop()
+c1, c2, c3, c4 = st.columns(4)
+f_status = c1.multiselect("Status", sorted(df.status_effective.unique()))
+f_model = c2.multiselect("Model", sorted(df.model.unique()))
+f_method = c3.multiselect("Method", sorted(df.method.unique()))
+f_domain = c4.multiselect("Domain", sorted(df.domain.unique()))
+view = df
+for col, sel in (
+    ("status_effective", f_status),
+    ("model", f_model),
+    ("method", f_method),
+    ("domain", f_domain),
+):
+    if sel:
+        view = view[view[col].isin(sel)]
+table = view[
+    [
+        "run_id",
+        "name",
+        "status_effective",
+        "points_done",
+        "n_points",
+        "model",
+        "method",
+        "lora_rank",
+        "domain",
+        "device",
+        "created_at",
+        "error",
+    ]
+].rename(columns={"status_effective": "status"})
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        "points_done": st.column_config.NumberColumn("points done"),
+        "n_points": st.column_config.NumberColumn("points planned"),
+    },
+)
+
+lab = labels(view)
+st.subheader("Compare")
+chosen = st.multiselect("Runs to compare", list(lab), default=list(lab)[:2], format_func=lab.get)
+if chosen:
+    pts = store().points_df(chosen)
+    curves = analysis.per_scale(pts)
+    if not curves.empty:
+        st.plotly_chart(
+            charts.compare_figure(curves, lab, "general PPL change", ratio_axis=True), key="cmp"
+        )
+        st.caption("Use the camera icon on any chart to download it as PNG.")
+    agg = pts.groupby("run_id").agg(
+        points=("scale", "size"),
+        max_degradation=("degradation_pct", "max"),
+        smoke_failures=("smoke_ok", lambda s: int((s == False).sum())),  # noqa: E712
+        train_seconds=("train_seconds", "sum"),
+        peak_mem_mb=("peak_mem_mb", "max"),
+    )
+    st.dataframe(agg.rename(index=lab))
+
+st.subheader("Export")
+fmt = st.radio("Format", ["csv", "parquet"], horizontal=True)
+scope = chosen if chosen else None
+with tempfile.TemporaryDirectory() as d:
+    out = Path(d) / f"forgetting-lab-points.{fmt}"
+    try:
+        n = store().export(out, fmt, scope)
+        st.download_button(
+            f"Download {n} point rows ({fmt})",
+            out.read_bytes(),
+            file_name=out.name,
+            mime="text/csv" if fmt == "csv" else "application/octet-stream",
+        )
+    except LabError as e:
+        st.error(str(e))
+
+st.subheader("Delete")
+victim = st.selectbox(
+    "Run to delete", [None, *lab], format_func=lambda r: "—" if r is None else lab[r]
+)
+if victim:
+    sure = st.checkbox(f"Yes, delete {victim} and all its points", key="confirm_delete")
+    if st.button("Delete run", type="secondary", disabled=not sure):
+        try:
+            if view.set_index("run_id").loc[victim, "status_effective"] in ("running", "queued"):
+                raise LabError("cancel the run before deleting it")
+            store().delete_run(victim)
+            st.success(f"Deleted {victim}.")
+            st.rerun()
+        except LabError as e:
+            st.error(str(e))

@@ -1,0 +1,80 @@
+"""Type a prompt; the base model and a point's fine-tuned model answer side by side."""
+
+import streamlit as st
+
+from core.errors import LabError
+from core.smoke import MAX_NEW_TOKENS, SmokeModel, StreamResult, check_settings, clean_prompt
+from pages._ui import labels, no_results, runs, store
+
+st.title("Smoke test")
+st.caption(
+    "Seed 003's check: a fine-tuned model can look fine on metrics and still return nothing. "
+    "Zero new tokens, or a degenerate answer, is flagged as a failure."
+)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model and adapter…")
+def _model(run_id: str, adapter: str | None) -> SmokeModel:
+    return SmokeModel.for_point(store().get_run(run_id), adapter)
+
+
+df = runs()
+done = df[df["points_done"] > 0] if not df.empty else df
+if done.empty:
+    no_results("fine-tuned points")
+    st.stop()
+lab = labels(done)
+c1, c2 = st.columns([2, 1])
+run_id = c1.selectbox("Run", list(lab), format_func=lab.get)
+pts = store().query_df(
+    "SELECT scale, seed, adapter_path, degradation_pct FROM points WHERE run_id = ? "
+    "AND status = 'done' ORDER BY scale, seed",
+    [run_id],
+)
+opts = list(range(len(pts)))
+i = c2.selectbox(
+    "Point",
+    opts,
+    format_func=lambda k: (
+        f"{pts.scale[k]:,} samples · seed {pts.seed[k]} · {pts.degradation_pct[k]:+,.1f}%"
+    ),
+)
+adapter = pts.adapter_path[i]
+if not adapter:
+    st.warning(
+        "This point has no saved adapter (full fine-tuning points are not saved, or saving was off); "
+        "both columns will show the base model."
+    )
+
+with st.form("prompt"):
+    prompt = st.text_area("Prompt", "The capital of France is", max_chars=2000)
+    c1, c2 = st.columns(2)
+    max_new = c1.slider("Max new tokens", 1, MAX_NEW_TOKENS, 40)
+    temp = c2.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05)
+    go = st.form_submit_button("Generate", type="primary")
+
+if go:
+    try:
+        clean_prompt(prompt)
+        check_settings(max_new, temp)
+        m = _model(run_id, adapter)
+    except LabError as e:
+        st.error(str(e))
+        st.stop()
+    left, right = st.columns(2)
+    for col, adapted, title in (
+        (left, False, "Base model"),
+        (right, True, f"After fine-tuning on {pts.scale[i]:,} samples"),
+    ):
+        with col:
+            st.markdown(f"**{title}**")
+            res = StreamResult()
+            st.write_stream(m.stream(prompt, adapted, max_new, temp, result=res))
+            if res.ok:
+                st.success(f"{res.new_tokens} new tokens", icon=":material/check_circle:")
+            else:
+                st.error(
+                    f"Smoke test failed: {res.new_tokens} new tokens"
+                    + ("" if res.new_tokens == 0 else " (degenerate answer)"),
+                    icon=":material/error:",
+                )

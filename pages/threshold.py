@@ -1,0 +1,163 @@
+"""Degradation vs dataset size, the threshold, phase bands, and a slider to read any scale."""
+
+import pandas as pd
+import streamlit as st
+
+from core import analysis, charts, reference
+from pages._ui import labels, no_results, pick_runs, runs, store
+
+st.title("Threshold")
+st.caption(
+    "General-knowledge degradation = change of perplexity on the general probe after fine-tuning "
+    "(positive = worse). The y axis is logarithmic in the perplexity ratio, so −20 % and +20,000 % "
+    "both stay readable."
+)
+
+df = runs()
+chosen = pick_runs(df, "thr_runs")
+with st.sidebar:
+    st.subheader("Threshold settings")
+    level = st.number_input(
+        "Threshold level (% degradation)",
+        0.1,
+        100000.0,
+        10.0,
+        step=5.0,
+        help="The threshold is where degradation first rises above this level.",
+    )
+    with st.expander("Phase cut-offs (%)"):
+        st.caption("Defaults: our reading of seed 000's phases.")
+        cuts = [
+            st.number_input(f"{a} → {b}", value=v, key=f"cut{i}")
+            for i, (a, b, v) in enumerate(
+                zip(analysis.PHASES, analysis.PHASES[1:], analysis.DEFAULT_CUTOFFS)
+            )
+        ]
+    show_guidance = st.checkbox("Seed 000's alert (+20 %) and rollback (+50 %) lines", value=True)
+    show_paper = st.checkbox(
+        "Overlay seed 000's claimed curve",
+        value=False,
+        help="Numbers the paper reports for GPT-2; not measured here.",
+    )
+try:
+    cutoffs = analysis.validate_cutoffs(cuts)
+except ValueError as e:
+    st.error(str(e))
+    cutoffs = analysis.DEFAULT_CUTOFFS
+
+if not chosen:
+    no_results("finished points")
+    st.stop()
+
+pts = store().points_df(chosen)
+curves = analysis.per_scale(pts, "degradation_pct")
+dom = analysis.per_scale(pts, "domain_improvement_pct")
+if curves.empty:
+    st.warning("The selected runs have no successfully finished points yet.")
+    st.stop()
+lab = labels(df)
+thr = {
+    r: analysis.threshold_scale(c["scale"], c["mean"], level) for r, c in curves.groupby("run_id")
+}
+
+lo, hi = int(curves["scale"].min()), int(curves["scale"].max())
+marker = None
+focus = chosen[0]
+if lo < hi:
+    values = analysis.log_slider_values(lo, hi)
+    c1, c2 = st.columns([3, 1])
+    x = c1.select_slider(
+        "Dataset size (log-spaced)",
+        values,
+        value=values[len(values) // 2],
+        format_func=lambda v: f"{v:,}",
+        key="scale_slider",
+    )
+    focus = c2.selectbox(
+        "Read off run", [r for r in chosen if r in set(curves.run_id)], format_func=lab.get
+    )
+    c = curves[curves.run_id == focus]
+    if c["scale"].min() <= x <= c["scale"].max():
+        ip = analysis.interpolate(c["scale"], c["mean"], x)
+        marker = {"x": x, **ip}
+else:
+    x = lo
+
+paper = reference.paper_claims() if show_paper else None
+fig = charts.threshold_figure(
+    curves,
+    lab,
+    cutoffs,
+    thr,
+    level,
+    marker,
+    dom,
+    paper,
+    guidance=(analysis.ALERT_PCT, analysis.ROLLBACK_PCT) if show_guidance else (),
+)
+st.plotly_chart(fig, key="threshold_chart")
+
+if marker:
+    phase = analysis.classify(marker["value"], cutoffs)
+    kind = (
+        "measured"
+        if marker["kind"] == "measured"
+        else f"interpolated in log space between measured {marker['lo']:,.0f} and {marker['hi']:,.0f}"
+    )
+    st.metric(f"Degradation at {x:,} samples", charts.pct_label(marker["value"]), help=kind)
+    st.caption(f"**{kind}** · phase: **{phase}** · run: {lab.get(focus, focus)}")
+
+cols = st.columns(len(chosen) if len(chosen) <= 4 else 4)
+for col, r in zip(cols, chosen):
+    c = curves[curves.run_id == r]
+    if c.empty:
+        continue
+    t = thr.get(r)
+    safe = analysis.largest_safe_scale(c["scale"], c["mean"], level)
+    col.markdown(f"**{lab.get(r, r)}**")
+    col.write(
+        f"threshold ({level:g} %): **{t:,.0f}** samples"
+        if t
+        else f"never crosses {level:g} % in the measured range"
+    )
+    col.write(
+        f"largest measured size below it: **{safe:,.0f}**"
+        if safe
+        else "no measured size below the level"
+    )
+
+nearest = analysis.nearest_scale(curves[curves.run_id == focus]["scale"], x)
+st.subheader(f"Nearest measured point: {nearest:,} samples")
+near = pts[(pts.run_id == focus) & (pts.scale == nearest)]
+st.dataframe(
+    near[
+        [
+            "seed",
+            "status",
+            "general_ppl_before",
+            "general_ppl_after",
+            "degradation_pct",
+            "domain_ppl_before",
+            "domain_ppl_after",
+            "domain_improvement_pct",
+            "smoke_ok",
+        ]
+    ],
+    hide_index=True,
+)
+gens = store().generations_df(focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
+if not gens.empty:
+    st.markdown("**Stored smoke-test generations** (greedy decoding)")
+    before = gens[gens.stage == "before"].set_index("idx")
+    after = gens[gens.stage == "after"].set_index("idx")
+    rows = [
+        {
+            "prompt": before.loc[i, "prompt"],
+            "base model": before.loc[i, "output"],
+            "after fine-tuning": after.loc[i, "output"] if i in after.index else "",
+            "new tokens": int(after.loc[i, "new_tokens"]) if i in after.index else None,
+            "ok": bool(after.loc[i, "ok"]) if i in after.index else None,
+        }
+        for i in before.index
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)

@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_run_show_export_roundtrip(db, tmp_path):
+    r = cli("run", "--preset", "tiny-test", "--scales", "4,6", "--db", str(db))
+    assert r.returncode == 0, r.stderr
+    assert "scale      4 seed 0" in r.stdout and " done" in r.stdout
+    run_id = r.stdout.strip().splitlines()[-1].split()[1]
+    assert cli("list", "--db", str(db)).stdout.count(run_id) == 1
+    show = cli("show", run_id, "--db", str(db))
+    assert show.returncode == 0 and "degradation_pct" in show.stdout
+    out = tmp_path / "pts.parquet"
+    e = cli("export", "--db", str(db), "--format", "parquet", "--out", str(out))
+    assert e.returncode == 0 and "wrote 2 rows" in e.stdout
+    assert sorted(pd.read_parquet(out).scale) == [4, 6]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "--preset", "tiny-test", "--scales", "0,10"], "0 is not a positive"),
+        (["run", "--preset", "tiny-test", "--scales", "ten"], "'ten' is not a number"),
+        (["run", "--preset", "nope"], "unknown preset"),
+        (["run", "--preset", "tiny-test", "--method", "magic"], "method: unknown value"),
+        (["run", "--preset", "tiny-test", "--domain", "astrology"], "unknown domain"),
+        (["run", "--preset", "tiny-test", "--rank", "x"], "not a valid int"),
+        (["run", "--preset", "tiny-test", "--model", "/no/such/model"], "does not exist"),
+        (
+            ["run", "--preset", "tiny-test", "--model", "someorg/not-cached-model"],
+            "not available offline",
+        ),
+        (["show", "missing-run"], "no run with id"),
+        (["cancel", "missing-run"], "no run with id"),
+        (["export", "--format", "xlsx", "--out", "x"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(db, args, fragment):
+    r = cli(*args, "--db", str(db)) if args[0] != "frobnicate" else cli(*args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert fragment in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 or r.stderr.strip().splitlines()[-1].startswith(
+        "error"
+    )

@@ -1,0 +1,83 @@
+import pytest
+
+from core.config import PRESETS, RunSpec, parse_int_list, preset, validate
+from core.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_valid(name):
+    spec = preset(name)
+    assert spec.scales == tuple(sorted(spec.scales))
+
+
+def test_paper_preset_matches_seed_000():
+    s = preset("paper-000")
+    assert s.scales == (50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+    assert (s.lora_rank, s.lora_alpha, s.lora_dropout) == (8, 16.0, 0.1)
+    assert (s.learning_rate, s.weight_decay, s.epochs, s.batch_size, s.max_length) == (
+        5e-5,
+        0.01,
+        3,
+        1,
+        512,
+    )
+    assert s.seeds == (42,) and s.construction == "paper" and s.grad_clip == 0
+
+
+def test_unsorted_scales_are_sorted():
+    assert preset("tiny-test", scales=(16, 4, 8)).scales == (4, 8, 16)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"scales": (0, 10)}, "0 is not a positive"),
+        ({"scales": (-5,)}, "-5 is not a positive"),
+        ({"scales": (10, 10)}, "more than once"),
+        ({"scales": (10**9,)}, "larger than the supported maximum"),
+        ({"scales": (1.5,)}, "not a whole number"),
+        ({"scales": ()}, "at least one"),
+        ({"seeds": (1, 1)}, "seed appears more than once"),
+        ({"epochs": 0}, "epochs"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"lora_rank": 0}, "lora_rank"),
+        ({"lora_rank": -3}, "lora_rank"),
+        ({"lora_dropout": 1.5}, "lora_dropout"),
+        ({"method": "prompt-tuning"}, "method: unknown value"),
+        ({"probe": "mmlu"}, "probe: unknown value"),
+        ({"device": "tpu"}, "device: unknown value"),
+        ({"target_modules": "q_proj;rm -rf"}, "target_modules"),
+        ({"model": "  "}, "model"),
+    ],
+)
+def test_validation_names_the_problem(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        preset("tiny-test", **override)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        validate(RunSpec(epochs=0, lora_rank=0))
+    assert "epochs" in str(e.value) and "lora_rank" in str(e.value)
+
+
+def test_unknown_setting_and_preset():
+    with pytest.raises(ConfigError, match="unknown setting"):
+        RunSpec.from_dict({"rank": 8})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")
+
+
+def test_parse_int_list():
+    assert parse_int_list("50, 100,1e3", "scales") == (50, 100, 1000)
+    for bad in ("", "a,b", "1.5", "1,,2", "inf"):
+        with pytest.raises(ConfigError):
+            parse_int_list(bad, "scales")
+
+
+def test_spec_round_trips_through_json():
+    import json
+
+    s = preset("quick-cpu")
+    assert RunSpec.from_dict(json.loads(s.to_json())) == s

@@ -1,0 +1,154 @@
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from core import runner
+from core.config import preset
+from core.engine import adapter_abspath
+from core.errors import LabError
+from core.store import Store
+
+
+def test_tiny_sweep_writes_expected_rows(tiny_run):
+    path, run_id = tiny_run
+    s = Store(path)
+    run = s.get_run(run_id)
+    assert run["status"] == "done" and not run["error"]
+    pts = s.points_df([run_id])
+    assert sorted(zip(pts.scale, pts.seed)) == [(4, 0), (4, 1), (8, 0), (8, 1), (16, 0), (16, 1)]
+    assert (pts.status == "done").all()
+    assert pts.general_ppl_before.nunique() == 1  # the base is measured once
+    assert pts.degradation_pct.notna().all() and pts.domain_improvement_pct.notna().all()
+    # domain perplexity falls after training on the domain
+    assert (pts.domain_ppl_after < pts.domain_ppl_before).all()
+    losses = s.losses_df(run_id)
+    assert len(losses) == sum(pts.scale)  # 1 epoch, batch size 1: one loss per sample
+    gens = s.generations_df(run_id)
+    assert set(gens.stage) == {"before", "after"}
+    assert len(gens[gens.stage == "after"]) == 6 * 4
+    evals = s.evals_df([run_id])
+    assert {"general", "domain:legal", "domain:financial", "domain:medical", "domain:code"} <= set(
+        evals.eval_set
+    )
+    assert len(s.item_nll_df(run_id)) == 6 * 8  # paper-8 probe, one row per item per point
+
+
+def test_saved_adapter_loads_with_peft(tiny_run):
+    from peft import PeftModel
+
+    from core.models import load_model
+
+    path, run_id = tiny_run
+    row = Store(path).points_df([run_id]).iloc[-1]
+    rel = (
+        Store(path)
+        .query_df(
+            "SELECT adapter_path FROM points WHERE run_id = ? AND scale = ? AND seed = ?",
+            [run_id, int(row.scale), int(row.seed)],
+        )
+        .iloc[0, 0]
+    )
+    d = adapter_abspath(rel)
+    assert (d / "adapter_model.safetensors").is_file()
+    lm = load_model("tiny", "cpu")
+    model = PeftModel.from_pretrained(lm.model, d)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_same_seed_same_numbers(db):
+    spec = preset("tiny-test", scales=(6,))
+    s = Store(db)
+    a, b = (runner.create_run(s, spec, "running") for _ in range(2))
+    runner.run_foreground(s, a)
+    runner.run_foreground(s, b)
+    pa, pb = s.points_df([a]), s.points_df([b])
+    assert pa.degradation_pct[0] == pytest.approx(pb.degradation_pct[0], rel=1e-6)
+
+
+def _wait_for(pred, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killed_worker_resumes_without_recomputing(db):
+    """SIGKILL the background worker mid-sweep: finished points stay, the run shows interrupted,
+    resume skips them and no point is duplicated."""
+    s = Store(db)
+    spec = preset("tiny-test", scales=(4, 8, 3000))
+    run_id = runner.create_run(s, spec, "queued")
+    proc = runner.spawn_worker(db)
+    assert proc is not None
+    assert _wait_for(lambda: len(s.finished_points(run_id)) >= 2), "worker made no progress"
+    assert _wait_for(lambda: not s.progress_df(run_id).query("scale == 3000").empty)
+    first = s.points_df([run_id]).set_index("scale").finished_at.to_dict()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert s.get_run(run_id)["status_effective"] == "interrupted"
+    runner.prepare_resume(s, run_id)
+    assert runner.run_foreground(s, run_id) == "done"
+    pts = s.points_df([run_id])
+    assert sorted(pts.scale) == [4, 8, 3000]
+    after = pts.set_index("scale").finished_at.to_dict()
+    assert after[4] == first[4] and after[8] == first[8]
+    assert s.get_run(run_id)["status"] == "done"
+
+
+def test_cancel_stops_a_running_worker(db):
+    s = Store(db)
+    run_id = runner.launch(s, preset("tiny-test", scales=(4, 5000)))
+    assert _wait_for(lambda: len(s.finished_points(run_id)) >= 1)
+    assert runner.cancel(s, run_id) in ("cancelling", "cancelled")
+    assert _wait_for(lambda: s.get_run(run_id)["status"] == "cancelled", 60)
+    assert len(s.points_df([run_id])) == 1
+    with pytest.raises(LabError, match="already ended"):
+        runner.cancel(s, run_id)
+    # resume finishes the rest
+    runner.prepare_resume(s, run_id)
+    assert runner.run_foreground(s, run_id) == "done"
+    assert len(s.points_df([run_id])) == 2
+
+
+def test_queued_run_cancels_at_once_and_done_run_cannot_resume(db):
+    s = Store(db)
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "queued")
+    assert runner.cancel(s, run_id) == "cancelled"
+    runner.prepare_resume(s, run_id)
+    runner.run_foreground(s, run_id)
+    with pytest.raises(LabError, match="nothing to resume"):
+        runner.prepare_resume(s, run_id)
+
+
+def test_nan_loss_marks_point_diverged(db, monkeypatch):
+    from core import train
+
+    real = train.train_point
+
+    def poisoned(model, *a, **k):
+        p = next(x for x in model.parameters() if x.requires_grad)
+        with torch.no_grad():
+            p.fill_(float("nan"))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr("core.engine.train_point", poisoned)
+    s = Store(db)
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "running")
+    runner.run_foreground(s, run_id)
+    pts = s.query_df("SELECT status, degradation_pct, error FROM points WHERE run_id = ?", [run_id])
+    assert pts.status[0] == "diverged" and pts.degradation_pct.isna()[0] and "nan" in pts.error[0]
+
+
+def test_worker_is_its_own_session(db):
+    s = Store(db)
+    runner.create_run(s, preset("tiny-test", scales=(4,)), "queued")
+    proc = runner.spawn_worker(db)
+    try:
+        assert os.getsid(proc.pid) == proc.pid  # survives the app's process group ending
+    finally:
+        proc.wait(timeout=120)

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from core import evaluate
+from core.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny", "cpu")
+
+
+def _hand_nll(model, tok, text):
+    ids = tok(text)["input_ids"]
+    total = 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            logits = model(input_ids=torch.tensor([ids[:t]])).logits[0, -1]
+            total -= float(torch.log_softmax(logits.double(), -1)[ids[t]])
+    return total, len(ids) - 1
+
+
+def test_perplexity_equals_hand_computation(tiny):
+    texts = [
+        "The court granted the motion.",
+        "Water boils at one hundred degrees Celsius at sea level.",
+    ]
+    res = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=2)
+    hand = [_hand_nll(tiny.model, tiny.tokenizer, t) for t in texts]
+    nll, n = sum(h[0] for h in hand), sum(h[1] for h in hand)
+    assert res.tokens == n  # padding of the shorter text is not counted
+    assert res.ppl == pytest.approx(math.exp(nll / n), rel=1e-4)
+    for got, (want, _) in zip(res.item_nll, hand):
+        assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_batch_size_does_not_change_perplexity(tiny):
+    texts = ["a b c", "The Pacific is the largest ocean on the planet.", "Hi."]
+    a = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=1).ppl
+    b = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=3).ppl
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_degradation_and_improvement_formulas():
+    assert evaluate.degradation_pct(100.0, 150.0) == pytest.approx(50.0)
+    assert evaluate.degradation_pct(117.1, 90.3) == pytest.approx(-22.886, abs=1e-3)
+    assert evaluate.improvement_pct(513.5, 10.3) == pytest.approx(97.994, abs=1e-3)
+    assert evaluate.improvement_pct(10.0, 20.0) == pytest.approx(-100.0)
+
+
+def test_option_loglik_picks_highest_sum(tiny):
+    opts = [" Paris.", " the moon.", " 42"]
+    ll = evaluate.option_loglik(tiny.model, tiny.tokenizer, "The capital of France is", opts)
+    for o, got in zip(opts, ll):
+        full = tiny.tokenizer("The capital of France is" + "")["input_ids"]
+        cont = tiny.tokenizer(o, add_special_tokens=False)["input_ids"]
+        ids = full + cont
+        with torch.no_grad():
+            logp = torch.log_softmax(
+                tiny.model(input_ids=torch.tensor([ids])).logits[0].double(), -1
+            )
+        want = sum(float(logp[len(full) - 1 + i, c]) for i, c in enumerate(cont))
+        assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "text, n, bad",
+    [
+        ("", 0, True),
+        ("  ... ", 3, True),
+        ("the the the the the the the", 7, True),
+        (" Paris, the city of light.", 6, False),
+    ],
+)
+def test_degenerate_detection(text, n, bad):
+    assert evaluate.is_degenerate(text, n) is bad
+
+
+def test_generate_counts_new_tokens(tiny):
+    g = evaluate.generate(
+        tiny.model, tiny.tokenizer, ["The capital of France is"], max_new_tokens=5
+    )[0]
+    assert 0 <= g.new_tokens <= 5 and isinstance(g.output, str)

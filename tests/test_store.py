@@ -1,0 +1,130 @@
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pandas as pd
+import pytest
+
+from core.config import preset
+from core.errors import RunNotFound, StoreError
+from core.store import SCHEMA_VERSION, PointResult, Store
+
+
+def _point(scale, seed=0, deg=10.0):
+    m = dict(
+        general_ppl_before=10.0,
+        general_ppl_after=10.0 * (1 + deg / 100),
+        degradation_pct=deg,
+        domain_ppl_before=50.0,
+        domain_ppl_after=5.0,
+        domain_improvement_pct=90.0,
+        smoke_ok=True,
+        smoke_min_new_tokens=3,
+        steps=scale,
+    )
+    evals = [dict(eval_set="general", ppl_before=10.0, ppl_after=11.0, change_pct=10.0)]
+    items = [
+        dict(eval_set="general", item=i, nll_before=1.0, nll_after=1.1, tokens=4) for i in range(3)
+    ]
+    gens = [dict(prompt="p", output="o", new_tokens=1, ok=True)]
+    return PointResult(scale, seed, "done", m, evals, items, gens)
+
+
+def test_save_point_is_idempotent_and_exports(db, tmp_path):
+    s = Store(db)
+    s.create_run("r1", preset("tiny-test"))
+    s.save_point("r1", _point(4))
+    s.save_point("r1", _point(4, deg=20.0))  # the same point again replaces it
+    s.save_point("r1", _point(8))
+    df = s.points_df(["r1"])
+    assert len(df) == 2 and df.set_index("scale").loc[4, "degradation_pct"] == 20.0
+    assert s.finished_points("r1") == {(4, 0), (8, 0)}
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / f"x.{fmt}"
+        assert s.export(out, fmt) == 2
+        back = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+        required = {
+            "run_id",
+            "model",
+            "method",
+            "rank",
+            "domain",
+            "scale",
+            "seed",
+            "general_ppl_before",
+            "general_ppl_after",
+            "degradation_pct",
+            "domain_ppl_before",
+            "domain_ppl_after",
+            "domain_improvement_pct",
+            "smoke_ok",
+        }
+        assert required <= set(back.columns) and len(back) == 2
+
+
+def test_unknown_run_and_bad_export(db, tmp_path):
+    s = Store(db)
+    with pytest.raises(RunNotFound):
+        s.get_run("nope")
+    with pytest.raises(StoreError, match="format"):
+        s.export(tmp_path / "x", "xlsx")
+    with pytest.raises(StoreError, match="does not exist"):
+        s.export(tmp_path / "missing" / "x.csv", "csv")
+
+
+def test_newer_schema_is_refused(db):
+    Store(db).list_runs()
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    con.close()
+    with pytest.raises(StoreError, match="newer Forgetting Lab"):
+        Store(db).list_runs()
+
+
+def test_foreign_duckdb_file_is_refused(db):
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE t (x INT)")
+    con.close()
+    with pytest.raises(StoreError, match="not a Forgetting Lab database"):
+        Store(db).list_runs()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from core.config import preset
+    from core.store import Store, PointResult
+    s = Store(sys.argv[1])
+    s.create_run(sys.argv[2], preset("tiny-test"))
+    for i in range(1, int(sys.argv[3]) + 1):
+        s.save_point(sys.argv[2], PointResult(i, 0, "done", {"degradation_pct": float(i)}, [], [], []))
+        s.record_progress(sys.argv[2], i, 0, "training", i, 100, 1.0, [(i, 1.0)])
+    """
+)
+
+
+def test_two_writers_and_a_reader_share_the_file(db):
+    """Separate processes write at the same time while this one reads: no lock error surfaces
+    and no row is lost."""
+    Store(db).list_runs()
+    n = 60
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), f"w{k}", str(n)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
+    reader = Store(db)
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        reader.list_runs()
+        reader.points_df()
+        reads += 1
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    df = reader.points_df()
+    assert reads > 0
+    assert sorted(df.groupby("run_id").size().tolist()) == [n, n]
