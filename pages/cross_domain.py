@@ -25,7 +25,7 @@ scale = st.select_slider(
     "Dataset size",
     scales,
     value=scales[-1],
-    format_func=lambda v: f"{v:,}",
+    format_func=lambda v: f"{int(v):,}",
     help="Cells use the points trained at this size (mean over runs and seeds).",
 )
 sub = ev[ev.scale == scale].copy()

@@ -16,6 +16,8 @@ st.caption(
     "perplexity, domain perplexity and a generation smoke test are measured before and after."
 )
 
+if "flash" in st.session_state:
+    st.success(st.session_state.pop("flash"))
 df = runs()
 if df.empty:
     st.info(
@@ -131,10 +133,11 @@ with st.expander("New run", expanded=df.empty is False):
             )
             run_id = runner.launch(store(), spec)
             st.session_state["watch"] = run_id
-            st.success(
+            st.session_state["flash"] = (
                 f"Queued run `{run_id}` with {len(spec.points())} point(s). It trains in a background "
                 "process: closing the browser does not stop it."
             )
+            st.rerun()
         except LabError as e:
             st.error(f"Not queued: {e}")
 
@@ -166,7 +169,9 @@ def panel() -> None:
     pts = store().points_df([run_id])
     n_done = int((pts["status"] != "failed").sum()) if not pts.empty else 0
     status = run["status_effective"]
-    color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(status, "orange")
+    color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
+        status, "orange"
+    )
     c1, c2, c3 = st.columns([2, 1, 1])
     c1.markdown(f"#### Status: :{color}[{status}]")
     if run["error"]:

@@ -70,7 +70,7 @@ if lo < hi:
         "Dataset size (log-spaced)",
         values,
         value=values[len(values) // 2],
-        format_func=lambda v: f"{v:,}",
+        format_func=lambda v: f"{int(v):,}",
         key="scale_slider",
     )
     focus = c2.selectbox(

@@ -1,0 +1,114 @@
+"""Every page through Streamlit's AppTest, on an empty and on a populated database."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.store import Store
+from tests.conftest import ROOT
+
+PAGES = ["launch", "threshold", "phases", "cross_domain", "smoke_test", "runs"]
+
+
+def _app(page: str, db, monkeypatch) -> AppTest:
+    monkeypatch.setenv("FORGETTING_LAB_DB", str(db))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page(f"pages/{page}.py")
+    return at.run()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
+    at = _app(page, tmp_path / "empty.duckdb", monkeypatch)
+    assert not at.exception, at.exception
+    assert at.title
+    text = " ".join(m.value for m in at.info) + " ".join(m.value for m in at.markdown)
+    assert "No " in text or "Welcome" in text or page == "launch"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_populated_database(page, tiny_run, monkeypatch):
+    db, run_id = tiny_run
+    at = _app(page, db, monkeypatch)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_empty_database_offers_quick_start(tmp_path, monkeypatch):
+    at = _app("launch", tmp_path / "e.duckdb", monkeypatch)
+    assert any(b.key == "quickstart" for b in at.button)
+    assert "quick-cpu" in at.info[0].value
+
+
+def test_launch_form_rejects_bad_scales_and_stores_nothing(tmp_path, monkeypatch):
+    db = tmp_path / "l.duckdb"
+    at = _app("launch", db, monkeypatch)
+    at.selectbox[0].select("tiny-test").run()
+    sizes = next(t for t in at.text_input if t.label == "Dataset sizes")
+    sizes.input("0, 10")  # form widgets take effect on submit
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    assert any("Not queued" in e.value and "0 is not a positive" in e.value for e in at.error)
+    assert Store(db).list_runs().empty
+
+
+def test_threshold_slider_moves_the_reading(tiny_run, monkeypatch):
+    db, run_id = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    slider = at.select_slider(key="scale_slider")
+    first = at.metric[0].value
+    label_first = at.metric[0].label
+    values = slider.options
+    slider.set_value(values[0]).run()
+    assert at.metric[0].label != label_first
+    slider.set_value(values[-1]).run()
+    assert at.metric[0].label.endswith(f"{values[-1]} samples")
+    assert at.metric[0].value != first or values[-1] == values[0]
+
+
+def test_phase_cutoffs_must_increase(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    at.number_input(key="cut1").set_value(1.0).run()
+    assert any("increasing" in e.value for e in at.error)
+
+
+def test_smoke_test_generates_side_by_side(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("smoke_test", db, monkeypatch)
+    at.text_area[0].input("The court held that")
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert not at.exception, at.exception
+    verdicts = [m.value for m in at.success] + [m.value for m in at.error]
+    assert len(verdicts) == 2 and all("new tokens" in v for v in verdicts)
+
+
+def test_smoke_test_rejects_empty_prompt(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("smoke_test", db, monkeypatch)
+    at.text_area[0].input("   ")
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert any("type a prompt" in e.value for e in at.error)
+
+
+def test_runs_page_deletes_only_after_confirmation(tmp_path, monkeypatch):
+    from core import runner
+    from core.config import preset
+
+    db = tmp_path / "d.duckdb"
+    s = Store(db)
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "running")
+    runner.run_foreground(s, run_id)
+    at = _app("runs", db, monkeypatch)
+    at.selectbox[0].select(run_id).run()
+    delete = next(b for b in at.button if b.label == "Delete run")
+    assert delete.disabled
+    at.checkbox(key="confirm_delete").check().run()
+    next(b for b in at.button if b.label == "Delete run").click().run()
+    assert Store(db).list_runs().empty
+
+
+def test_core_never_imports_streamlit():
+    import re
+
+    pattern = re.compile(r"^\s*(import|from)\s+streamlit\b", re.M)
+    for path in (ROOT / "core").rglob("*.py"):
+        assert not pattern.search(path.read_text()), path

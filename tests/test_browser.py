@@ -1,0 +1,168 @@
+"""The three user stories in a real browser (Debian's Chromium driven by Playwright), against the
+app started as a subprocess on a free localhost port, on the `tiny` model."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+SHOTS = ROOT / "test-output" / "screenshots"
+
+
+def _chromium() -> str:
+    path = (
+        os.environ.get("FORGETTING_LAB_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    if not path:
+        pytest.fail("Chromium is not installed; `make test` installs Debian's chromium package")
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(lab_home, tmp_path_factory):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    db = tmp_path_factory.mktemp("browser") / "lab.duckdb"
+    env = dict(os.environ, FORGETTING_LAB_DB=str(db))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=_chromium(),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def _shot(pg, name):
+    time.sleep(1.5)  # let charts finish drawing
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _select(pg, label, option):
+    pg.get_by_role("combobox", name=label).click()
+    pg.get_by_role("option", name=option, exact=True).click()
+
+
+def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
+    page.goto(app_url)
+    page.get_by_text("Welcome").wait_for()
+    _shot(page, "01-launch-empty")
+    page.get_by_text("New run").click()
+    _select(page, "Preset", "tiny-test")
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("textbox", name="Dataset sizes")).to_have_value("4, 8, 16")
+    time.sleep(1)  # the rerun that rebuilt the form has settled
+    page.get_by_role("button", name="Queue run").click()
+    page.get_by_text("Queued run").wait_for()
+    page.get_by_text("3 of 3 points finished").wait_for(timeout=180_000)
+    page.get_by_text("Status: done").wait_for()
+    _shot(page, "02-launch-done")
+
+
+def test_story_2_slider_changes_the_reading(page, app_url):
+    page.goto(app_url + "/threshold")
+    value = page.locator("[data-testid='stMetricValue']").first
+    value.wait_for()
+    label = page.locator("[data-testid='stMetricLabel']").first
+    before = label.inner_text() + value.inner_text()
+    _shot(page, "03-threshold")
+    thumb = page.get_by_role("slider").first
+    thumb.focus()
+    thumb.press("End")
+    page.wait_for_function(
+        "b => { const l = document.querySelector(\"[data-testid='stMetricLabel']\");"
+        " const v = document.querySelector(\"[data-testid='stMetricValue']\");"
+        " return l && v && (l.innerText + v.innerText) !== b; }",
+        arg=before,
+    )
+    assert "16 samples" in label.inner_text()
+    _shot(page, "04-threshold-slider-moved")
+
+
+def test_story_3_prompt_base_and_adapted(page, app_url):
+    page.goto(app_url + "/smoke_test")
+    box = page.locator("textarea").first
+    box.wait_for()
+    box.fill("The court held that")
+    page.get_by_role("button", name="Generate").click()
+    verdict = page.get_by_text(
+        re.compile(r"^(\d+ new tokens|Smoke test failed: \d+ new tokens.*)$")
+    )
+    try:
+        verdict.nth(1).wait_for(timeout=120_000)
+    finally:
+        _shot(page, "05-smoke-test")
+    assert verdict.count() == 2
+    assert page.get_by_text("Base model", exact=True).count() == 1
+    assert page.get_by_text(re.compile("^After fine-tuning on")).count() == 1
+
+
+@pytest.mark.parametrize("name", ["phases", "cross_domain", "runs"])
+def test_other_pages_render(page, app_url, name):
+    page.goto(f"{app_url}/{name}")
+    page.locator("h1").first.wait_for()
+    page.locator(".js-plotly-plot, [data-testid='stDataFrame']").first.wait_for()
+    assert page.get_by_text("Traceback").count() == 0
+    _shot(page, f"06-{name}")
