@@ -13,9 +13,9 @@ app: setup
 
 test: setup
 	@bash scripts/browser.sh
-	$(PY) -m ruff check core pages app.py tests
+	$(PY) -m ruff check core pages app.py tests bench
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check core pages app.py tests
-	$(PY) -m ruff format --check core pages app.py tests
+	$(PY) -m ruff check core pages app.py tests bench
+	$(PY) -m ruff format --check core pages app.py tests bench

@@ -72,6 +72,13 @@ class RunSpec:
     eval_batch_size: int = _f(16, "Sentences per forward pass during evaluation.")
     smoke_max_new_tokens: int = _f(20, "Tokens generated per smoke-test prompt.")
     save_adapters: bool = _f(True, "Save each point's adapter (needed by the Smoke test page).")
+    trainer: str = _f(
+        "packed",
+        "'packed': LoRA runs of a sweep share each forward/backward (exact batch-size-1 semantics, "
+        "faster); 'sequential': one run after another (the reference loop).",
+        choices=("packed", "sequential"),
+    )
+    pack_slots: int = _f(8, "How many runs the packed trainer advances together.")
     device: str = _f(
         "auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda or mps.", choices=DEVICES
     )
@@ -259,6 +266,7 @@ def validate(spec: RunSpec) -> RunSpec:
     positive_int("domain_eval_size", 1, 100_000)
     positive_int("eval_batch_size", 1, 4096)
     positive_int("smoke_max_new_tokens", 1, 512)
+    positive_int("pack_slots", 1, 1024)
     real("learning_rate", 0.0, 1.0, lo_open=True)
     real("weight_decay", 0.0, 1.0)
     real("grad_clip", 0.0, 1e6)
@@ -270,6 +278,7 @@ def validate(spec: RunSpec) -> RunSpec:
         ("construction", CONSTRUCTIONS),
         ("probe", PROBES),
         ("device", DEVICES),
+        ("trainer", ("packed", "sequential")),
     ):
         if getattr(spec, name) not in allowed:
             bad(

@@ -8,6 +8,7 @@ database progress rows and the CLI into a progress bar. No SQL here.
 from __future__ import annotations
 
 import gc
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -76,6 +77,107 @@ def _gens(gens: list[evaluate.Generation]) -> list[dict]:
     return [dict(prompt=g.prompt, output=g.output, new_tokens=g.new_tokens, ok=g.ok) for g in gens]
 
 
+class _Sweep:
+    """State shared by the sequential and the packed path of one sweep."""
+
+    def __init__(self, spec, run_id, store, events, device, tok, sets, before, prompts):
+        self.spec, self.run_id, self.store, self.events = spec, run_id, store, events
+        self.device, self.tok, self.sets, self.before, self.prompts = (
+            device,
+            tok,
+            sets,
+            before,
+            prompts,
+        )
+
+    def finish(
+        self, model, scale, seed, status, steps, losses, seconds, n_train, n_all, save, message=""
+    ):
+        """Measure a trained point, save its adapter via `save(out_dir)`, store everything."""
+        spec, before = self.spec, self.before
+        dom = f"domain:{spec.domain}"
+        metrics = dict(
+            steps=steps,
+            final_loss=losses[-1] if losses else None,
+            train_seconds=seconds,
+            trainable_params=n_train,
+            total_params=n_all,
+            general_ppl_before=before[GENERAL].ppl,
+            domain_ppl_before=before[dom].ppl,
+        )
+        if status == "diverged":
+            metrics.update(peak_mem_mb=_peak_mem_mb(self.device), error=message)
+            result = PointResult(scale, seed, "diverged", metrics, [], [], [])
+        else:
+            self.events({"type": "phase", "scale": scale, "seed": seed, "phase": "evaluating"})
+            t_eval = time.perf_counter()
+            after = measure(model, self.tok, spec, self.sets)
+            gens = evaluate.generate(model, self.tok, self.prompts, spec.smoke_max_new_tokens)
+            adapter = None
+            if spec.save_adapters and save is not None:
+                out = adapters_dir() / self.run_id / f"scale{scale}_seed{seed}"
+                save(out)
+                adapter = str(out.relative_to(lab_home()))
+            g, d = after[GENERAL].ppl, after[dom].ppl
+            metrics.update(
+                general_ppl_after=g,
+                degradation_pct=evaluate.degradation_pct(before[GENERAL].ppl, g),
+                domain_ppl_after=d,
+                domain_improvement_pct=evaluate.improvement_pct(before[dom].ppl, d),
+                smoke_ok=all(x.ok for x in gens),
+                smoke_min_new_tokens=min(x.new_tokens for x in gens),
+                eval_seconds=time.perf_counter() - t_eval,
+                peak_mem_mb=_peak_mem_mb(self.device),
+                adapter_path=adapter,
+            )
+            evals = [
+                dict(
+                    eval_set=k,
+                    ppl_before=before[k].ppl,
+                    ppl_after=after[k].ppl,
+                    change_pct=evaluate.change_pct(before[k].ppl, after[k].ppl),
+                )
+                for k in self.sets
+            ]
+            b, a = before[GENERAL], after[GENERAL]
+            items = [
+                dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
+                for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
+            ]
+            result = PointResult(scale, seed, "done", metrics, evals, items, _gens(gens))
+        self.store.save_point(self.run_id, result)
+        self.events(
+            {
+                "type": "point_done",
+                "scale": scale,
+                "seed": seed,
+                "status": result.status,
+                "metrics": result.metrics,
+                "seconds": seconds + metrics.get("eval_seconds", 0.0),
+            }
+        )
+
+    def fail(self, scale, seed, err: Exception) -> None:
+        msg = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
+        self.store.save_point(
+            self.run_id, PointResult(scale, seed, "failed", {"error": msg}, [], [], [])
+        )
+        self.events(
+            {
+                "type": "point_done",
+                "scale": scale,
+                "seed": seed,
+                "status": "failed",
+                "metrics": {"error": msg},
+                "seconds": 0.0,
+            }
+        )
+
+
+def use_packed(spec: RunSpec) -> bool:
+    return spec.trainer == "packed" and spec.method == "lora" and spec.batch_size == 1
+
+
 def run_sweep(
     spec: RunSpec,
     run_id: str,
@@ -97,15 +199,19 @@ def run_sweep(
     prompts = data.smoke_prompts()
     base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
     store.save_base_generations(run_id, _gens(base_gens))
+    sweep = _Sweep(spec, run_id, store, events, device, tok, sets, before, prompts)
 
     done = store.finished_points(run_id)
     todo = [p for p in spec.points() if p not in done]
     events({"type": "plan", "points": len(spec.points()), "todo": len(todo)})
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if use_packed(spec) and todo:
+        return _run_packed(sweep, base, todo, should_cancel)
     for scale, seed in todo:
         if should_cancel():
             return "cancelled"
         events({"type": "point_start", "scale": scale, "seed": seed})
-        t_point = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model = None
@@ -127,62 +233,20 @@ def run_sweep(
             if tr.status == "cancelled":
                 base = method.release(model)
                 return "cancelled"
-            metrics = dict(
-                steps=tr.steps,
-                final_loss=tr.final_loss,
-                train_seconds=tr.seconds,
-                trainable_params=n_train,
-                total_params=n_all,
-                general_ppl_before=before[GENERAL].ppl,
-                domain_ppl_before=before[f"domain:{spec.domain}"].ppl,
+            save = (lambda out, m=model: method.save(m, out)) if method.saves_adapters else None
+            sweep.finish(
+                model,
+                scale,
+                seed,
+                tr.status,
+                tr.steps,
+                tr.losses,
+                tr.seconds,
+                n_train,
+                n_all,
+                save,
+                tr.message,
             )
-            if tr.status == "diverged":
-                metrics.update(peak_mem_mb=_peak_mem_mb(device), error=tr.message)
-                result = PointResult(scale, seed, "diverged", metrics, [], [], [])
-            else:
-                events({"type": "phase", "scale": scale, "seed": seed, "phase": "evaluating"})
-                t_eval = time.perf_counter()
-                after = measure(model, tok, spec, sets)
-                gens = evaluate.generate(model, tok, prompts, spec.smoke_max_new_tokens)
-                g, d = after[GENERAL].ppl, after[f"domain:{spec.domain}"].ppl
-                adapter = None
-                if spec.save_adapters and method.saves_adapters:
-                    out = adapters_dir() / run_id / f"scale{scale}_seed{seed}"
-                    method.save(model, out)
-                    adapter = str(out.relative_to(lab_home()))
-                metrics.update(
-                    general_ppl_after=g,
-                    degradation_pct=evaluate.degradation_pct(before[GENERAL].ppl, g),
-                    domain_ppl_after=d,
-                    domain_improvement_pct=evaluate.improvement_pct(
-                        before[f"domain:{spec.domain}"].ppl, d
-                    ),
-                    smoke_ok=all(x.ok for x in gens),
-                    smoke_min_new_tokens=min(x.new_tokens for x in gens),
-                    eval_seconds=time.perf_counter() - t_eval,
-                    peak_mem_mb=_peak_mem_mb(device),
-                    adapter_path=adapter,
-                )
-                evals = [
-                    dict(
-                        eval_set=k,
-                        ppl_before=before[k].ppl,
-                        ppl_after=after[k].ppl,
-                        change_pct=evaluate.change_pct(before[k].ppl, after[k].ppl),
-                    )
-                    for k in sets
-                ]
-                items = [
-                    dict(eval_set=GENERAL, item=i, nll_before=b, nll_after=a, tokens=n)
-                    for i, (b, a, n) in enumerate(
-                        zip(
-                            before[GENERAL].item_nll,
-                            after[GENERAL].item_nll,
-                            after[GENERAL].item_tokens,
-                        )
-                    )
-                ]
-                result = PointResult(scale, seed, "done", metrics, evals, items, _gens(gens))
             base = method.release(model)
             model = None
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
@@ -192,20 +256,68 @@ def run_sweep(
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            msg = str(e).splitlines()[0][:500]
-            result = PointResult(scale, seed, "failed", {"error": msg}, [], [], [])
-        store.save_point(run_id, result)
-        events(
-            {
-                "type": "point_done",
-                "scale": scale,
-                "seed": seed,
-                "status": result.status,
-                "metrics": result.metrics,
-                "seconds": time.perf_counter() - t_point,
-            }
-        )
+            sweep.fail(scale, seed, e)
     return "done"
+
+
+def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
+    """All points of the sweep share each forward/backward (see core/packed.py)."""
+    from .packed import save_peft_adapter, train_packed
+
+    spec = sweep.spec
+    runs = [
+        ((sc, sd), sd, data.domain_samples(spec.domain, sc, spec.construction, sd))
+        for sc, sd in todo
+    ]
+    n_base = sum(p.numel() for p in base.parameters())
+    started: dict[tuple, float] = {}
+    for key, _, _ in runs[: spec.pack_slots]:
+        started[key] = time.perf_counter()
+        sweep.events({"type": "point_start", "scale": key[0], "seed": key[1]})
+
+    def on_step(live, losses):
+        lv = losses.tolist()
+        for s, x in enumerate(live):
+            if x is None:
+                continue
+            if x.key not in started:
+                started[x.key] = time.perf_counter()
+                sweep.events({"type": "point_start", "scale": x.key[0], "seed": x.key[1]})
+            sweep.events(
+                {
+                    "type": "step",
+                    "scale": x.key[0],
+                    "seed": x.key[1],
+                    "step": x.pos,
+                    "total": x.total,
+                    "loss": lv[s],
+                }
+            )
+
+    def on_done(packer, slot, run):
+        scale, seed = run.key
+        status = "done" if math.isfinite(run.losses[-1]) else "diverged"
+        msg = "" if status == "done" else f"loss became {run.losses[-1]} at step {run.pos}"
+        try:
+            sweep.finish(
+                base,
+                scale,
+                seed,
+                status,
+                run.pos,
+                run.losses,
+                time.perf_counter() - started.get(run.key, time.perf_counter()),
+                packer.P,
+                n_base + packer.P,
+                lambda out: save_peft_adapter(packer, slot, base, spec, out),
+                msg,
+            )
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            sweep.fail(scale, seed, e)
+
+    return train_packed(
+        base, sweep.tok, spec, runs, spec.pack_slots, on_done, on_step, should_cancel
+    )
 
 
 def adapter_abspath(rel: str | None) -> Path | None:

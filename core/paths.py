@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+_REPO = Path(__file__).resolve().parent.parent
+
 
 def lab_home() -> Path:
     env = os.environ.get("FORGETTING_LAB_HOME")
@@ -30,3 +32,21 @@ def model_cache_dir() -> Path:
 
 def adapters_dir() -> Path:
     return lab_home() / "adapters"
+
+
+def git_commit() -> str:
+    head = _REPO / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            p = _REPO / ".git" / ref[5:]
+            if p.is_file():
+                return p.read_text().strip()[:12]
+            packed = _REPO / ".git" / "packed-refs"
+            for line in packed.read_text().splitlines() if packed.is_file() else []:
+                if line.endswith(ref[5:]):
+                    return line.split()[0][:12]
+            return ""
+        return ref[:12]
+    except OSError:
+        return ""

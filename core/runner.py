@@ -25,6 +25,7 @@ from .config import RunSpec
 from .engine import Event, preflight, run_sweep
 from .errors import LabError
 from .models import library_versions
+from .paths import git_commit
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,24 +38,6 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def git_commit() -> str:
-    head = REPO / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            p = REPO / ".git" / ref[5:]
-            if p.is_file():
-                return p.read_text().strip()[:12]
-            packed = REPO / ".git" / "packed-refs"
-            for line in packed.read_text().splitlines() if packed.is_file() else []:
-                if line.endswith(ref[5:]):
-                    return line.split()[0][:12]
-            return ""
-        return ref[:12]
-    except OSError:
-        return ""
-
-
 def create_run(store: Store, spec: RunSpec, status: str = "queued") -> str:
     preflight(spec)
     run_id = new_run_id()
@@ -65,46 +48,47 @@ def create_run(store: Store, spec: RunSpec, status: str = "queued") -> str:
 
 
 class StoreSink:
-    """Turns engine events into throttled progress rows (one write per second at most) and
-    answers 'should we stop?' from the run's cancel flag (polled once per second)."""
+    """Turns engine events into throttled progress rows (one write per in-flight point per second
+    at most) and answers 'should we stop?' from the run's cancel flag (polled once per second).
+    Several points can be in flight at once (the packed trainer)."""
 
     def __init__(self, store: Store, run_id: str, forward: Callable[[Event], None] | None = None):
         self.store, self.run_id, self.forward = store, run_id, forward
-        self._buf: list[tuple[int, float]] = []
+        self._pts: dict[tuple[int, int], dict] = {}
         self._last_write = 0.0
         self._last_poll = 0.0
         self._cancel = False
-        self._cur: tuple[int, int] | None = None
-        self._step = (0, 0, None)
 
     def __call__(self, ev: Event) -> None:
         t = ev["type"]
+        key = (ev.get("scale"), ev.get("seed"))
         if t == "point_start":
-            self._flush()
-            self._cur = (ev["scale"], ev["seed"])
-            self._step = (0, 0, None)
-            self.store.record_progress(
-                self.run_id, *self._cur, "training", 0, 0, None, [], restart=True
-            )
-        elif t == "step":
-            self._buf.append((ev["step"], ev["loss"]))
-            self._step = (ev["step"], ev["total"], ev["loss"])
+            self._pts[key] = {"buf": [], "step": 0, "total": 0, "loss": None, "phase": "training"}
+            self.store.record_progress(self.run_id, *key, "training", 0, 0, None, [], restart=True)
+        elif t == "step" and key in self._pts:
+            p = self._pts[key]
+            p["buf"].append((ev["step"], ev["loss"]))
+            p["step"], p["total"], p["loss"] = ev["step"], ev["total"], ev["loss"]
             if time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
                 self._flush()
-        elif t == "phase" and "scale" in ev:
-            self._flush(phase=ev["phase"])
-        elif t == "point_done":
-            self._flush(phase=ev["status"])
-            self._cur = None
+        elif t == "phase" and key in self._pts:
+            self._pts[key]["phase"] = ev["phase"]
+            self._flush(key)
+        elif t == "point_done" and key in self._pts:
+            self._pts[key]["phase"] = ev["status"]
+            self._flush(key)
+            del self._pts[key]
         if self.forward is not None:
             self.forward(ev)
 
-    def _flush(self, phase: str = "training") -> None:
-        if self._cur is None:
-            return
-        step, total, loss = self._step
-        self.store.record_progress(self.run_id, *self._cur, phase, step, total, loss, self._buf)
-        self._buf = []
+    def _flush(self, only: tuple[int, int] | None = None) -> None:
+        for key, p in self._pts.items():
+            if only is not None and key != only:
+                continue
+            self.store.record_progress(
+                self.run_id, *key, p["phase"], p["step"], p["total"], p["loss"], p["buf"]
+            )
+            p["buf"] = []
         self._last_write = time.monotonic()
 
     def should_cancel(self) -> bool:

@@ -81,12 +81,12 @@ def test_killed_worker_resumes_without_recomputing(db):
     """SIGKILL the background worker mid-sweep: finished points stay, the run shows interrupted,
     resume skips them and no point is duplicated."""
     s = Store(db)
-    spec = preset("tiny-test", scales=(4, 8, 3000))
+    spec = preset("tiny-test", scales=(4, 8, 1500))
     run_id = runner.create_run(s, spec, "queued")
     proc = runner.spawn_worker(db)
     assert proc is not None
     assert _wait_for(lambda: len(s.finished_points(run_id)) >= 2), "worker made no progress"
-    assert _wait_for(lambda: not s.progress_df(run_id).query("scale == 3000").empty)
+    assert _wait_for(lambda: not s.progress_df(run_id).query("scale == 1500").empty)
     first = s.points_df([run_id]).set_index("scale").finished_at.to_dict()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -94,7 +94,7 @@ def test_killed_worker_resumes_without_recomputing(db):
     runner.prepare_resume(s, run_id)
     assert runner.run_foreground(s, run_id) == "done"
     pts = s.points_df([run_id])
-    assert sorted(pts.scale) == [4, 8, 3000]
+    assert sorted(pts.scale) == [4, 8, 1500]
     after = pts.set_index("scale").finished_at.to_dict()
     assert after[4] == first[4] and after[8] == first[8]
     assert s.get_run(run_id)["status"] == "done"
@@ -102,7 +102,7 @@ def test_killed_worker_resumes_without_recomputing(db):
 
 def test_cancel_stops_a_running_worker(db):
     s = Store(db)
-    run_id = runner.launch(s, preset("tiny-test", scales=(4, 5000)))
+    run_id = runner.launch(s, preset("tiny-test", scales=(4, 1000)))
     assert _wait_for(lambda: len(s.finished_points(run_id)) >= 1)
     assert runner.cancel(s, run_id) in ("cancelling", "cancelled")
     assert _wait_for(lambda: s.get_run(run_id)["status"] == "cancelled", 60)
@@ -125,6 +125,21 @@ def test_queued_run_cancels_at_once_and_done_run_cannot_resume(db):
         runner.prepare_resume(s, run_id)
 
 
+def test_nan_loss_marks_point_diverged_packed(db, monkeypatch):
+    import core.packed
+
+    real = core.packed.init_from_peft
+    monkeypatch.setattr(core.packed, "init_from_peft", lambda *a: real(*a) * float("nan"))
+    s = Store(db)
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4, 6)), "running")
+    runner.run_foreground(s, run_id)
+    pts = s.query_df(
+        "SELECT status, degradation_pct, steps, error FROM points WHERE run_id = ?", [run_id]
+    )
+    assert (pts.status == "diverged").all() and pts.degradation_pct.isna().all()
+    assert (pts.steps == 1).all() and pts.error.str.contains("nan").all()
+
+
 def test_nan_loss_marks_point_diverged(db, monkeypatch):
     from core import train
 
@@ -138,7 +153,7 @@ def test_nan_loss_marks_point_diverged(db, monkeypatch):
 
     monkeypatch.setattr("core.engine.train_point", poisoned)
     s = Store(db)
-    run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "running")
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4,), trainer="sequential"), "running")
     runner.run_foreground(s, run_id)
     pts = s.query_df("SELECT status, degradation_pct, error FROM points WHERE run_id = ?", [run_id])
     assert pts.status[0] == "diverged" and pts.degradation_pct.isna()[0] and "nan" in pts.error[0]

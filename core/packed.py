@@ -1,0 +1,336 @@
+"""The packed trainer: many LoRA runs share every forward/backward of one frozen base.
+
+Each run (a scale point x seed) owns one slot. A step feeds one row per slot; a row only ever
+reads its own slot's adapter, so the gradient a slot receives is exactly its own batch-size-1
+gradient: rows never interact (causal attention with right padding, per-token norms, each row's
+loss averaged over its own tokens). The longest run's sequential steps are the critical path.
+
+Layout: every slot's adapters live in one flat parameter `W` of shape [slots, P]; a target
+module's A (r x d_in) and B (d_out x r) are views into it. With one row per slot no gather is
+needed in training, and the optimizer is a handful of kernels on [slots, P] tensors.
+
+The optimizer is AdamW written per slot: its own step count (bias correction), learning rate and
+weight decay, and a mask so a slot without a row in a step is not touched at all (plain AdamW
+would still move it through momentum and weight decay). Gradient clipping is per slot.
+
+Same semantics as `train.train_point` with peft (checked by tests/test_packed.py): identical
+initialisation (taken from peft with the run's seed), identical per-epoch data order
+(`train.epoch_order`), identical AdamW. Dropout masks are drawn per row but not from the same
+random stream as the sequential loop, so bit-equality holds for dropout 0 only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunSpec
+from .train import epoch_order
+
+
+class _Ctx:
+    """Which slot the injected modules use: None = one row per slot (training), or a slot index
+    that every row reads (evaluation, generation)."""
+
+    slot: int | None = None
+    dropout_on: bool = False
+
+
+class PackedLoRALinear(nn.Module):
+    """A frozen linear layer plus one LoRA adapter per slot. A and B are leaf tensors that view
+    into the packer's flat buffer, and their .grad tensors view into its flat gradient buffer, so
+    backward writes every gradient in place with no per-module full-size copies."""
+
+    def __init__(
+        self, base: nn.Linear, ctx: _Ctx, A: torch.Tensor, B: torch.Tensor, scaling: float, p: float
+    ):
+        super().__init__()
+        self.base, self.ctx, self.scaling, self.p = base, ctx, scaling, p
+        self.A, self.B = A, B  # [slots, r, d_in], [slots, d_out, r]
+        self.r, self.d_in, self.d_out = A.shape[1], base.in_features, base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        s = self.ctx.slot
+        A, B = (self.A, self.B) if s is None else (self.A[s : s + 1], self.B[s : s + 1])
+        h = F.dropout(x, self.p, training=True) if (self.ctx.dropout_on and self.p > 0) else x
+        shape = h.shape
+        h3 = h.reshape(shape[0], -1, shape[-1])
+        if A.shape[0] == 1 and h3.shape[0] != 1:
+            A, B = A.expand(h3.shape[0], -1, -1), B.expand(h3.shape[0], -1, -1)
+        upd = torch.bmm(torch.bmm(h3.to(A.dtype), A.transpose(1, 2)), B.transpose(1, 2))
+        return y + (self.scaling * upd).reshape(*shape[:-1], self.d_out).to(y.dtype)
+
+
+@dataclass
+class Slot:
+    key: tuple  # (scale, seed) or anything the caller uses to name a run
+    seed: int
+    rows: list[list[int]]  # tokenised samples
+    epochs: int
+    pos: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.epochs * len(self.rows)
+
+    def next_row(self) -> list[int]:
+        n = len(self.rows)
+        e, j = divmod(self.pos, n)
+        if j == 0 or not hasattr(self, "_order") or self._epoch != e:
+            self._order, self._epoch = epoch_order(n, self.seed, e), e
+        return self.rows[self._order[j]]
+
+
+class PackedLoRA:
+    """Inject packed LoRA into `model` (in place) for `slots` concurrent runs."""
+
+    def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
+        self.model, self.spec, self.slots = model, spec, slots
+        self.ctx = _Ctx()
+        self.scaling = spec.lora_alpha / spec.lora_rank
+        self.modules: dict[str, PackedLoRALinear] = {}
+        self._orig: dict[str, nn.Module] = {}
+        device = next(model.parameters()).device
+        dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+        found = []
+        for name, mod in list(model.named_modules()):
+            if (
+                isinstance(mod, nn.Linear)
+                and "lm_head" not in name
+                and any(name == t or name.endswith("." + t) for t in targets)
+            ):
+                found.append((name, mod))
+        if not found:
+            raise ValueError("no target modules found for the packed trainer")
+        r = spec.lora_rank
+        self.layout: dict[str, tuple[int, int, int]] = {}  # name -> (a offset, b offset, end)
+        off = 0
+        for name, mod in found:
+            a_off, b_off = off, off + r * mod.in_features
+            off = b_off + mod.out_features * r
+            self.layout[name] = (a_off, b_off, off)
+        self.P = off
+        # Adapters and optimizer state stay fp32 (fp64 when the base is fp64, for exactness tests).
+        self.W = torch.zeros(slots, off, device=device, dtype=dtype)
+        self.G = torch.zeros_like(self.W)
+        self.m = torch.zeros_like(self.W)
+        self.v = torch.zeros_like(self.W)
+        self.t = torch.zeros(slots, device=device, dtype=dtype)
+        self.lr = torch.full((slots,), spec.learning_rate, device=device, dtype=dtype)
+        self.wd = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
+        self.leaves: list[torch.Tensor] = []
+        for name, mod in found:
+            a_off, b_off, end = self.layout[name]
+            A = self.W[:, a_off:b_off].view(slots, r, mod.in_features).detach().requires_grad_()
+            B = self.W[:, b_off:end].view(slots, mod.out_features, r).detach().requires_grad_()
+            A.grad = self.G[:, a_off:b_off].view(slots, r, mod.in_features)
+            B.grad = self.G[:, b_off:end].view(slots, mod.out_features, r)
+            self.leaves += [A, B]
+            pm = PackedLoRALinear(mod, self.ctx, A, B, self.scaling, spec.lora_dropout)
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, pm)
+            self.modules[name], self._orig[name] = pm, mod
+
+    # -- slot lifecycle ---------------------------------------------------------------------
+    def reset_slot(self, s: int, init: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.W[s].copy_(init)
+            self.m[s].zero_()
+            self.v[s].zero_()
+            self.t[s] = 0
+
+    def slot_state(self, s: int) -> dict[str, torch.Tensor]:
+        """The slot's adapter in peft's key layout (for `save_file` / comparison)."""
+        out = {}
+        for name, pm in self.modules.items():
+            out[f"base_model.model.{name}.lora_A.weight"] = pm.A[s].detach().clone()
+            out[f"base_model.model.{name}.lora_B.weight"] = pm.B[s].detach().clone()
+        return out
+
+    def flat_from_peft(self, peft_model: nn.Module) -> torch.Tensor:
+        """Read an initialised peft adapter into this layout (so init matches peft exactly)."""
+        flat = torch.zeros(self.P, device=self.W.device, dtype=self.W.dtype)
+        named = dict(peft_model.named_modules())
+        for name, (a_off, b_off, end) in self.layout.items():
+            lora = named[f"base_model.model.{name}"]
+            flat[a_off:b_off] = lora.lora_A["default"].weight.detach().reshape(-1)
+            flat[b_off:end] = lora.lora_B["default"].weight.detach().reshape(-1)
+        return flat
+
+    def use_slot(self, s: int) -> None:
+        """Route every row to slot s (evaluation and generation)."""
+        self.ctx.slot = s
+        self.ctx.dropout_on = False
+
+    def remove(self) -> nn.Module:
+        for name, mod in self._orig.items():
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name) if parent_name else self.model, leaf, mod)
+        self.ctx.slot = None
+        return self.model
+
+    # -- one optimizer step for every active slot -----------------------------------------
+    def step(self, rows: list[list[int] | None], pad_id: int) -> torch.Tensor:
+        """rows[s] is slot s's sample (token ids) or None if the slot is idle. Returns the
+        per-slot loss (nan for idle slots)."""
+        device = self.W.device
+        width = max(len(r) for r in rows if r is not None)
+        ids = torch.full((self.slots, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((self.slots, width), dtype=torch.bool)
+        for s, r in enumerate(rows):
+            if r is not None:
+                ids[s, : len(r)] = torch.tensor(r)
+                mask[s, : len(r)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        active = torch.tensor([r is not None for r in rows], device=device)
+
+        self.ctx.slot = None
+        self.ctx.dropout_on = self.spec.lora_dropout > 0
+        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
+        tgt = ids[:, 1:]
+        valid = mask[:, 1:]
+        lg = logits[:, :-1]
+        lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
+        tok = F.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
+        n_tok = valid.sum(1).clamp(min=1)
+        row_loss = (tok * valid).sum(1) / n_tok  # each row: mean over its own tokens
+        (row_loss * active).sum().backward()
+        self._adamw(active)
+        return torch.where(active, row_loss.detach(), torch.full_like(row_loss, float("nan")))
+
+    @torch.no_grad()
+    def _adamw(self, active: torch.Tensor) -> None:
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        g = self.G
+        a = active[:, None]
+        if self.spec.grad_clip > 0:  # per slot, like clip_grad_norm_ over that run's tensors
+            norm = g.norm(dim=1, keepdim=True)
+            g.mul_((self.spec.grad_clip / (norm + 1e-6)).clamp(max=1.0))
+        self.t += active.to(self.t.dtype)
+        t = self.t.clamp(min=1)[:, None]
+        self.m.copy_(torch.where(a, self.m * b1 + (1 - b1) * g, self.m))
+        self.v.copy_(torch.where(a, self.v * b2 + (1 - b2) * g * g, self.v))
+        lr, wd = self.lr[:, None], self.wd[:, None]
+        bc1 = 1 - b1**t
+        bc2 = 1 - b2**t
+        denom = (self.v.sqrt() / bc2.sqrt()) + eps
+        new = self.W * (1 - lr * wd) - (lr / bc1) * self.m / denom
+        self.W.copy_(torch.where(a, new, self.W))
+        self.G.zero_()
+
+
+def init_from_peft(model: nn.Module, spec: RunSpec, seed: int, packer: PackedLoRA) -> torch.Tensor:
+    """The exact initial adapter the sequential path would start from for `seed`."""
+    from peft import get_peft_model
+
+    from .methods.lora import lora_config
+
+    # Injecting peft needs the plain modules back in place for a moment.
+    saved = {n: packer.modules[n] for n in packer.modules}
+    packer.remove()
+    torch.manual_seed(seed)
+    pm = get_peft_model(model, lora_config(model, spec))
+    flat = packer.flat_from_peft(pm)
+    pm.unload()
+    for name, mod in saved.items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
+    return flat
+
+
+def save_peft_adapter(
+    packer: PackedLoRA, slot: int, model: nn.Module, spec: RunSpec, out: Path
+) -> Path:
+    """Write a slot's adapter in peft's format (adapter_config.json + adapter_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    from .methods.lora import lora_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved = dict(packer.modules)
+    packer.remove()
+    cfg = lora_config(model, spec)
+    for name, mod in saved.items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
+    cfg.base_model_name_or_path = spec.model
+    cfg.save_pretrained(str(out))
+    save_file(
+        {k: v.contiguous().cpu() for k, v in packer.slot_state(slot).items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    return out
+
+
+def train_packed(
+    model: nn.Module,
+    tokenizer,
+    spec: RunSpec,
+    runs: list[tuple[tuple, int, list[str]]],
+    slots: int,
+    on_done: Callable[[PackedLoRA, int, Slot], None],
+    on_step: Callable[[list[Slot | None], torch.Tensor], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> str:
+    """Train every run (key, seed, samples) with continuous batching over `slots` slots. When a
+    run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
+    in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'."""
+    from .models import target_modules
+
+    targets = target_modules(model, spec.target_modules)
+    queue = list(runs)
+    slots = max(1, min(slots, len(queue)))
+    packer = PackedLoRA(model, spec, slots, targets)
+    inits: dict[int, torch.Tensor] = {}
+    live: list[Slot | None] = [None] * slots
+    model.train()
+
+    def fill(s: int) -> None:
+        key, seed, samples = queue.pop(0)
+        if seed not in inits:
+            inits[seed] = init_from_peft(model, spec, seed, packer)
+        packer.reset_slot(s, inits[seed])
+        rows = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
+        live[s] = Slot(key, seed, rows, spec.epochs)
+
+    try:
+        for s in range(slots):
+            fill(s)
+        while any(x is not None for x in live):
+            if should_stop():
+                return "cancelled"
+            rows = [x.next_row() if x is not None else None for x in live]
+            losses = packer.step(rows, tokenizer.pad_token_id)
+            lv = losses.tolist()
+            for s, x in enumerate(live):
+                if x is None:
+                    continue
+                x.pos += 1
+                x.losses.append(lv[s])
+            if on_step is not None:
+                on_step(live, losses)
+            for s, x in enumerate(live):
+                if x is None:
+                    continue
+                diverged = not math.isfinite(x.losses[-1])
+                if x.pos >= x.total or diverged:
+                    model.eval()
+                    packer.use_slot(s)
+                    on_done(packer, s, x)
+                    model.train()
+                    live[s] = None
+                    if queue:
+                        fill(s)
+        return "done"
+    finally:
+        model.eval()
+        packer.remove()

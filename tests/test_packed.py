@@ -1,0 +1,100 @@
+"""The packed trainer gives every run exactly what the sequential loop gives it."""
+
+import pytest
+import torch
+
+from core import data
+from core.config import preset
+from core.methods import get_method
+from core.models import load_model
+from core.packed import save_peft_adapter, train_packed
+from core.train import train_point
+
+
+def _sequential(spec, seed, samples, dtype):
+    from peft import get_peft_model_state_dict
+
+    lm = load_model("tiny", "cpu", dtype=dtype)
+    m = get_method("lora")
+    model = m.prepare(lm.model, spec, seed)
+    tr = train_point(model, lm.tokenizer, samples, spec, seed)
+    return {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}, tr.losses
+
+
+@pytest.mark.parametrize(
+    "dtype, lr, clip, tol",
+    [
+        # fp32: the issue's bar (1e-5 relative) at twenty times seed 000's learning rate
+        (torch.float32, 1e-3, 0.0, 1e-5),
+        (torch.float32, 1e-3, 0.5, 1e-5),
+        # fp64 (transformers still computes its loss in fp32): a larger learning rate
+        (torch.float64, 3e-3, 0.5, 1e-6),
+    ],
+)
+def test_packed_equals_sequential(dtype, lr, clip, tol):
+    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=lr, epochs=2, grad_clip=clip)
+    # Different sizes and seeds, 2 slots for 4 runs: runs join and finish at different times.
+    runs = [
+        ((n, s), s, data.domain_samples("legal", n, seed=s))
+        for n, s in [(3, 0), (7, 1), (5, 2), (2, 0)]
+    ]
+    got = {}
+    lm = load_model("tiny", "cpu", dtype=dtype)
+
+    def on_done(packer, slot, run):
+        got[run.key] = (packer.slot_state(slot), list(run.losses))
+
+    assert train_packed(lm.model, lm.tokenizer, spec, runs, slots=2, on_done=on_done) == "done"
+    assert set(got) == {r[0] for r in runs}
+    for key, seed, samples in runs:
+        want, want_losses = _sequential(spec, seed, samples, dtype)
+        have, have_losses = got[key]
+        assert have_losses == pytest.approx(want_losses, rel=tol)
+        assert set(have) == set(want)
+        for k in want:
+            err = (have[k] - want[k]).norm() / max(want[k].norm(), 1e-12)
+            assert err <= tol, (key, k, float(err))
+    # the base model is untouched and its modules are back in place
+    assert not any("Packed" in type(m).__name__ for m in lm.model.modules())
+
+
+def test_exported_adapter_loads_in_peft_and_matches(tmp_path):
+    from peft import PeftModel
+
+    spec = preset("tiny-test", lora_dropout=0.0)
+    lm = load_model("tiny", "cpu")
+    ids = lm.tokenizer(["The court granted the motion."], return_tensors="pt")["input_ids"]
+    seen = {}
+
+    def on_done(packer, slot, run):
+        with torch.no_grad():
+            seen["logits"] = lm.model(input_ids=ids).logits.clone()
+        save_peft_adapter(packer, slot, lm.model, spec, tmp_path / "a")
+
+    train_packed(
+        lm.model, lm.tokenizer, spec, [((4, 0), 0, data.domain_samples("legal", 4))], 1, on_done
+    )
+    fresh = load_model("tiny", "cpu")
+    pm = PeftModel.from_pretrained(fresh.model, str(tmp_path / "a"))
+    with torch.no_grad():
+        out = pm(input_ids=ids).logits
+    assert torch.allclose(out, seen["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_idle_slot_is_not_touched():
+    """A slot with no row in a step keeps its weights and moments (no decay, no momentum)."""
+    from core.models import target_modules
+    from core.packed import PackedLoRA
+
+    spec = preset("tiny-test", weight_decay=0.5, lora_dropout=0.0)
+    lm = load_model("tiny", "cpu")
+    p = PackedLoRA(lm.model, spec, 2, target_modules(lm.model, "all-linear"))
+    with torch.no_grad():
+        p.W.normal_()
+    row = lm.tokenizer("the court held that the clause binds")["input_ids"]
+    p.step([row, row], lm.tokenizer.pad_token_id)
+    w1, m1, t1 = p.W[1].detach().clone(), p.m[1].clone(), p.t[1].clone()
+    p.step([row, None], lm.tokenizer.pad_token_id)
+    assert torch.equal(p.W[1], w1) and torch.equal(p.m[1], m1) and p.t[1] == t1
+    assert p.t[0] == 2
+    p.remove()
