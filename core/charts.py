@@ -138,7 +138,11 @@ def threshold_figure(
                 x=math.log10(t),
                 y=1,
                 yref="y domain",
-                text=f"threshold ≈ {t:,.0f}",
+                text=(
+                    f"threshold ≈ {t:,.0f}"
+                    if t > c["scale"].min()
+                    else f"above from the first point (≤ {t:,.0f})"
+                ),
                 showarrow=False,
                 font=dict(color=color, size=11),
                 yshift=10 + 14 * i,
@@ -241,7 +245,10 @@ def threshold_figure(
         row=1,
         col=1,
     )
-    fig.update_xaxes(type="log", **log_x_ticks(curves["scale"]))
+    xs = list(curves["scale"]) + (
+        list(paper["scale"]) if paper is not None and not paper.empty else []
+    )
+    fig.update_xaxes(type="log", **log_x_ticks(xs))
     fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
     if two:
         fig.update_yaxes(title_text="domain PPL drop %", ticksuffix="%", row=2, col=1)

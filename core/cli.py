@@ -51,6 +51,9 @@ OVERRIDES = [
     ("--target-modules", "target_modules", str),
     ("--probe", "probe", str),
     ("--device", "device", str),
+    ("--trainer", "trainer", str),
+    ("--pack-slots", "pack_slots", int),
+    ("--eval-size", "domain_eval_size", int),
 ]
 
 
@@ -102,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true", help="resume in the background worker")
         if name == "show":
             p.add_argument("--json", action="store_true", help="print JSON")
+    ref = sub.add_parser(
+        "reference", help="re-derive the shipped reference results from their Parquet files"
+    )
+    ref.add_argument("--json", action="store_true", help="print JSON")
+    _add_db(ref)
     exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")
     exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
     exp.add_argument("--out", required=True, help="output file")
@@ -208,6 +216,33 @@ def _dispatch(a: argparse.Namespace) -> int:
     store = Store(resolve_db(a.db))
     if a.cmd == "worker":
         return runner.worker_main(store.path)
+    if a.cmd == "reference":
+        from . import analysis, reference
+
+        table = reference.summary()
+        thr = {
+            d: analysis.threshold_scale(t["scale"], t["mean"], 10.0)
+            for d, t in table.groupby("domain")
+        }
+        if a.json:
+            print(
+                json.dumps(
+                    {
+                        "provenance": reference.provenance(),
+                        "threshold_10pct": thr,
+                        "points": json.loads(table.to_json(orient="records")),
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        print(reference.provenance().get("what", ""))
+        print(table.round(1).to_string(index=False))
+        for d, t in thr.items():
+            print(
+                f"{d}: degradation first exceeds 10 % at about {t:,.0f} samples (log-interpolated)"
+            )
+        return 0
     if a.cmd == "prepare":
         from .models import ensure_embedded_cache
 

@@ -174,8 +174,12 @@ class _Sweep:
         )
 
 
-def use_packed(spec: RunSpec) -> bool:
-    return spec.trainer == "packed" and spec.method == "lora" and spec.batch_size == 1
+def use_packed(spec: RunSpec, device: torch.device) -> bool:
+    """The packed trainer wins where steps are launch-bound (GPU); on a CPU, compute-bound, it
+    measured slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential."""
+    if spec.method != "lora" or spec.batch_size != 1:
+        return False
+    return spec.trainer == "packed" or (spec.trainer == "auto" and device.type == "cuda")
 
 
 def run_sweep(
@@ -206,7 +210,7 @@ def run_sweep(
     events({"type": "plan", "points": len(spec.points()), "todo": len(todo)})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if use_packed(spec) and todo:
+    if use_packed(spec, device) and todo:
         return _run_packed(sweep, base, todo, should_cancel)
     for scale, seed in todo:
         if should_cancel():

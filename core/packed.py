@@ -181,20 +181,28 @@ class PackedLoRA:
     def step(self, rows: list[list[int] | None], pad_id: int) -> torch.Tensor:
         """rows[s] is slot s's sample (token ids) or None if the slot is idle. Returns the
         per-slot loss (nan for idle slots)."""
-        device = self.W.device
         width = max(len(r) for r in rows if r is not None)
+        if self.graphs is not None:
+            width = min(-(-width // 16) * 16, self.spec.max_length)  # static shape buckets
         ids = torch.full((self.slots, width), pad_id, dtype=torch.long)
         mask = torch.zeros((self.slots, width), dtype=torch.bool)
         for s, r in enumerate(rows):
             if r is not None:
                 ids[s, : len(r)] = torch.tensor(r)
                 mask[s, : len(r)] = True
-        ids, mask = ids.to(device), mask.to(device)
-        active = torch.tensor([r is not None for r in rows], device=device)
+        active = torch.tensor([r is not None for r in rows])
+        if self.graphs is None:
+            dev = self.W.device
+            return self._step(ids.to(dev), mask.to(dev), active.to(dev)).detach()
+        return self._graph_step(ids, mask, active)
 
+    def _step(self, ids: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Forward, per-row loss, backward and AdamW: tensor ops only (CUDA-graph capturable).
+        No attention mask is needed: with right padding and causal attention a real token never
+        sees a pad, and pads are left out of the loss."""
         self.ctx.slot = None
         self.ctx.dropout_on = self.spec.lora_dropout > 0
-        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
+        logits = self.model(input_ids=ids, use_cache=False).logits
         tgt = ids[:, 1:]
         valid = mask[:, 1:]
         lg = logits[:, :-1]
@@ -205,6 +213,43 @@ class PackedLoRA:
         (row_loss * active).sum().backward()
         self._adamw(active)
         return torch.where(active, row_loss.detach(), torch.full_like(row_loss, float("nan")))
+
+    # -- CUDA graphs: one captured step per length bucket --------------------------------------
+    graphs: dict | None = None
+
+    def enable_graphs(self) -> None:
+        """Capture the whole step (forward, backward, optimizer) once per length bucket and replay
+        it: the step is launch-bound, and a replay launches its ~10^4 kernels at once."""
+        if self.W.device.type == "cuda":
+            self.graphs = {}
+
+    def _graph_step(self, ids, mask, active) -> torch.Tensor:
+        key = ids.shape[1]
+        if key not in self.graphs:
+            dev = self.W.device
+            st = {"ids": ids.to(dev), "mask": mask.to(dev), "active": active.to(dev)}
+            # Warm up on a side stream (allocator, cuBLAS workspaces) with inactive slots only,
+            # so no slot's weights move; then capture.
+            saved = (st["active"].clone(),)
+            st["active"].zero_()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step(st["ids"], st["mask"], st["active"])
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                st["out"] = self._step(st["ids"], st["mask"], st["active"])
+            st["active"].copy_(saved[0])
+            st["graph"] = graph
+            self.graphs[key] = st
+        st = self.graphs[key]
+        st["ids"].copy_(ids, non_blocking=True)
+        st["mask"].copy_(mask, non_blocking=True)
+        st["active"].copy_(active, non_blocking=True)
+        st["graph"].replay()
+        return st["out"].clone()
 
     @torch.no_grad()
     def _adamw(self, active: torch.Tensor) -> None:
@@ -280,6 +325,7 @@ def train_packed(
     on_done: Callable[[PackedLoRA, int, Slot], None],
     on_step: Callable[[list[Slot | None], torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    cuda_graphs: bool = True,
 ) -> str:
     """Train every run (key, seed, samples) with continuous batching over `slots` slots. When a
     run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
@@ -290,6 +336,8 @@ def train_packed(
     queue = list(runs)
     slots = max(1, min(slots, len(queue)))
     packer = PackedLoRA(model, spec, slots, targets)
+    if cuda_graphs:
+        packer.enable_graphs()
     inits: dict[int, torch.Tensor] = {}
     live: list[Slot | None] = [None] * slots
     model.train()

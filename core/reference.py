@@ -1,12 +1,83 @@
-"""Published numbers kept as data, never mixed with measured rows: seed 000's claimed
-degradation per scale (GPT-2 124M, legal and financial)."""
+"""Data shipped with the app, read-only and never mixed with a user's database rows:
+
+- seed 000's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
+- our *measured* reference runs: seed 000's protocol on the embedded SmolLM2-135M on an H100,
+  three seeds (files `paper000_smollm2_h100_*.parquet`, provenance in the matching .json).
+"""
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
 
 import pandas as pd
 
 from .data import DATA_DIR
 
+REF_DIR = DATA_DIR / "reference"
+REF_PREFIX = "ref:"
+REF_NAME = "paper000_smollm2_h100"
+
 
 def paper_claims() -> pd.DataFrame:
-    return pd.read_csv(DATA_DIR / "reference" / "seed000_claims.csv")
+    return pd.read_csv(REF_DIR / "seed000_claims.csv")
+
+
+@lru_cache(maxsize=1)
+def points() -> pd.DataFrame:
+    """Reference points in the export's columns; run ids carry the 'ref:' prefix."""
+    p = REF_DIR / f"{REF_NAME}_points.parquet"
+    if not p.is_file():
+        return pd.DataFrame()
+    df = pd.read_parquet(p)
+    df["run_id"] = REF_PREFIX + df["run_id"]
+    return df
+
+
+@lru_cache(maxsize=1)
+def evals() -> pd.DataFrame:
+    p = REF_DIR / f"{REF_NAME}_evals.parquet"
+    if not p.is_file():
+        return pd.DataFrame()
+    df = pd.read_parquet(p)
+    df["run_id"] = REF_PREFIX + df["run_id"]
+    return df
+
+
+def provenance() -> dict:
+    p = REF_DIR / f"{REF_NAME}.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def runs() -> pd.DataFrame:
+    """One row per reference run, with the columns the app's run pickers use."""
+    df = points()
+    if df.empty:
+        return df
+    g = df.groupby("run_id").agg(
+        name=("run_name", "first"),
+        model=("model", "first"),
+        method=("method", "first"),
+        domain=("domain", "first"),
+        lora_rank=("rank", "first"),
+        points_done=("scale", "size"),
+    )
+    return g.reset_index()
+
+
+def label(run_id: str) -> str:
+    r = runs().set_index("run_id").loc[run_id]
+    return f"reference · {r['name']} · {r['model']} · H100, 3 seeds"
+
+
+def summary() -> pd.DataFrame:
+    """Per domain and scale: mean degradation over seeds with its 95 % interval, and the
+    phase, recomputed from the shipped rows."""
+    from . import analysis
+
+    df = points()
+    agg = analysis.per_scale(df)
+    dom = df.groupby("run_id")["domain"].first()
+    agg.insert(1, "domain", agg["run_id"].map(dom))
+    agg["phase"] = [analysis.classify(v) for v in agg["mean"]]
+    return agg.drop(columns=["run_id"])

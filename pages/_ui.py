@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core import reference
 from core.errors import LabError
 from core.paths import resolve_db
 from core.store import Store
@@ -43,21 +44,45 @@ def labels(df: pd.DataFrame) -> dict[str, str]:
     return {r["run_id"]: label(r) for r in df.to_dict("records")}
 
 
-def pick_runs(df: pd.DataFrame, key: str, help: str = "", max_default: int = 3) -> list[str]:
-    """Multiselect of runs that have finished points; defaults to the newest ones."""
-    have = df[df["points_done"] > 0]
-    if have.empty:
-        return []
+def pick_runs(
+    df: pd.DataFrame, key: str, help: str = "", max_default: int = 3, with_reference: bool = True
+) -> list[str]:
+    """Multiselect of runs that have finished points (newest first), plus the shipped reference
+    runs; defaults to the newest own runs, or to the reference runs when there are none."""
+    have = df[df["points_done"] > 0] if not df.empty else df
     lab = labels(have)
-    chosen = st.multiselect(
+    ref_ids = list(reference.runs().get("run_id", [])) if with_reference else []
+    lab.update({r: reference.label(r) for r in ref_ids})
+    if not lab:
+        return []
+    own = [r for r in lab if r not in ref_ids]
+    return st.multiselect(
         "Runs",
         list(lab),
-        default=list(lab)[:max_default],
+        default=own[:max_default] if own else ref_ids,
         format_func=lab.get,
         key=key,
-        help=help or "Runs with at least one finished point.",
+        help=help
+        or "Your runs with finished points, and the shipped reference runs (measured on an H100 "
+        "with seed 000's protocol; read-only).",
     )
-    return chosen
+
+
+def all_labels(df: pd.DataFrame) -> dict[str, str]:
+    lab = labels(df)
+    lab.update({r: reference.label(r) for r in reference.runs().get("run_id", [])})
+    return lab
+
+
+def points_for(run_ids: list[str]) -> pd.DataFrame:
+    """Points of own runs (from the database) and reference runs (from the shipped files)."""
+    own = [r for r in run_ids if not r.startswith(reference.REF_PREFIX)]
+    refs = [r for r in run_ids if r.startswith(reference.REF_PREFIX)]
+    parts = [store().points_df(own)] if own else []
+    if refs:
+        rp = reference.points()
+        parts.append(rp[rp.run_id.isin(refs)])
+    return pd.concat(parts, ignore_index=True) if parts else store().points_df([])
 
 
 def no_results(what: str = "results") -> None:

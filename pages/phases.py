@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, charts
-from pages._ui import labels, no_results, pick_runs, runs, store
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs
 
 st.title("Phases")
 st.caption(
@@ -22,11 +22,11 @@ try:
     cutoffs = analysis.validate_cutoffs(cutoffs)
 except ValueError:
     cutoffs = analysis.DEFAULT_CUTOFFS
-curves = analysis.per_scale(store().points_df(chosen))
+curves = analysis.per_scale(points_for(chosen))
 if curves.empty:
     st.warning("No finished points in the selected runs.")
     st.stop()
-lab = labels(df)
+lab = all_labels(df)
 tables = {
     lab.get(r, r): analysis.phase_table(c, cutoffs) for r, c in curves.groupby("run_id", sort=False)
 }

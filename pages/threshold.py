@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, charts, reference
-from pages._ui import labels, no_results, pick_runs, runs, store
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store
 
 st.title("Threshold")
 st.caption(
@@ -36,7 +36,7 @@ with st.sidebar:
     show_guidance = st.checkbox("Seed 000's alert (+20 %) and rollback (+50 %) lines", value=True)
     show_paper = st.checkbox(
         "Overlay seed 000's claimed curve",
-        value=False,
+        value=bool(set(chosen)) and all(r.startswith(reference.REF_PREFIX) for r in chosen),
         help="Numbers the paper reports for GPT-2; not measured here.",
     )
 try:
@@ -49,13 +49,13 @@ if not chosen:
     no_results("finished points")
     st.stop()
 
-pts = store().points_df(chosen)
+pts = points_for(chosen)
 curves = analysis.per_scale(pts, "degradation_pct")
 dom = analysis.per_scale(pts, "domain_improvement_pct")
 if curves.empty:
     st.warning("The selected runs have no successfully finished points yet.")
     st.stop()
-lab = labels(df)
+lab = all_labels(df)
 thr = {
     r: analysis.threshold_scale(c["scale"], c["mean"], level) for r, c in curves.groupby("run_id")
 }
@@ -83,7 +83,11 @@ if lo < hi:
 else:
     x = lo
 
-paper = reference.paper_claims() if show_paper else None
+paper = None
+if show_paper:
+    paper = reference.paper_claims()
+    doms = set(pts["domain"])
+    paper = paper[paper.domain.isin(doms)] if doms & set(paper.domain) else paper
 fig = charts.threshold_figure(
     curves,
     lab,
@@ -145,6 +149,10 @@ st.dataframe(
     ],
     hide_index=True,
 )
+if focus.startswith(reference.REF_PREFIX):
+    st.caption(
+        "Generations of the reference runs are not shipped; run your own sweep to see them here."
+    )
 gens = store().generations_df(focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
 if not gens.empty:
     st.markdown("**Stored smoke-test generations** (greedy decoding)")

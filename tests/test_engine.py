@@ -68,6 +68,27 @@ def test_same_seed_same_numbers(db):
     assert pa.degradation_pct[0] == pytest.approx(pb.degradation_pct[0], rel=1e-6)
 
 
+def test_packed_sweep_stores_the_same_numbers_as_sequential(db):
+    """The engine's packed path (default on CUDA) writes the same points as the reference loop."""
+    s = Store(db)
+    ids = {}
+    for trainer in ("sequential", "packed"):
+        spec = preset(
+            "tiny-test", seeds=(0, 1), lora_dropout=0.0, learning_rate=1e-3, trainer=trainer
+        )
+        ids[trainer] = runner.create_run(s, spec, "running")
+        assert runner.run_foreground(s, ids[trainer]) == "done"
+    a = s.points_df([ids["sequential"]]).set_index(["scale", "seed"])
+    b = s.points_df([ids["packed"]]).set_index(["scale", "seed"])
+    assert len(a) == len(b) == 6
+    for col in ("general_ppl_after", "domain_ppl_after", "final_loss"):
+        assert b[col].to_numpy() == pytest.approx(a[col].to_numpy(), rel=1e-4), col
+    adapters = s.query_df("SELECT adapter_path FROM points WHERE run_id = ?", [ids["packed"]])
+    assert all(
+        (adapter_abspath(p) / "adapter_model.safetensors").is_file() for p in adapters.adapter_path
+    )
+
+
 def _wait_for(pred, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
@@ -131,7 +152,7 @@ def test_nan_loss_marks_point_diverged_packed(db, monkeypatch):
     real = core.packed.init_from_peft
     monkeypatch.setattr(core.packed, "init_from_peft", lambda *a: real(*a) * float("nan"))
     s = Store(db)
-    run_id = runner.create_run(s, preset("tiny-test", scales=(4, 6)), "running")
+    run_id = runner.create_run(s, preset("tiny-test", scales=(4, 6), trainer="packed"), "running")
     runner.run_foreground(s, run_id)
     pts = s.query_df(
         "SELECT status, degradation_pct, steps, error FROM points WHERE run_id = ?", [run_id]
