@@ -170,3 +170,170 @@ def log_slider_values(lo: float, hi: float, n: int = 41) -> list[int]:
 def nearest_scale(scales, x: float) -> int:
     s = np.asarray(sorted(set(scales)), dtype=float)
     return int(s[np.argmin(np.abs(np.log(s) - np.log(x)))])
+
+
+# -- growth fits ---------------------------------------------------------------------------------
+@dataclass
+class Fit:
+    name: str
+    params: dict
+    r2: float
+    aic: float
+
+    def predict(self, n):
+        n = np.asarray(n, dtype=float)
+        a, b = self.params["a"], self.params["b"]
+        if self.name == "linear":
+            return a + b * n
+        if self.name == "exponential":
+            return ratio_to_pct(np.exp(a + b * n))
+        return ratio_to_pct(np.exp(a + b * np.log(n)))  # power law
+
+
+MIN_FIT_POINTS = 3
+
+
+def fit_growth(scales, pct) -> list[Fit]:
+    """Linear (d = a + b n), exponential (ratio = e^(a + b n)) and power-law (ratio = e^a n^b) fits
+    of degradation d(n); ratio = 1 + d/100. R^2 and AIC are computed on d itself, so the three are
+    comparable; the list is sorted best (lowest AIC) first. Raises ValueError with fewer than
+    three distinct scales."""
+    n = np.asarray(scales, dtype=float)
+    d = np.asarray(pct, dtype=float)
+    if len(np.unique(n)) < MIN_FIT_POINTS:
+        raise ValueError(f"a growth fit needs at least {MIN_FIT_POINTS} measured dataset sizes")
+    ly = np.log(np.maximum(pct_to_ratio(d), 1e-9))
+    fits = []
+    for name, x, y in (("linear", n, d), ("exponential", n, ly), ("power law", np.log(n), ly)):
+        b, a = np.polyfit(x, y, 1)
+        fit = Fit(name, {"a": float(a), "b": float(b)}, 0.0, 0.0)
+        resid = d - fit.predict(n)
+        rss = float(np.sum(resid**2))
+        tss = float(np.sum((d - d.mean()) ** 2)) or 1e-12
+        fit.r2 = 1 - rss / tss
+        fit.aic = len(n) * math.log(max(rss, 1e-12) / len(n)) + 2 * 2
+        fits.append(fit)
+    return sorted(fits, key=lambda f: f.aic)
+
+
+# -- uncertainty -----------------------------------------------------------------------------------
+def bootstrap_threshold_seeds(
+    points: pd.DataFrame, level: float = 10.0, n_boot: int = 2000, seed: int = 0
+) -> dict:
+    """95 % bootstrap interval of the threshold scale, resampling whole seeds (each seed is one
+    curve). Needs at least two seeds measured at every scale used."""
+    ok = points[(points["status"] == "done") & points["degradation_pct"].notna()]
+    m = ok.pivot_table(index="seed", columns="scale", values="degradation_pct").dropna(axis=1)
+    if len(m) < 2 or m.shape[1] < 2:
+        raise ValueError("a seed bootstrap needs at least two seeds measured at two or more scales")
+    rng = np.random.default_rng(seed)
+    scales = m.columns.to_numpy(dtype=float)
+    vals = m.to_numpy()
+    out = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(vals), len(vals))
+        t = threshold_scale(scales, vals[pick].mean(0), level)
+        out.append(np.inf if t is None else t)
+    return _interval(out, "seeds", len(vals))
+
+
+def bootstrap_threshold_items(
+    items: pd.DataFrame, level: float = 10.0, n_boot: int = 2000, seed: int = 0
+) -> dict:
+    """95 % bootstrap interval of the threshold scale for a single-seed run, resampling general
+    probe items (the same resample at every scale). `items`: item_nll rows of one seed."""
+    piv_a = items.pivot_table(index="item", columns="scale", values="nll_after")
+    before = items.groupby("item")[["nll_before", "tokens"]].first().loc[piv_a.index]
+    if len(piv_a) < 2 or piv_a.shape[1] < 2:
+        raise ValueError("an item bootstrap needs per-item losses at two or more scales")
+    a, b, tok = piv_a.to_numpy(), before["nll_before"].to_numpy(), before["tokens"].to_numpy()
+    scales = piv_a.columns.to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(b), len(b))
+        ppl_b = np.exp(b[pick].sum() / tok[pick].sum())
+        ppl_a = np.exp(a[pick].sum(0) / tok[pick].sum())
+        t = threshold_scale(scales, (ppl_a - ppl_b) / ppl_b * 100, level)
+        out.append(np.inf if t is None else t)
+    return _interval(out, "probe items", len(b))
+
+
+def _interval(samples, over: str, n: int) -> dict:
+    s = np.asarray(samples, dtype=float)
+    finite = s[np.isfinite(s)]
+    lo, hi = np.percentile(s, [2.5, 97.5]) if len(finite) else (np.inf, np.inf)
+    return {
+        "low": float(lo),
+        "high": float(hi),
+        "over": over,
+        "n": n,
+        "not_reached_share": float(np.mean(~np.isfinite(s))),
+    }
+
+
+def welch_by_scale(
+    a: pd.DataFrame, b: pd.DataFrame, metric: str = "degradation_pct"
+) -> pd.DataFrame:
+    """Welch's t-test between two runs at every scale both measured with ≥ 2 seeds."""
+    from scipy import stats
+
+    rows = []
+    for sc in sorted(set(a["scale"]) & set(b["scale"])):
+        x = a.loc[(a.scale == sc) & a[metric].notna(), metric]
+        y = b.loc[(b.scale == sc) & b[metric].notna(), metric]
+        if len(x) >= 2 and len(y) >= 2:
+            t, p = stats.ttest_ind(x, y, equal_var=False)
+            rows.append(
+                {"scale": sc, "mean_a": x.mean(), "mean_b": y.mean(), "t": float(t), "p": float(p)}
+            )
+    return pd.DataFrame(rows)
+
+
+def analyze(
+    points: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    level: float = 10.0,
+    cutoffs=DEFAULT_CUTOFFS,
+    n_boot: int = 1000,
+) -> dict:
+    """Everything the Threshold page and `python -m core analyze` report for one run."""
+    curve = per_scale(points)
+    if curve.empty:
+        raise ValueError("the run has no finished points")
+    curve = curve.groupby("scale", as_index=False).agg(mean=("mean", "mean"), n=("n", "sum"))
+    out: dict = {
+        "level_pct": level,
+        "threshold_scale": threshold_scale(curve["scale"], curve["mean"], level),
+        "largest_safe_scale": largest_safe_scale(curve["scale"], curve["mean"], level),
+        "points": [
+            {
+                "scale": int(s),
+                "mean_degradation_pct": float(m),
+                "seeds": int(n),
+                "phase": classify(m, cutoffs),
+            }
+            for s, m, n in zip(curve["scale"], curve["mean"], curve["n"])
+        ],
+    }
+    try:
+        if points["seed"].nunique() >= 2:
+            ci = bootstrap_threshold_seeds(points, level, n_boot)
+        elif items is not None and not items.empty:
+            ci = bootstrap_threshold_items(items, level, n_boot)
+        else:
+            raise ValueError("no per-item losses stored for a single-seed interval")
+        out["threshold_ci"] = [ci["low"], ci["high"]]
+        out["threshold_ci_over"] = ci["over"]
+        out["threshold_ci_not_reached_share"] = ci["not_reached_share"]
+    except ValueError as e:
+        out["threshold_ci"] = None
+        out["threshold_ci_note"] = str(e)
+    try:
+        fits = fit_growth(curve["scale"], curve["mean"])
+        out["fits"] = [{"name": f.name, "params": f.params, "r2": f.r2, "aic": f.aic} for f in fits]
+        out["best_fit"] = out["fits"][0]
+    except ValueError as e:
+        out["best_fit"] = None
+        out["fit_note"] = str(e)
+    return out

@@ -69,6 +69,7 @@ def threshold_figure(
     domain_curves: pd.DataFrame | None = None,
     paper: pd.DataFrame | None = None,
     guidance: tuple[float, ...] = (),
+    fits: dict | None = None,
 ) -> go.Figure:
     """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
     in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
@@ -131,6 +132,22 @@ def threshold_figure(
             row=1,
             col=1,
         )
+        f = (fits or {}).get(run_id)
+        if f is not None:
+            xs = np.geomspace(c["scale"].min(), c["scale"].max(), 60)
+            yr = np.clip(pct_to_ratio(f.predict(xs)), 1e-3, None)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=yr,
+                    mode="lines",
+                    line=dict(color=color, dash="dash", width=1),
+                    name=f"{name}: {f.name} fit (R² {f.r2:.2f})",
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=1,
+            )
         t = (threshold or {}).get(run_id)
         if t:
             fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)

@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true", help="resume in the background worker")
         if name == "show":
             p.add_argument("--json", action="store_true", help="print JSON")
+    an = sub.add_parser(
+        "analyze", help="threshold with its confidence interval, phases and growth fits"
+    )
+    an.add_argument("run_id")
+    an.add_argument("--level", type=float, default=10.0, help="threshold level in %% degradation")
+    an.add_argument("--json", action="store_true", help="print JSON")
+    _add_db(an)
     ref = sub.add_parser(
         "reference", help="re-derive the shipped reference results from their Parquet files"
     )
@@ -216,6 +223,35 @@ def _dispatch(a: argparse.Namespace) -> int:
     store = Store(resolve_db(a.db))
     if a.cmd == "worker":
         return runner.worker_main(store.path)
+    if a.cmd == "analyze":
+        from . import analysis
+
+        store.get_run(a.run_id)
+        try:
+            res = analysis.analyze(
+                store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level
+            )
+        except ValueError as e:
+            raise LabError(f"cannot analyze run {a.run_id}: {e}") from None
+        if a.json:
+            print(json.dumps(res, indent=2, default=float))
+            return 0
+        t, ci = res["threshold_scale"], res.get("threshold_ci")
+        print(
+            f"threshold ({a.level:g} %): "
+            + (f"{t:,.0f} samples" if t else "not reached")
+            + (
+                f", 95 % CI {ci[0]:,.0f}-{ci[1]:,.0f} (bootstrap over {res['threshold_ci_over']})"
+                if ci
+                else ""
+            )
+        )
+        if res["best_fit"]:
+            f = res["best_fit"]
+            print(f"best growth fit: {f['name']} (R² {f['r2']:.3f}, AIC {f['aic']:.1f})")
+        for p in res["points"]:
+            print(f"  {p['scale']:>7,}  {p['mean_degradation_pct']:+10.1f} %  {p['phase']}")
+        return 0
     if a.cmd == "reference":
         from . import analysis, reference
 

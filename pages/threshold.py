@@ -60,6 +60,20 @@ thr = {
     r: analysis.threshold_scale(c["scale"], c["mean"], level) for r, c in curves.groupby("run_id")
 }
 
+results, fits = {}, {}
+for r in chosen:
+    rp = pts[pts.run_id == r]
+    if rp.empty or r not in set(curves.run_id):
+        continue
+    items = None if r.startswith(reference.REF_PREFIX) else store().item_nll_df(r)
+    try:
+        results[r] = analysis.analyze(rp, items, level, cutoffs, n_boot=500)
+    except ValueError:
+        continue
+    if results[r].get("best_fit"):
+        f = results[r]["best_fit"]
+        fits[r] = analysis.Fit(f["name"], f["params"], f["r2"], f["aic"])
+
 lo, hi = int(curves["scale"].min()), int(curves["scale"].max())
 marker = None
 focus = chosen[0]
@@ -98,6 +112,7 @@ fig = charts.threshold_figure(
     dom,
     paper,
     guidance=(analysis.ALERT_PCT, analysis.ROLLBACK_PCT) if show_guidance else (),
+    fits=fits,
 )
 st.plotly_chart(fig, key="threshold_chart")
 
@@ -113,22 +128,32 @@ if marker:
 
 cols = st.columns(len(chosen) if len(chosen) <= 4 else 4)
 for col, r in zip(cols, chosen):
-    c = curves[curves.run_id == r]
-    if c.empty:
+    res = results.get(r)
+    if res is None:
         continue
-    t = thr.get(r)
-    safe = analysis.largest_safe_scale(c["scale"], c["mean"], level)
+    t, safe, ci = res["threshold_scale"], res["largest_safe_scale"], res.get("threshold_ci")
     col.markdown(f"**{lab.get(r, r)}**")
-    col.write(
-        f"threshold ({level:g} %): **{t:,.0f}** samples"
-        if t
-        else f"never crosses {level:g} % in the measured range"
-    )
+    if t is None:
+        col.write(f"never crosses {level:g} % in the measured range")
+    elif t <= min(p["scale"] for p in res["points"]):
+        col.write(f"already above {level:g} % at the smallest measured size ({t:,.0f})")
+    else:
+        col.write(f"threshold ({level:g} %): **{t:,.0f}** samples")
+    if ci:
+        hi = "not reached" if ci[1] == float("inf") else f"{ci[1]:,.0f}"
+        col.caption(f"95 % bootstrap interval over {res['threshold_ci_over']}: {ci[0]:,.0f} – {hi}")
+    else:
+        col.caption(res.get("threshold_ci_note", ""))
     col.write(
         f"largest measured size below it: **{safe:,.0f}**"
         if safe
         else "no measured size below the level"
     )
+    if res.get("best_fit"):
+        f = res["best_fit"]
+        col.caption(f"best growth fit: {f['name']} (R² {f['r2']:.2f}, AIC {f['aic']:.1f})")
+    else:
+        col.caption(res.get("fit_note", ""))
 
 nearest = analysis.nearest_scale(curves[curves.run_id == focus]["scale"], x)
 st.subheader(f"Nearest measured point: {nearest:,} samples")
