@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import PRESETS, RunSpec, field_help, parse_int_list, preset
 from .errors import LabError
 from .paths import resolve_db
-from .store import Store
+from .store import POINT_SUMMARY, Store
 
 
 def quiet_libraries() -> None:
@@ -343,19 +343,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         )
         if run["error"]:
             print(f"  note: {run['error']}")
-        _print_table(
-            pts,
-            [
-                "scale",
-                "seed",
-                "status",
-                "general_ppl_before",
-                "general_ppl_after",
-                "degradation_pct",
-                "domain_improvement_pct",
-                "smoke_ok",
-            ],
-        )
+        _print_table(pts, POINT_SUMMARY)
         return 0
     if a.cmd == "cancel":
         print(f"run {a.run_id}: {runner.cancel(store, a.run_id)}")

@@ -69,6 +69,11 @@ class RunSpec:
     eval_all_domains: bool = _f(
         True, "Also evaluate every other domain's held-out split (feeds the cross-domain matrix)."
     )
+    mc_eval: bool = _f(
+        True,
+        "Also score the 108 own-written four-option general-knowledge questions before and after "
+        "(multiple-choice accuracy, a second forgetting metric).",
+    )
     eval_batch_size: int = _f(16, "Sentences per forward pass during evaluation.")
     smoke_max_new_tokens: int = _f(20, "Tokens generated per smoke-test prompt.")
     save_adapters: bool = _f(True, "Save each point's adapter (needed by the Smoke test page).")
@@ -139,7 +144,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick-cpu": dict(
         name="quick-cpu",
         model="smollm2-135m",
-        scales=(8, 16, 32, 64, 128, 256),
+        scales=(8, 16, 32, 64, 128),
         seeds=(42,),
         epochs=1,
         learning_rate=1e-3,

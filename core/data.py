@@ -176,6 +176,24 @@ def probe_categories(name: str) -> list[str]:
     return [r["category"] for r in _read_tsv(DATA_DIR / "probes" / f"{name}.tsv")]
 
 
+@dataclass(frozen=True)
+class MCItem:
+    question: str
+    options: tuple[str, ...]
+    answer: int
+
+
+def load_mc(name: str = "general-mc") -> list[MCItem]:
+    """Own-written four-option general-knowledge questions (data/mc/*.tsv)."""
+    p = DATA_DIR / "mc" / f"{name}.tsv"
+    if not p.is_file():
+        raise DataError(f"unknown multiple-choice set '{name}'")
+    return [
+        MCItem(r["question"], (r["A"], r["B"], r["C"], r["D"]), "ABCD".index(r["answer"]))
+        for r in _read_tsv(p)
+    ]
+
+
 def smoke_prompts() -> list[str]:
     return [r["text"] for r in _read_tsv(DATA_DIR / "probes" / "smoke.tsv")]
 

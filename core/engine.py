@@ -82,13 +82,16 @@ class _Sweep:
 
     def __init__(self, spec, run_id, store, events, device, tok, sets, before, prompts):
         self.spec, self.run_id, self.store, self.events = spec, run_id, store, events
-        self.device, self.tok, self.sets, self.before, self.prompts = (
-            device,
-            tok,
-            sets,
-            before,
-            prompts,
-        )
+        self.device, self.tok, self.sets, self.before = device, tok, sets, before
+        self.prompts = prompts
+        self.mc_items = data.load_mc() if spec.mc_eval else []
+        self.mc_before = None
+
+    def measure_base(self, base) -> None:
+        if self.mc_items:
+            self.mc_before = evaluate.mc_accuracy(
+                base, self.tok, self.mc_items, self.spec.eval_batch_size
+            )[0]
 
     def finish(
         self, model, scale, seed, status, steps, losses, seconds, n_train, n_all, save, message=""
@@ -118,6 +121,13 @@ class _Sweep:
                 out = adapters_dir() / self.run_id / f"scale{scale}_seed{seed}"
                 save(out)
                 adapter = str(out.relative_to(lab_home()))
+            if self.mc_items:
+                acc = evaluate.mc_accuracy(model, self.tok, self.mc_items, spec.eval_batch_size)[0]
+                metrics.update(
+                    mc_acc_before=self.mc_before,
+                    mc_acc_after=acc,
+                    mc_drop_pts=(self.mc_before - acc) * 100,
+                )
             g, d = after[GENERAL].ppl, after[dom].ppl
             metrics.update(
                 general_ppl_after=g,
@@ -204,6 +214,7 @@ def run_sweep(
     base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
     store.save_base_generations(run_id, _gens(base_gens))
     sweep = _Sweep(spec, run_id, store, events, device, tok, sets, before, prompts)
+    sweep.measure_base(base)
 
     done = store.finished_points(run_id)
     todo = [p for p in spec.points() if p not in done]

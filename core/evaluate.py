@@ -101,6 +101,41 @@ def option_loglik(model, tokenizer, context: str, options: list[str]) -> list[fl
     return out
 
 
+@torch.no_grad()
+def mc_accuracy(model, tokenizer, items, batch_size: int = 32) -> tuple[float, list[bool]]:
+    """Multiple-choice accuracy the lm-evaluation-harness way: each option is scored by the summed
+    log-likelihood of its tokens after the question; the highest-scoring option is the answer.
+    All options of all questions go through batched forward passes (right padding)."""
+    device = next(model.parameters()).device
+    seqs, spans = [], []
+    for it in items:
+        ctx = tokenizer(it.question, add_special_tokens=True)["input_ids"]
+        for opt in it.options:
+            cont = tokenizer(" " + opt, add_special_tokens=False)["input_ids"]
+            seqs.append(ctx + cont)
+            spans.append((len(ctx), len(ctx) + len(cont)))
+    scores: list[float] = []
+    pad = tokenizer.pad_token_id
+    for i in range(0, len(seqs), batch_size):
+        chunk, sp = seqs[i : i + batch_size], spans[i : i + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for k, sq in enumerate(chunk):
+            ids[k, : len(sq)] = torch.tensor(sq)
+            mask[k, : len(sq)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for k, (a, b) in enumerate(sp):
+            tgt = ids[k, a:b]
+            scores.append(float(logp[k, a - 1 : b - 1].gather(-1, tgt[:, None]).sum()))
+    correct = []
+    for j, it in enumerate(items):
+        opts = scores[4 * j : 4 * j + 4]
+        correct.append(int(max(range(4), key=opts.__getitem__)) == it.answer)
+    return sum(correct) / max(len(correct), 1), correct
+
+
 def is_degenerate(text: str, new_tokens: int) -> bool:
     """A generation that says nothing useful: no tokens, only whitespace/punctuation, or one word
     repeated over most of the output."""

@@ -300,12 +300,13 @@ def save_peft_adapter(
     from .methods.lora import lora_config
 
     out.mkdir(parents=True, exist_ok=True)
-    saved = dict(packer.modules)
+    saved, ctx_slot = dict(packer.modules), packer.ctx.slot
     packer.remove()
     cfg = lora_config(model, spec)
     for name, mod in saved.items():
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
+    packer.ctx.slot = ctx_slot  # the caller may still be evaluating this slot
     cfg.base_model_name_or_path = spec.model
     cfg.save_pretrained(str(out))
     save_file(

@@ -23,25 +23,24 @@ def paper_claims() -> pd.DataFrame:
     return pd.read_csv(REF_DIR / "seed000_claims.csv")
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)
+def _load(kind: str) -> pd.DataFrame:
+    p = REF_DIR / f"{REF_NAME}_{kind}.parquet"
+    if not p.is_file():
+        return pd.DataFrame()
+    df = pd.read_parquet(p)
+    df["run_id"] = REF_PREFIX + df["run_id"]
+    return df
+
+
 def points() -> pd.DataFrame:
     """Reference points in the export's columns; run ids carry the 'ref:' prefix."""
-    p = REF_DIR / f"{REF_NAME}_points.parquet"
-    if not p.is_file():
-        return pd.DataFrame()
-    df = pd.read_parquet(p)
-    df["run_id"] = REF_PREFIX + df["run_id"]
-    return df
+    return _load("points")
 
 
-@lru_cache(maxsize=1)
 def evals() -> pd.DataFrame:
-    p = REF_DIR / f"{REF_NAME}_evals.parquet"
-    if not p.is_file():
-        return pd.DataFrame()
-    df = pd.read_parquet(p)
-    df["run_id"] = REF_PREFIX + df["run_id"]
-    return df
+    """Reference perplexities on every evaluation set (the cross-domain matrix)."""
+    return _load("evals")
 
 
 def provenance() -> dict:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import RunNotFound, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_TIMEOUT_S = 60.0
 HEARTBEAT_STALE_S = 90.0
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -77,6 +77,9 @@ CREATE TABLE IF NOT EXISTS points (
     trainable_params BIGINT,
     total_params BIGINT,
     peak_mem_mb DOUBLE,
+    mc_acc_before DOUBLE,
+    mc_acc_after DOUBLE,
+    mc_drop_pts DOUBLE,
     adapter_path VARCHAR,
     error VARCHAR,
     finished_at TIMESTAMP,
@@ -115,9 +118,23 @@ SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.d
        p.scale, p.seed, p.status, p.general_ppl_before, p.general_ppl_after, p.degradation_pct,
        p.domain_ppl_before, p.domain_ppl_after, p.domain_improvement_pct, p.smoke_ok,
        p.smoke_min_new_tokens, p.steps, p.final_loss, p.train_seconds, p.eval_seconds,
-       p.trainable_params, p.total_params, p.peak_mem_mb, r.device, r.git_commit, p.finished_at
+       p.trainable_params, p.total_params, p.peak_mem_mb, p.mc_acc_before, p.mc_acc_after,
+       p.mc_drop_pts, r.device, r.git_commit, p.finished_at
 FROM points p JOIN runs r USING (run_id)
 """
+
+
+# The columns a short per-point summary shows (CLI `show`, the app's progress panel).
+POINT_SUMMARY = [
+    "scale",
+    "seed",
+    "status",
+    "general_ppl_before",
+    "general_ppl_after",
+    "degradation_pct",
+    "domain_improvement_pct",
+    "smoke_ok",
+]
 
 
 def now() -> datetime:
@@ -210,11 +227,33 @@ class Store:
             )
         self._ready = True
 
+    # version -> statements that bring a database from that version to the next one
+    MIGRATIONS = {
+        1: [
+            "ALTER TABLE points ADD COLUMN mc_acc_before DOUBLE",
+            "ALTER TABLE points ADD COLUMN mc_acc_after DOUBLE",
+            "ALTER TABLE points ADD COLUMN mc_drop_pts DOUBLE",
+        ],
+    }
+
     def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:
-        raise StoreError(
-            f"the database {self.path.name} has schema version {version}, which this version cannot "
-            "migrate; export it with the version that wrote it"
-        )
+        if version not in self.MIGRATIONS:
+            raise StoreError(
+                f"the database {self.path.name} has schema version {version}, which this version "
+                "cannot migrate; export it with the version that wrote it"
+            )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in self.MIGRATIONS[v]:
+                    con.execute(stmt)
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)]
+            )
+            con.execute("COMMIT")
+        except duckdb.Error as e:
+            con.execute("ROLLBACK")
+            raise StoreError(f"could not migrate {self.path.name}: {e}") from None
 
     def query_df(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect() as con:

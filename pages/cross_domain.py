@@ -3,8 +3,8 @@ compared on the same axes."""
 
 import streamlit as st
 
-from core import analysis, charts
-from pages._ui import labels, no_results, runs, store
+from core import analysis, charts, reference
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store
 
 st.title("Cross-domain")
 st.caption(
@@ -13,10 +13,20 @@ st.caption(
 )
 df = runs()
 done = df[df["points_done"] > 0] if not df.empty else df
-if done.empty:
-    no_results("finished points")
-    st.stop()
-ev = store().evals_df(list(done.run_id))
+source = st.radio(
+    "Source",
+    ["your runs", "reference runs (H100, seed 000 protocol)"],
+    horizontal=True,
+    index=0 if not done.empty else 1,
+    help="Reference runs are shipped with the app and read-only.",
+)
+if source == "your runs":
+    if done.empty:
+        no_results("finished points")
+        st.stop()
+    ev = store().evals_df(list(done.run_id))
+else:
+    ev = reference.evals()
 if ev.empty:
     no_results("evaluations")
     st.stop()
@@ -41,7 +51,6 @@ if len(m.index) < 2:
     st.caption("Only one training domain so far: queue runs on other domains to fill more rows.")
 
 st.subheader("Methods and ranks on the same axes")
-lab = labels(done)
 metric = st.radio(
     "Metric",
     ["degradation_pct", "domain_improvement_pct"],
@@ -51,11 +60,10 @@ metric = st.radio(
         "domain_improvement_pct": "domain improvement %",
     }.get,
 )
-chosen = st.multiselect(
-    "Runs", list(lab), default=list(lab)[:4], format_func=lab.get, key="xd_runs"
-)
+chosen = pick_runs(df, "xd_runs", max_default=4)
+lab = all_labels(df)
 if chosen:
-    curves = analysis.per_scale(store().points_df(chosen), metric)
+    curves = analysis.per_scale(points_for(chosen), metric)
     deg = metric == "degradation_pct"
     st.plotly_chart(
         charts.compare_figure(

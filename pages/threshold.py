@@ -50,6 +50,37 @@ if not chosen:
     st.stop()
 
 pts = points_for(chosen)
+metric = st.radio(
+    "Forgetting metric",
+    ["perplexity", "multiple choice"],
+    horizontal=True,
+    format_func={
+        "perplexity": "general perplexity change",
+        "multiple choice": "multiple-choice accuracy (108 questions)",
+    }.get,
+    help="Perplexity on the general probe, or accuracy on own-written four-option questions scored "
+    "by option log-likelihood.",
+)
+if metric == "multiple choice":
+    mc = pts.assign(mc_acc_pct=pts.get("mc_acc_after", float("nan")) * 100)
+    acc = analysis.per_scale(mc, "mc_acc_pct") if "mc_acc_after" in pts else mc.iloc[0:0]
+    if acc.empty:
+        st.info(
+            "The selected runs have no multiple-choice scores (runs made before this metric existed, "
+            "or with it turned off)."
+        )
+        st.stop()
+    lab = all_labels(df)
+    st.plotly_chart(
+        charts.compare_figure(acc, lab, "accuracy after fine-tuning (%)"), key="mc_chart"
+    )
+    base = mc.groupby("run_id")["mc_acc_before"].first().mul(100).rename("accuracy before %")
+    st.dataframe(
+        base.rename(index=lab),
+        column_config={"accuracy before %": st.column_config.NumberColumn(format="%.1f")},
+    )
+    st.caption("Chance level is 25 %. Threshold, phases and the slider use the perplexity metric.")
+    st.stop()
 curves = analysis.per_scale(pts, "degradation_pct")
 dom = analysis.per_scale(pts, "domain_improvement_pct")
 if curves.empty:

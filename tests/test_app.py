@@ -29,6 +29,8 @@ def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
         assert at.checkbox[1].value  # seed 000's claimed curve is overlaid next to them
     elif page == "phases":
         assert "reference" in text
+    elif page == "cross_domain":  # the reference runs' matrix (2 trained domains x 5 evaluated)
+        assert at.get("plotly_chart")
     elif page != "launch":
         assert "No " in text
 
@@ -120,3 +122,11 @@ def test_core_never_imports_streamlit():
     pattern = re.compile(r"^\s*(import|from)\s+streamlit\b", re.M)
     for path in (ROOT / "core").rglob("*.py"):
         assert not pattern.search(path.read_text()), path
+
+
+def test_threshold_can_show_multiple_choice_accuracy(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    at.radio[0].set_value("multiple choice").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart") and "Chance level" in " ".join(c.value for c in at.caption)

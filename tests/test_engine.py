@@ -22,6 +22,7 @@ def test_tiny_sweep_writes_expected_rows(tiny_run):
     assert (pts.status == "done").all()
     assert pts.general_ppl_before.nunique() == 1  # the base is measured once
     assert pts.degradation_pct.notna().all() and pts.domain_improvement_pct.notna().all()
+    assert pts.mc_acc_before.between(0, 1).all() and pts.mc_acc_after.notna().all()
     # domain perplexity falls after training on the domain
     assert (pts.domain_ppl_after < pts.domain_ppl_before).all()
     losses = s.losses_df(run_id)

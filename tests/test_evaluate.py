@@ -83,3 +83,25 @@ def test_generate_counts_new_tokens(tiny):
         tiny.model, tiny.tokenizer, ["The capital of France is"], max_new_tokens=5
     )[0]
     assert 0 <= g.new_tokens <= 5 and isinstance(g.output, str)
+
+
+def test_mc_accuracy_picks_the_highest_summed_loglik(tiny):
+    from core.data import load_mc
+
+    items = load_mc()[:6]
+    acc, correct = evaluate.mc_accuracy(tiny.model, tiny.tokenizer, items, batch_size=5)
+    for it, ok in zip(items, correct):
+        ll = evaluate.option_loglik(
+            tiny.model, tiny.tokenizer, it.question, [" " + o for o in it.options]
+        )
+        assert ok == (max(range(4), key=ll.__getitem__) == it.answer)
+    assert acc == pytest.approx(sum(correct) / 6)
+
+
+def test_mc_set_is_large_and_well_formed():
+    from core.data import load_mc
+
+    items = load_mc()
+    assert len(items) >= 100
+    assert all(len(i.options) == 4 and len(set(i.options)) == 4 for i in items)
+    assert len({i.answer for i in items}) == 4  # answers are spread over A-D

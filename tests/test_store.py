@@ -128,3 +128,29 @@ def test_two_writers_and_a_reader_share_the_file(db):
     df = reader.points_df()
     assert reads > 0
     assert sorted(df.groupby("run_id").size().tolist()) == [n, n]
+
+
+def test_older_schema_is_migrated_without_losing_rows(db):
+    s = Store(db)
+    s.create_run("old", preset("tiny-test"))
+    s.save_point("old", _point(4))
+    con = duckdb.connect(str(db))  # turn it back into a version-1 database
+    for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
+        con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    again = Store(db)
+    df = again.points_df(["old"])
+    assert len(df) == 1 and "mc_drop_pts" in df.columns and df.degradation_pct[0] == 10.0
+    assert again.query_df("SELECT value FROM meta WHERE key = 'schema_version'").value[0] == str(
+        SCHEMA_VERSION
+    )
+
+
+def test_unknown_old_schema_is_refused(db):
+    Store(db).list_runs()
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreError, match="cannot migrate"):
+        Store(db).list_runs()
