@@ -72,6 +72,28 @@ if chosen:
         peak_mem_mb=("peak_mem_mb", "max"),
     )
     st.dataframe(agg.rename(index=lab))
+    if len(chosen) == 2:
+        a, b = (pts[pts.run_id == r] for r in chosen)
+        w = analysis.welch_by_scale(a, b)
+        st.markdown(
+            "**Welch's t-test per dataset size** (degradation %, needs ≥ 2 seeds in both runs)"
+        )
+        if w.empty:
+            st.caption("No dataset size with at least two seeds in both runs.")
+        else:
+            st.dataframe(
+                w,
+                hide_index=True,
+                column_config={
+                    "mean_a": st.column_config.NumberColumn(
+                        f"mean {lab[chosen[0]][:30]}", format="%+.1f"
+                    ),
+                    "mean_b": st.column_config.NumberColumn(
+                        f"mean {lab[chosen[1]][:30]}", format="%+.1f"
+                    ),
+                    "p": st.column_config.NumberColumn("p", format="%.3g"),
+                },
+            )
 
 st.subheader("Export")
 fmt = st.radio("Format", ["csv", "parquet"], horizontal=True)

@@ -33,7 +33,12 @@ with st.sidebar:
                 zip(analysis.PHASES, analysis.PHASES[1:], analysis.DEFAULT_CUTOFFS)
             )
         ]
-    show_guidance = st.checkbox("Seed 000's alert (+20 %) and rollback (+50 %) lines", value=True)
+    show_guidance = st.checkbox("Deployment guidance lines (seed 000: alert, rollback)", value=True)
+    g1, g2 = st.columns(2)
+    alert = g1.number_input("alert above %", 0.0, 1e6, analysis.ALERT_PCT, key="alert_pct")
+    rollback = g2.number_input(
+        "rollback above %", 0.0, 1e6, analysis.ROLLBACK_PCT, key="rollback_pct"
+    )
     show_paper = st.checkbox(
         "Overlay seed 000's claimed curve",
         value=bool(set(chosen)) and all(r.startswith(reference.REF_PREFIX) for r in chosen),
@@ -142,7 +147,7 @@ fig = charts.threshold_figure(
     marker,
     dom,
     paper,
-    guidance=(analysis.ALERT_PCT, analysis.ROLLBACK_PCT) if show_guidance else (),
+    guidance=(alert, rollback) if show_guidance else (),
     fits=fits,
 )
 st.plotly_chart(fig, key="threshold_chart")
