@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, RunSpec, field_help, parse_int_list, preset
+from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, validate
 from .errors import LabError
 from .paths import resolve_db
 from .store import POINT_SUMMARY, Store
@@ -45,7 +45,7 @@ OVERRIDES = [
     ("--batch-size", "batch_size", int),
     ("--max-length", "max_length", int),
     ("--grad-clip", "grad_clip", float),
-    ("--rank", "lora_rank", int),
+    ("--rank", "lora_rank", str),
     ("--alpha", "lora_alpha", float),
     ("--dropout", "lora_dropout", float),
     ("--target-modules", "target_modules", str),
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(flag, dest=fname, default=None, help=field_help(fname))
     run.add_argument(
         "--detach", action="store_true", help="queue it for the background worker and return"
+    )
+    run.add_argument(
+        "--alpha-2r",
+        action="store_true",
+        help="set LoRA alpha to 2 x rank for every rank (seed 002)",
     )
     _add_db(run)
 
@@ -134,11 +139,32 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
         if fname in ("scales", "seeds"):
             over[fname] = parse_int_list(v, fname)
             continue
+        if fname == "lora_rank":
+            continue  # a list: one series per rank, see _specs_from_args
         try:
             over[fname] = typ(v)
         except ValueError:
             raise LabError(f"{fname}: '{v}' is not a valid {typ.__name__}") from None
     return preset(a.preset, **over)
+
+
+def _specs_from_args(a: argparse.Namespace) -> list[RunSpec]:
+    """One spec per requested LoRA rank (`--rank 4,8,16` is a rank sweep: one series each)."""
+    import dataclasses
+
+    base = _spec_from_args(a)
+    ranks = parse_int_list(a.lora_rank, "rank") if a.lora_rank else (base.lora_rank,)
+    if len(set(ranks)) != len(ranks):
+        raise LabError("rank: a rank appears more than once")
+    specs = []
+    for r in ranks:
+        over = {"lora_rank": r}
+        if a.alpha_2r:
+            over["lora_alpha"] = 2.0 * r
+        if len(ranks) > 1:
+            over["name"] = f"{base.name} r{r}".strip()
+        specs.append(validate(dataclasses.replace(base, **over)))
+    return specs
 
 
 class _Progress:
@@ -196,6 +222,24 @@ def _print_table(df, cols) -> None:
         print("(none)")
         return
     print(df[cols].to_string(index=False))
+
+
+def _run_one(store: Store, spec: RunSpec) -> int:
+    from . import runner
+
+    run_id = runner.create_run(store, spec, status="running")
+    print(
+        f"run {run_id}: {spec.model} {spec.method} r{spec.lora_rank} on {spec.domain}, "
+        f"scales {list(spec.scales)}, seeds {list(spec.seeds)} -> {store.path}",
+        file=sys.stderr,
+    )
+    status = runner.run_foreground(store, run_id, _Progress(len(spec.points())))
+    run = store.get_run(run_id)
+    if run["status"] == "failed":
+        print(f"error: run {run_id} failed: {run['error']}", file=sys.stderr)
+        return 1
+    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
+    return 0 if status == "done" and not run["error"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,24 +330,19 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(f"database: {store.path} ({len(store.list_runs())} runs)")
         return 0
     if a.cmd == "run":
-        spec = _spec_from_args(a)
+        from .engine import preflight
+
+        specs = _specs_from_args(a)
+        for spec in specs:  # every series is checked before any is stored
+            preflight(spec)
         if a.detach:
-            run_id = runner.launch(store, spec)
-            print(run_id)
+            for spec in specs:
+                print(runner.launch(store, spec))
             return 0
-        run_id = runner.create_run(store, spec, status="running")
-        print(
-            f"run {run_id}: {spec.model} {spec.method} on {spec.domain}, scales {list(spec.scales)}, "
-            f"seeds {list(spec.seeds)} -> {store.path}",
-            file=sys.stderr,
-        )
-        status = runner.run_foreground(store, run_id, _Progress(len(spec.points())))
-        run = store.get_run(run_id)
-        if run["status"] == "failed":
-            print(f"error: run {run_id} failed: {run['error']}", file=sys.stderr)
-            return 1
-        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
-        return 0 if status == "done" and not run["error"] else 1
+        worst = 0
+        for spec in specs:
+            worst = max(worst, _run_one(store, spec))
+        return worst
     if a.cmd == "list":
         df = store.list_runs()
         if not df.empty:

@@ -33,7 +33,9 @@ def test_run_show_export_roundtrip(db, tmp_path):
         (["run", "--preset", "nope"], "unknown preset"),
         (["run", "--preset", "tiny-test", "--method", "magic"], "method: unknown value"),
         (["run", "--preset", "tiny-test", "--domain", "astrology"], "unknown domain"),
-        (["run", "--preset", "tiny-test", "--rank", "x"], "not a valid int"),
+        (["run", "--preset", "tiny-test", "--rank", "x"], "'x' is not a number"),
+        (["run", "--preset", "tiny-test", "--rank", "4,0"], "lora_rank"),
+        (["run", "--preset", "tiny-test", "--rank", "4,4"], "more than once"),
         (["run", "--preset", "tiny-test", "--model", "/no/such/model"], "does not exist"),
         (
             ["run", "--preset", "tiny-test", "--model", "someorg/not-cached-model"],
@@ -53,3 +55,27 @@ def test_bad_input_gives_one_clear_line(db, args, fragment):
     assert r.stderr.strip().count("\n") == 0 or r.stderr.strip().splitlines()[-1].startswith(
         "error"
     )
+
+
+def test_rank_sweep_runs_one_series_per_rank_with_alpha_2r(db):
+    r = cli(
+        "run",
+        "--preset",
+        "tiny-test",
+        "--scales",
+        "4",
+        "--rank",
+        "2,4",
+        "--alpha-2r",
+        "--db",
+        str(db),
+    )
+    assert r.returncode == 0, r.stderr
+    from core.store import Store
+
+    runs = Store(db).list_runs()
+    assert sorted(runs.lora_rank) == [2, 4]
+    import json
+
+    alphas = sorted(json.loads(s)["lora_alpha"] for s in runs.spec_json)
+    assert alphas == [4.0, 8.0] and all(n.endswith(("r2", "r4")) for n in runs.name)
