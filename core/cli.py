@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, validate
+from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, rank_series
 from .errors import LabError
 from .paths import resolve_db
 from .store import POINT_SUMMARY, Store
@@ -150,21 +150,9 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
 
 def _specs_from_args(a: argparse.Namespace) -> list[RunSpec]:
     """One spec per requested LoRA rank (`--rank 4,8,16` is a rank sweep: one series each)."""
-    import dataclasses
-
     base = _spec_from_args(a)
     ranks = parse_int_list(a.lora_rank, "rank") if a.lora_rank else (base.lora_rank,)
-    if len(set(ranks)) != len(ranks):
-        raise LabError("rank: a rank appears more than once")
-    specs = []
-    for r in ranks:
-        over = {"lora_rank": r}
-        if a.alpha_2r:
-            over["lora_alpha"] = 2.0 * r
-        if len(ranks) > 1:
-            over["name"] = f"{base.name} r{r}".strip()
-        specs.append(validate(dataclasses.replace(base, **over)))
-    return specs
+    return rank_series(base, ranks, a.alpha_2r)
 
 
 class _Progress:

@@ -323,3 +323,22 @@ def validate(spec: RunSpec) -> RunSpec:
         lora_alpha=float(spec.lora_alpha),
         lora_dropout=float(spec.lora_dropout),
     )
+
+
+def rank_series(spec: RunSpec, ranks: tuple[int, ...], alpha_2r: bool = False) -> list[RunSpec]:
+    """One spec per LoRA rank (a rank sweep); `alpha_2r` sets alpha = 2 x rank (seed 002)."""
+    if not ranks:
+        raise ConfigError("rank: give at least one rank")
+    if len(set(ranks)) != len(ranks):
+        raise ConfigError("rank: a rank appears more than once")
+    return [
+        validate(
+            dataclasses.replace(
+                spec,
+                lora_rank=r,
+                lora_alpha=2.0 * r if alpha_2r else spec.lora_alpha,
+                name=f"{spec.name} r{r}".strip() if len(ranks) > 1 else spec.name,
+            )
+        )
+        for r in ranks
+    ]

@@ -6,7 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from core import charts, data, runner
-from core.config import PRESETS, RunSpec, field_choices, field_help, parse_int_list, preset
+from core.config import (
+    PRESETS,
+    RunSpec,
+    field_choices,
+    field_help,
+    parse_int_list,
+    preset,
+    rank_series,
+)
+from core.engine import preflight
 from core.errors import LabError
 from core.store import POINT_SUMMARY
 from pages._ui import ACTIVE, label, runs, store
@@ -91,7 +100,11 @@ with st.expander("New run", expanded=df.empty is False):
             step=1e-5,
             help=field_help("learning_rate"),
         )
-        rank = c2.number_input("LoRA rank", 1, 4096, base.lora_rank, help=field_help("lora_rank"))
+        rank = c2.text_input(
+            "LoRA rank(s)",
+            str(base.lora_rank),
+            help=field_help("lora_rank") + " Several (e.g. 4,8,16) queue one run per rank.",
+        )
         alpha = c3.number_input(
             "LoRA alpha", 0.0, 1e6, base.lora_alpha, help=field_help("lora_alpha")
         )
@@ -126,6 +139,7 @@ with st.expander("New run", expanded=df.empty is False):
                 help=field_help("device"),
             )
             name = st.text_input("Name", base.name, help=field_help("name"))
+            alpha_2r = st.checkbox("alpha = 2 × rank (seed 002)", value=False)
         submitted = st.form_submit_button("Queue run", type="primary")
     if submitted:
         try:
@@ -139,7 +153,6 @@ with st.expander("New run", expanded=df.empty is False):
                     "seeds": parse_int_list(seeds, "seeds"),
                     "epochs": int(epochs),
                     "learning_rate": float(lr),
-                    "lora_rank": int(rank),
                     "lora_alpha": float(alpha),
                     "max_length": int(max_length),
                     "batch_size": int(batch),
@@ -150,11 +163,15 @@ with st.expander("New run", expanded=df.empty is False):
                     "name": name,
                 }
             )
-            run_id = runner.launch(store(), spec)
-            st.session_state["watch"] = run_id
+            specs = rank_series(spec, parse_int_list(rank, "rank"), alpha_2r)
+            for sp in specs:  # all checked before any is stored
+                preflight(sp)
+            ids = [runner.launch(store(), sp) for sp in specs]
+            st.session_state["watch"] = ids[0]
             st.session_state["flash"] = (
-                f"Queued run `{run_id}` with {len(spec.points())} point(s). It trains in a background "
-                "process: closing the browser does not stop it."
+                f"Queued {len(ids)} run(s) ({', '.join(f'`{i}`' for i in ids)}), "
+                f"{len(spec.points())} point(s) each. They train in a background process: closing the "
+                "browser does not stop them."
             )
             st.rerun()
         except LabError as e:

@@ -130,3 +130,17 @@ def test_threshold_can_show_multiple_choice_accuracy(tiny_run, monkeypatch):
     at.radio[0].set_value("multiple choice").run()
     assert not at.exception, at.exception
     assert at.get("plotly_chart") and "Chance level" in " ".join(c.value for c in at.caption)
+
+
+def test_launch_form_queues_one_run_per_rank(tmp_path, monkeypatch):
+    import core.runner
+
+    monkeypatch.setattr(core.runner, "spawn_worker", lambda db: None)  # queue only, no training
+    db = tmp_path / "r.duckdb"
+    at = _app("launch", db, monkeypatch)
+    at.selectbox[0].select("tiny-test").run()
+    next(t for t in at.text_input if t.label == "LoRA rank(s)").input("2, 4")
+    next(c for c in at.checkbox if c.label.startswith("alpha = 2")).check()
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    runs = Store(db).list_runs()
+    assert sorted(runs.lora_rank) == [2, 4] and set(runs.status) == {"queued"}
