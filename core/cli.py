@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--detach", action="store_true", help="queue it for the background worker and return"
     )
+    run.add_argument("--eval-all-domains", action="store_true", help=field_help("eval_all_domains"))
     run.add_argument(
         "--alpha-2r",
         action="store_true",
@@ -145,6 +146,8 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
             over[fname] = typ(v)
         except ValueError:
             raise LabError(f"{fname}: '{v}' is not a valid {typ.__name__}") from None
+    if getattr(a, "eval_all_domains", False):
+        over["eval_all_domains"] = True
     return preset(a.preset, **over)
 
 

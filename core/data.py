@@ -233,11 +233,12 @@ def parse_upload(filename: str, payload: bytes) -> list[str]:
                 raise DataError(f'line {i} has no "text" string field')
             rows.append(obj["text"])
     elif ext == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "text" not in [c.strip().lower() for c in reader.fieldnames]:
-            raise DataError("the CSV needs a header row with a 'text' column")
-        col = next(c for c in reader.fieldnames if c.strip().lower() == "text")
         try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            names = reader.fieldnames
+            if not names or "text" not in [c.strip().lower() for c in names]:
+                raise DataError("the CSV needs a header row with a 'text' column")
+            col = next(c for c in names if c.strip().lower() == "text")
             rows = [r[col] or "" for r in reader]
         except csv.Error as e:
             raise DataError(f"the CSV could not be parsed: {e}") from None
