@@ -340,9 +340,7 @@ def heatmap(matrix: pd.DataFrame, title: str, value_label: str) -> go.Figure:
 
     zc = slog(z)
     span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
-    marks = [
-        m for m in (-99, -90, -50, 0, 50, 100, 1000, 10000, 100000) if abs(slog(m)) <= span * 1.05
-    ]
+    marks = [m for m in (-99, 0, 10, 100, 1000, 10000, 100000) if abs(slog(m)) <= span * 1.05]
     fig = go.Figure(
         go.Heatmap(
             z=zc,

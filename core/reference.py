@@ -1,8 +1,10 @@
 """Data shipped with the app, read-only and never mixed with a user's database rows:
 
 - seed 000's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
-- our *measured* reference runs: seed 000's protocol on the embedded SmolLM2-135M on an H100,
-  three seeds (files `paper000_smollm2_h100_*.parquet`, provenance in the matching .json).
+- our *measured* reference runs, one set per file prefix with a provenance .json beside it:
+  `paper000_smollm2_h100` (seed 000's protocol on the embedded SmolLM2-135M, H100, three seeds)
+  and `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated:
+  the cross-domain matrix).
 """
 
 from __future__ import annotations
@@ -16,21 +18,35 @@ from .data import DATA_DIR
 
 REF_DIR = DATA_DIR / "reference"
 REF_PREFIX = "ref:"
-REF_NAME = "paper000_smollm2_h100"
+REF_SETS = ("paper000_smollm2_h100", "xdomain_smollm2_cpu")
+REF_NAME = REF_SETS[0]  # the set `summary()` and `python -m core reference` re-derive
+
+
+SET_TITLES = {
+    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100, 3 seeds)",
+    "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
+}
+
+
+def set_title(name: str) -> str:
+    return SET_TITLES.get(name, name)
 
 
 def paper_claims() -> pd.DataFrame:
     return pd.read_csv(REF_DIR / "seed000_claims.csv")
 
 
-@lru_cache(maxsize=4)
-def _load(kind: str) -> pd.DataFrame:
-    p = REF_DIR / f"{REF_NAME}_{kind}.parquet"
-    if not p.is_file():
-        return pd.DataFrame()
-    df = pd.read_parquet(p)
-    df["run_id"] = REF_PREFIX + df["run_id"]
-    return df
+@lru_cache(maxsize=8)
+def _load(kind: str, sets: tuple[str, ...] = REF_SETS) -> pd.DataFrame:
+    parts = []
+    for name in sets:
+        p = REF_DIR / f"{name}_{kind}.parquet"
+        if p.is_file():
+            df = pd.read_parquet(p)
+            df["run_id"] = REF_PREFIX + df["run_id"]
+            df["ref_set"] = name
+            parts.append(df)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def points() -> pd.DataFrame:
@@ -60,13 +76,17 @@ def runs() -> pd.DataFrame:
         domain=("domain", "first"),
         lora_rank=("rank", "first"),
         points_done=("scale", "size"),
+        device=("device", "first"),
+        seeds=("seed", "nunique"),
+        ref_set=("ref_set", "first"),
     )
     return g.reset_index()
 
 
 def label(run_id: str) -> str:
     r = runs().set_index("run_id").loc[run_id]
-    return f"reference · {r['name']} · {r['model']} · H100, 3 seeds"
+    where = "H100" if str(r["device"]).startswith("cuda") else "CPU"
+    return f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
 
 
 def summary() -> pd.DataFrame:
@@ -74,7 +94,7 @@ def summary() -> pd.DataFrame:
     phase, recomputed from the shipped rows."""
     from . import analysis
 
-    df = points()
+    df = _load("points", (REF_NAME,))
     agg = analysis.per_scale(df)
     dom = df.groupby("run_id")["domain"].first()
     agg.insert(1, "domain", agg["run_id"].map(dom))

@@ -51,7 +51,9 @@ def pick_runs(
     runs; defaults to the newest own runs, or to the reference runs when there are none."""
     have = df[df["points_done"] > 0] if not df.empty else df
     lab = labels(have)
-    ref_ids = list(reference.runs().get("run_id", [])) if with_reference else []
+    ref = reference.runs() if with_reference else pd.DataFrame()
+    ref_ids = list(ref.get("run_id", []))
+    main_ref = list(ref[ref.ref_set == reference.REF_NAME].run_id) if not ref.empty else []
     lab.update({r: reference.label(r) for r in ref_ids})
     if not lab:
         return []
@@ -59,7 +61,7 @@ def pick_runs(
     return st.multiselect(
         "Runs",
         list(lab),
-        default=own[:max_default] if own else ref_ids,
+        default=own[:max_default] if own else main_ref,
         format_func=lab.get,
         key=key,
         help=help

@@ -13,20 +13,25 @@ st.caption(
 )
 df = runs()
 done = df[df["points_done"] > 0] if not df.empty else df
+sources = {
+    "your runs": None,
+    **{f"reference: {reference.set_title(n)}": n for n in reference.REF_SETS},
+}
 source = st.radio(
     "Source",
-    ["your runs", "reference runs (H100, seed 000 protocol)"],
+    list(sources),
     horizontal=True,
-    index=0 if not done.empty else 1,
+    index=0 if not done.empty else len(sources) - 1,
     help="Reference runs are shipped with the app and read-only.",
 )
-if source == "your runs":
+if sources[source] is None:
     if done.empty:
         no_results("finished points")
         st.stop()
     ev = store().evals_df(list(done.run_id))
 else:
     ev = reference.evals()
+    ev = ev[ev.ref_set == sources[source]]
 if ev.empty:
     no_results("evaluations")
     st.stop()
