@@ -115,7 +115,7 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     expect(page.get_by_role("textbox", name="Dataset sizes")).to_have_value("4, 8, 16")
     time.sleep(1)  # the rerun that rebuilt the form has settled
     page.get_by_role("button", name="Queue run").click()
-    page.get_by_text("Queued run").wait_for()
+    page.get_by_text(re.compile(r"^Queued 1 run")).wait_for()
     page.get_by_text("3 of 3 points finished").wait_for(timeout=180_000)
     page.get_by_text("Status: done").wait_for()
     _shot(page, "02-launch-done")
