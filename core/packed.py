@@ -230,7 +230,7 @@ class PackedLoRA:
             st = {"ids": ids.to(dev), "mask": mask.to(dev), "active": active.to(dev)}
             # Warm up on a side stream (allocator, cuBLAS workspaces) with inactive slots only,
             # so no slot's weights move; then capture.
-            saved = (st["active"].clone(),)
+            saved_active = st["active"].clone()
             st["active"].zero_()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -241,7 +241,7 @@ class PackedLoRA:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 st["out"] = self._step(st["ids"], st["mask"], st["active"])
-            st["active"].copy_(saved[0])
+            st["active"].copy_(saved_active)
             st["graph"] = graph
             self.graphs[key] = st
         st = self.graphs[key]

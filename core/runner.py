@@ -122,9 +122,7 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
     if status == "cancelled":
         store.set_status(run_id, "cancelled", error="cancelled by the user")
     else:
-        failed = store.query_df(
-            "SELECT count(*) AS n FROM points WHERE run_id = ? AND status = 'failed'", [run_id]
-        )["n"][0]
+        failed = store.count_points(run_id, "failed")
         store.set_status(run_id, "done", error=f"{failed} point(s) failed" if failed else None)
     return status
 

@@ -489,10 +489,6 @@ class Store:
                 )
             con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, run_id])
 
-    def heartbeat(self, run_id: str) -> None:
-        with self.tx() as con:
-            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now(), run_id])
-
     # -- reads for the app and the CLI --------------------------------------------------------
     def points_df(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         sql = EXPORT_SQL
@@ -503,6 +499,21 @@ class Store:
             sql += f" WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
             params = list(run_ids)
         return self.query_df(sql + " ORDER BY p.run_id, p.scale, p.seed", params)
+
+    def count_points(self, run_id: str, status: str) -> int:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT count(*) FROM points WHERE run_id = ? AND status = ?", [run_id, status]
+            ).fetchone()
+        return int(row[0])
+
+    def finished_adapters(self, run_id: str) -> pd.DataFrame:
+        """Finished points of a run with their saved adapter (for the Smoke test page)."""
+        return self.query_df(
+            "SELECT scale, seed, adapter_path, degradation_pct FROM points "
+            "WHERE run_id = ? AND status = 'done' ORDER BY scale, seed",
+            [run_id],
+        )
 
     def progress_df(self, run_id: str) -> pd.DataFrame:
         return self.query_df(

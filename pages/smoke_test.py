@@ -26,11 +26,7 @@ if done.empty:
 lab = labels(done)
 c1, c2 = st.columns([2, 1])
 run_id = c1.selectbox("Run", list(lab), format_func=lab.get)
-pts = store().query_df(
-    "SELECT scale, seed, adapter_path, degradation_pct FROM points WHERE run_id = ? "
-    "AND status = 'done' ORDER BY scale, seed",
-    [run_id],
-)
+pts = store().finished_adapters(run_id)
 opts = list(range(len(pts)))
 i = c2.selectbox(
     "Point",

@@ -144,3 +144,12 @@ def test_launch_form_queues_one_run_per_rank(tmp_path, monkeypatch):
     next(b for b in at.button if b.label == "Queue run").click().run()
     runs = Store(db).list_runs()
     assert sorted(runs.lora_rank) == [2, 4] and set(runs.status) == {"queued"}
+
+
+def test_no_sql_outside_the_store():
+    import re
+
+    sql = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE FROM|CREATE TABLE)\b")
+    for path in [*(ROOT / "core").rglob("*.py"), *(ROOT / "pages").rglob("*.py"), ROOT / "app.py"]:
+        if path.name != "store.py":
+            assert not sql.search(path.read_text()), path
