@@ -324,7 +324,7 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
                 time.perf_counter() - started.get(run.key, time.perf_counter()),
                 packer.P,
                 n_base + packer.P,
-                lambda out: save_peft_adapter(packer, slot, base, spec, out),
+                lambda out: save_peft_adapter(packer, slot, spec, out),
                 msg,
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:

@@ -133,6 +133,18 @@ def _tiny_dir() -> Path:
     return _cache_dir(TINY_VERSION)
 
 
+def _publish(tmp: Path, out: Path) -> Path:
+    """Move a finished cache directory into place atomically; if another process won the race,
+    keep its (identical) copy."""
+    import shutil
+
+    try:
+        tmp.rename(out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def build_tiny(out: Path) -> Path:
     """Write a tiny random Llama and its tokenizer to `out` (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -175,13 +187,7 @@ def build_tiny(out: Path) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     hf_tok.save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _publish(tmp, out)
 
 
 def _from_dir(path: Path | str, dtype: torch.dtype, quantization=None, device=None, **kw):
@@ -230,13 +236,7 @@ def ensure_embedded_cache() -> Path:
         model.generation_config.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _publish(tmp, out)
 
 
 def load_model(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,11 @@ from torch import nn
 
 from .config import RunSpec
 from .train import epoch_order
+
+
+def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
 
 
 class _Ctx:
@@ -110,6 +116,9 @@ class PackedLoRA:
                 found.append((name, mod))
         if not found:
             raise ValueError("no target modules found for the packed trainer")
+        from .methods.lora import lora_config
+
+        self.peft_config = lora_config(model, spec)  # on the plain model, before injection
         r = spec.lora_rank
         self.layout: dict[str, tuple[int, int, int]] = {}  # name -> (a offset, b offset, end)
         off = 0
@@ -135,8 +144,7 @@ class PackedLoRA:
             B.grad = self.G[:, b_off:end].view(slots, mod.out_features, r)
             self.leaves += [A, B]
             pm = PackedLoRALinear(mod, self.ctx, A, B, self.scaling, spec.lora_dropout)
-            parent_name, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, pm)
+            _set_module(model, name, pm)
             self.modules[name], self._orig[name] = pm, mod
 
     # -- slot lifecycle ---------------------------------------------------------------------
@@ -172,10 +180,22 @@ class PackedLoRA:
 
     def remove(self) -> nn.Module:
         for name, mod in self._orig.items():
-            parent_name, _, leaf = name.rpartition(".")
-            setattr(self.model.get_submodule(parent_name) if parent_name else self.model, leaf, mod)
+            _set_module(self.model, name, mod)
         self.ctx.slot = None
         return self.model
+
+    @contextmanager
+    def unpacked(self):
+        """The plain modules back in place for a moment (e.g. to inject peft), then the packed
+        ones again, with the slot being evaluated unchanged."""
+        slot = self.ctx.slot
+        self.remove()
+        try:
+            yield self.model
+        finally:
+            for name, pm in self.modules.items():
+                _set_module(self.model, name, pm)
+            self.ctx.slot = slot
 
     # -- one optimizer step for every active slot -----------------------------------------
     def step(self, rows: list[list[int] | None], pad_id: int) -> torch.Tensor:
@@ -276,37 +296,22 @@ def init_from_peft(model: nn.Module, spec: RunSpec, seed: int, packer: PackedLoR
     """The exact initial adapter the sequential path would start from for `seed`."""
     from peft import get_peft_model
 
-    from .methods.lora import lora_config
-
-    # Injecting peft needs the plain modules back in place for a moment.
-    saved = {n: packer.modules[n] for n in packer.modules}
-    packer.remove()
-    torch.manual_seed(seed)
-    pm = get_peft_model(model, lora_config(model, spec))
-    flat = packer.flat_from_peft(pm)
-    pm.unload()
-    for name, mod in saved.items():
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
+    with packer.unpacked():
+        torch.manual_seed(seed)
+        pm = get_peft_model(model, packer.peft_config)
+        flat = packer.flat_from_peft(pm)
+        pm.unload()
     return flat
 
 
-def save_peft_adapter(
-    packer: PackedLoRA, slot: int, model: nn.Module, spec: RunSpec, out: Path
-) -> Path:
+def save_peft_adapter(packer: PackedLoRA, slot: int, spec: RunSpec, out: Path) -> Path:
     """Write a slot's adapter in peft's format (adapter_config.json + adapter_model.safetensors)."""
+    import copy
+
     from safetensors.torch import save_file
 
-    from .methods.lora import lora_config
-
     out.mkdir(parents=True, exist_ok=True)
-    saved, ctx_slot = dict(packer.modules), packer.ctx.slot
-    packer.remove()
-    cfg = lora_config(model, spec)
-    for name, mod in saved.items():
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, mod)
-    packer.ctx.slot = ctx_slot  # the caller may still be evaluating this slot
+    cfg = copy.deepcopy(packer.peft_config)
     cfg.base_model_name_or_path = spec.model
     cfg.save_pretrained(str(out))
     save_file(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def lab_home() -> Path:
@@ -35,14 +35,14 @@ def adapters_dir() -> Path:
 
 
 def git_commit() -> str:
-    head = _REPO / ".git" / "HEAD"
+    head = REPO_ROOT / ".git" / "HEAD"
     try:
         ref = head.read_text().strip()
         if ref.startswith("ref: "):
-            p = _REPO / ".git" / ref[5:]
+            p = REPO_ROOT / ".git" / ref[5:]
             if p.is_file():
                 return p.read_text().strip()[:12]
-            packed = _REPO / ".git" / "packed-refs"
+            packed = REPO_ROOT / ".git" / "packed-refs"
             for line in packed.read_text().splitlines() if packed.is_file() else []:
                 if line.endswith(ref[5:]):
                     return line.split()[0][:12]

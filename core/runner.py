@@ -25,13 +25,12 @@ from .config import RunSpec
 from .engine import Event, preflight, run_sweep
 from .errors import LabError
 from .models import library_versions
-from .paths import git_commit
+from .paths import REPO_ROOT, git_commit
 from .store import Store
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 CANCEL_POLL_S = 1.0
-REPO = Path(__file__).resolve().parent.parent
 
 
 def new_run_id() -> str:
@@ -82,13 +81,15 @@ class StoreSink:
             self.forward(ev)
 
     def _flush(self, only: tuple[int, int] | None = None) -> None:
-        for key, p in self._pts.items():
-            if only is not None and key != only:
-                continue
-            self.store.record_progress(
-                self.run_id, *key, p["phase"], p["step"], p["total"], p["loss"], p["buf"]
-            )
-            p["buf"] = []
+        keys = [k for k in self._pts if only is None or k == only]
+        items = [
+            (*k, *(self._pts[k][f] for f in ("phase", "step", "total", "loss", "buf")))
+            for k in keys
+        ]
+        if items:  # every point in flight in one transaction
+            self.store.record_progress_many(self.run_id, items)
+        for k in keys:
+            self._pts[k]["buf"] = []
         self._last_write = time.monotonic()
 
     def should_cancel(self) -> bool:
@@ -167,7 +168,7 @@ def spawn_worker(db: Path) -> subprocess.Popen | None:
     # A fixed argument list: no shell, no user text.
     return subprocess.Popen(
         [sys.executable, "-m", "core", "worker", "--db", str(db)],
-        cwd=str(REPO),
+        cwd=str(REPO_ROOT),
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

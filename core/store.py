@@ -464,29 +464,35 @@ class Store:
         losses: list[tuple[int, float]],
         restart: bool = False,
     ) -> None:
-        """Progress of the point in flight plus buffered step losses; also the run's heartbeat."""
+        """Progress of one point in flight plus its buffered step losses (see record_progress_many)."""
+        self.record_progress_many(
+            run_id, [(scale, seed, phase, step, total, loss, losses)], restart
+        )
+
+    def record_progress_many(self, run_id: str, items: list[tuple], restart: bool = False) -> None:
+        """Progress rows (scale, seed, phase, step, total, loss, losses) of every point in flight,
+        in one transaction; also the run's heartbeat. `restart` starts the points afresh."""
         t = now()
         with self.tx() as con:
-            if restart:
+            for scale, seed, phase, step, total, loss, losses in items:
+                key = [run_id, scale, seed]
+                if restart:
+                    con.execute(
+                        "DELETE FROM step_losses WHERE run_id = ? AND scale = ? AND seed = ?", key
+                    )
+                    con.execute(
+                        "DELETE FROM progress WHERE run_id = ? AND scale = ? AND seed = ?", key
+                    )
                 con.execute(
-                    "DELETE FROM step_losses WHERE run_id = ? AND scale = ? AND seed = ?",
-                    [run_id, scale, seed],
+                    """INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?, ?, ?, ?,
+                       coalesce((SELECT started_at FROM progress WHERE run_id = ? AND scale = ? AND seed = ?), ?), ?)""",
+                    [*key, phase, step, total, loss, *key, t, t],
                 )
-            con.execute(
-                """INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?, ?, ?, ?,
-                   coalesce((SELECT started_at FROM progress WHERE run_id = ? AND scale = ? AND seed = ?), ?), ?)""",
-                [run_id, scale, seed, phase, step, total, loss, run_id, scale, seed, t, t],
-            )
-            if restart:
-                con.execute(
-                    "UPDATE progress SET started_at = ? WHERE run_id = ? AND scale = ? AND seed = ?",
-                    [t, run_id, scale, seed],
-                )
-            if losses:
-                con.executemany(
-                    "INSERT OR REPLACE INTO step_losses VALUES (?, ?, ?, ?, ?)",
-                    [[run_id, scale, seed, s, v] for s, v in losses],
-                )
+                if losses:
+                    con.executemany(
+                        "INSERT OR REPLACE INTO step_losses VALUES (?, ?, ?, ?, ?)",
+                        [[*key, s, v] for s, v in losses],
+                    )
             con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, run_id])
 
     # -- reads for the app and the CLI --------------------------------------------------------

@@ -69,7 +69,7 @@ def test_exported_adapter_loads_in_peft_and_matches(tmp_path):
     def on_done(packer, slot, run):
         with torch.no_grad():
             seen["logits"] = lm.model(input_ids=ids).logits.clone()
-        save_peft_adapter(packer, slot, lm.model, spec, tmp_path / "a")
+        save_peft_adapter(packer, slot, spec, tmp_path / "a")
 
     train_packed(
         lm.model, lm.tokenizer, spec, [((4, 0), 0, data.domain_samples("legal", 4))], 1, on_done
