@@ -14,7 +14,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-METHODS = ("lora", "qlora", "full")
+METHODS = ("lora", "qlora", "full", "adaptq")
+SELECTIONS = ("activation", "random", "first-k", "last-k")
+QUANT_ORDERS = ("quantize-first", "adapt-first")
+FROZEN_BITS = (4, 8, 16)
 CONSTRUCTIONS = ("varied", "paper")
 PROBES = ("general-200", "paper-8")
 TARGET_PRESETS = ("all-linear", "attention")
@@ -60,6 +63,57 @@ class RunSpec:
         "all-linear",
         "'all-linear', 'attention', or a comma list of module names (e.g. q_proj,v_proj).",
     )
+    warmup_ratio: float = _f(
+        0.0,
+        "Fraction of a point's steps with a linear learning-rate warm-up (seed 001: 0.1); "
+        "constant afterwards.",
+    )
+    replay: float = _f(
+        0.0,
+        "Mitigation (seed 003): general-text sentences mixed into training, as a fraction of the "
+        "domain samples (0.1 adds one general sentence per ten domain ones). Never the probe.",
+    )
+    adaptq_fraction: float = _f(
+        0.5, "ADAPT-Q: fraction of transformer blocks trained full-rank (K = floor(fraction x L))."
+    )
+    adaptq_selection: str = _f(
+        "activation",
+        "ADAPT-Q: how blocks are chosen: 'activation' (mean |hidden| on domain samples, seed "
+        "001), or the ablations 'random', 'first-k', 'last-k'.",
+        choices=SELECTIONS,
+    )
+    adaptq_profile_samples: int = _f(
+        64, "ADAPT-Q: domain samples used for activation profiling (seed 001: 50-100)."
+    )
+    frozen_bits: int = _f(
+        4,
+        "ADAPT-Q: precision of the frozen blocks: 4 (NF4), 8 (LLM.int8) or 16 (fp16/bf16). "
+        "2-bit is not offered: bitsandbytes has no 2-bit layers.",
+        choices=FROZEN_BITS,
+    )
+    quant_order: str = _f(
+        "quantize-first",
+        "qlora and adaptq: 'quantize-first' trains against the quantized frozen weights; "
+        "'adapt-first' trains against full precision and quantizes them before measuring "
+        "(seed 001's order check).",
+        choices=QUANT_ORDERS,
+    )
+    smoke_every: int = _f(
+        0,
+        "In-training smoke test (seed 003) every N optimizer steps and at the end of each epoch; "
+        "0 turns it off.",
+    )
+    smoke_stop: bool = _f(
+        False,
+        "Stop a point early when the in-training smoke test finds zero tokens or a degenerate "
+        "answer (status 'stopped').",
+    )
+    spectral: bool = _f(
+        True,
+        "Spectral analysis of every adapted weight (seed 002): ||dW||_F, effective rank, cosine "
+        "of top singular vectors. Exact SVDs; adds seconds per point.",
+    )
+    spectral_topk: int = _f(16, "Singular vectors compared per matrix in the spectral analysis.")
     probe: str = _f(
         "general-200",
         "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (seed 000's eight facts).",
@@ -136,6 +190,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         lora_alpha=16.0,
         lora_dropout=0.1,
         target_modules="all-linear",
+        probe="paper-8",
+        domain_eval_size=50,
+    ),
+    # Seed 001's ADAPT-Q: half the blocks full-rank, the rest NF4, warm-up 10 %, clip 1.0.
+    "adaptq-001": dict(
+        name="adaptq-001",
+        method="adaptq",
+        construction="paper",
+        scales=(50, 100, 150, 250, 500),
+        seeds=(42,),
+        epochs=3,
+        learning_rate=5e-5,
+        weight_decay=0.01,
+        batch_size=1,
+        max_length=512,
+        warmup_ratio=0.1,
+        grad_clip=1.0,
+        adaptq_fraction=0.5,
+        adaptq_selection="activation",
+        frozen_bits=4,
         probe="paper-8",
         domain_eval_size=50,
     ),
@@ -273,6 +347,17 @@ def validate(spec: RunSpec) -> RunSpec:
     positive_int("eval_batch_size", 1, 4096)
     positive_int("smoke_max_new_tokens", 1, 512)
     positive_int("pack_slots", 1, 1024)
+    positive_int("adaptq_profile_samples", 1, 10_000)
+    positive_int("smoke_every", 0, 10**7)
+    positive_int("spectral_topk", 1, 4096)
+    real("warmup_ratio", 0.0, 0.9)
+    real("replay", 0.0, 10.0)
+    real("adaptq_fraction", 0.0, 1.0, lo_open=True)
+    if spec.frozen_bits not in FROZEN_BITS or isinstance(spec.frozen_bits, bool):
+        bad(
+            f"frozen_bits: {spec.frozen_bits!r} is not offered; choose 4, 8 or 16 "
+            "(bitsandbytes has no 2-bit layers)"
+        )
     real("learning_rate", 0.0, 1.0, lo_open=True)
     real("weight_decay", 0.0, 1.0)
     real("grad_clip", 0.0, 1e6)
@@ -285,6 +370,8 @@ def validate(spec: RunSpec) -> RunSpec:
         ("probe", PROBES),
         ("device", DEVICES),
         ("trainer", ("auto", "packed", "sequential")),
+        ("adaptq_selection", SELECTIONS),
+        ("quant_order", QUANT_ORDERS),
     ):
         if getattr(spec, name) not in allowed:
             bad(
@@ -322,6 +409,9 @@ def validate(spec: RunSpec) -> RunSpec:
         grad_clip=float(spec.grad_clip),
         lora_alpha=float(spec.lora_alpha),
         lora_dropout=float(spec.lora_dropout),
+        warmup_ratio=float(spec.warmup_ratio),
+        replay=float(spec.replay),
+        adaptq_fraction=float(spec.adaptq_fraction),
     )
 
 

@@ -131,6 +131,28 @@ def domain_samples(name: str, n: int, construction: str = "varied", seed: int = 
     return _varied(dom, n, random.Random(f"train:{name}:{seed}"))
 
 
+def replay_pool() -> list[str]:
+    """General sentences for the replay mitigation; disjoint from every probe (tested)."""
+    path = DATA_DIR / "replay" / "general.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def training_samples(
+    name: str, n: int, construction: str = "varied", seed: int = 0, replay: float = 0.0
+) -> list[str]:
+    """A point's training stream: `n` domain samples plus round(replay x n) general sentences
+    (seed 003's replay), drawn from the replay pool with the point's seed. The trainer shuffles
+    the whole stream every epoch, so the general sentences are spread through it."""
+    out = domain_samples(name, n, construction, seed)
+    k = round(replay * n)
+    if k:
+        pool = replay_pool()
+        random.Random(f"replay:{seed}").shuffle(pool)
+        out += [pool[i % len(pool)] for i in range(k)]
+    return out
+
+
 def domain_eval(name: str, n: int, construction: str = "varied") -> list[str]:
     """Held-out domain sentences, identical for every run of the domain.
 

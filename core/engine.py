@@ -11,7 +11,8 @@ import gc
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from .config import RunSpec
 from .methods import get_method
 from .models import pick_device
 from .paths import adapters_dir, lab_home
+from .quant import model_bytes
+from .spectral import analyse
 from .store import PointResult, Store
 from .train import train_point
 
@@ -77,6 +80,30 @@ def _gens(gens: list[evaluate.Generation]) -> list[dict]:
     return [dict(prompt=g.prompt, output=g.output, new_tokens=g.new_tokens, ok=g.ok) for g in gens]
 
 
+@dataclass
+class Trained:
+    """What training a point produced, handed to `_Sweep.finish`."""
+
+    scale: int
+    seed: int
+    status: str  # done | diverged | stopped
+    steps: int
+    losses: list[float]
+    seconds: float
+    n_train: int
+    n_all: int
+    save: Callable[[Path], object] | None = None  # writes the adapter to a folder
+    message: str = ""
+    deltas: Callable[[], Iterable] | None = None  # (name, W, dW) for the spectral analysis
+    checks: list[tuple[str, list[dict]]] = field(default_factory=list)  # in-training smoke tests
+    stop_step: int | None = None
+    extra_bytes: int = 0  # adapter tensors not registered in the model (packed trainer)
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
 class _Sweep:
     """State shared by the sequential and the packed path of one sweep."""
 
@@ -86,6 +113,7 @@ class _Sweep:
         self.prompts = prompts
         self.mc_items = data.load_mc() if spec.mc_eval else []
         self.mc_before = None
+        self.base_vectors: dict = {}  # spectral: top singular vectors of the base, per matrix
 
     def measure_base(self, base) -> None:
         if self.mc_items:
@@ -93,34 +121,57 @@ class _Sweep:
                 base, self.tok, self.mc_items, self.spec.eval_batch_size
             )[0]
 
-    def finish(
-        self, model, scale, seed, status, steps, losses, seconds, n_train, n_all, save, message=""
-    ):
-        """Measure a trained point, save its adapter via `save(out_dir)`, store everything."""
+    def smoke_check(self, model, scale: int, seed: int, checks: list) -> Callable[[int], str | None]:
+        """The in-training smoke test (seed 003) for one point: generate, keep the answers,
+        return why the model failed or None."""
+
+        def check(step: int) -> str | None:
+            gens = evaluate.generate(model, self.tok, self.prompts, self.spec.smoke_max_new_tokens)
+            checks.append((f"step:{step}", _gens(gens)))
+            bad = next((g for g in gens if not g.ok), None)
+            reason = None
+            if bad is not None:
+                what = "no new tokens" if bad.new_tokens == 0 else "a degenerate answer"
+                reason = f"{what} for '{bad.prompt[:40]}'"
+            self.events(
+                {"type": "smoke_check", "scale": scale, "seed": seed, "step": step, "ok": not reason}
+            )
+            return reason
+
+        return check
+
+    def finish(self, model, t: Trained) -> None:
+        """Measure a trained point, save its adapter, store everything."""
         spec, before = self.spec, self.before
         dom = f"domain:{spec.domain}"
         metrics = dict(
-            steps=steps,
-            final_loss=losses[-1] if losses else None,
-            train_seconds=seconds,
-            trainable_params=n_train,
-            total_params=n_all,
+            steps=t.steps,
+            final_loss=t.losses[-1] if t.losses else None,
+            train_seconds=t.seconds,
+            trainable_params=t.n_train,
+            total_params=t.n_all,
             general_ppl_before=before[GENERAL].ppl,
             domain_ppl_before=before[dom].ppl,
+            stop_step=t.stop_step,
+            error=t.message or None,
         )
-        if status == "diverged":
-            metrics.update(peak_mem_mb=_peak_mem_mb(self.device), error=message)
-            result = PointResult(scale, seed, "diverged", metrics, [], [], [])
+        if t.status == "diverged":
+            metrics.update(peak_mem_mb=_peak_mem_mb(self.device))
+            result = PointResult(t.scale, t.seed, "diverged", metrics, [], [], [], t.checks)
         else:
-            self.events({"type": "phase", "scale": scale, "seed": seed, "phase": "evaluating"})
+            self.events(
+                {"type": "phase", "scale": t.scale, "seed": t.seed, "phase": "evaluating"}
+            )
             t_eval = time.perf_counter()
             after = measure(model, self.tok, spec, self.sets)
+            t_gen = time.perf_counter()
             gens = evaluate.generate(model, self.tok, self.prompts, spec.smoke_max_new_tokens)
-            adapter = None
-            if spec.save_adapters and save is not None:
-                out = adapters_dir() / self.run_id / f"scale{scale}_seed{seed}"
-                save(out)
-                adapter = str(out.relative_to(lab_home()))
+            gen_s = time.perf_counter() - t_gen
+            adapter, disk = None, None
+            if spec.save_adapters and t.save is not None:
+                out = adapters_dir() / self.run_id / f"scale{t.scale}_seed{t.seed}"
+                t.save(out)
+                adapter, disk = str(out.relative_to(lab_home())), _dir_mb(out)
             if self.mc_items:
                 acc = evaluate.mc_accuracy(model, self.tok, self.mc_items, spec.eval_batch_size)[0]
                 metrics.update(
@@ -128,6 +179,9 @@ class _Sweep:
                     mc_acc_after=acc,
                     mc_drop_pts=(self.mc_before - acc) * 100,
                 )
+            spectral = []
+            if spec.spectral and t.deltas is not None:
+                spectral = analyse(t.deltas(), spec.spectral_topk, self.base_vectors)
             g, d = after[GENERAL].ppl, after[dom].ppl
             metrics.update(
                 general_ppl_after=g,
@@ -136,8 +190,11 @@ class _Sweep:
                 domain_improvement_pct=evaluate.improvement_pct(before[dom].ppl, d),
                 smoke_ok=all(x.ok for x in gens),
                 smoke_min_new_tokens=min(x.new_tokens for x in gens),
+                gen_tokens_per_s=sum(x.new_tokens for x in gens) / max(gen_s, 1e-9),
                 eval_seconds=time.perf_counter() - t_eval,
                 peak_mem_mb=_peak_mem_mb(self.device),
+                model_mem_mb=(model_bytes(model) + t.extra_bytes) / 2**20,
+                disk_mb=disk,
                 adapter_path=adapter,
             )
             evals = [
@@ -154,16 +211,18 @@ class _Sweep:
                 dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
                 for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
             ]
-            result = PointResult(scale, seed, "done", metrics, evals, items, _gens(gens))
+            result = PointResult(
+                t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
+            )
         self.store.save_point(self.run_id, result)
         self.events(
             {
                 "type": "point_done",
-                "scale": scale,
-                "seed": seed,
+                "scale": t.scale,
+                "seed": t.seed,
                 "status": result.status,
                 "metrics": result.metrics,
-                "seconds": seconds + metrics.get("eval_seconds", 0.0),
+                "seconds": t.seconds + metrics.get("eval_seconds", 0.0),
             }
         )
 
@@ -186,8 +245,9 @@ class _Sweep:
 
 def use_packed(spec: RunSpec, device: torch.device) -> bool:
     """The packed trainer wins where steps are launch-bound (GPU); on a CPU, compute-bound, it
-    measured slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential."""
-    if spec.method != "lora" or spec.batch_size != 1:
+    measured slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential.
+    It trains LoRA at batch size 1 without in-training smoke tests; anything else is sequential."""
+    if spec.method != "lora" or spec.batch_size != 1 or spec.smoke_every > 0:
         return False
     return spec.trainer == "packed" or (spec.trainer == "auto" and device.type == "cuda")
 
@@ -210,6 +270,7 @@ def run_sweep(
     sets = eval_sets(spec)
     events({"type": "phase", "phase": "measuring the base model"})
     before = measure(base, tok, spec, sets)
+    _store_method_info(method, base, tok, spec, sets, run_id, store)
     prompts = data.smoke_prompts()
     base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
     store.save_base_generations(run_id, _gens(base_gens))
@@ -231,9 +292,12 @@ def run_sweep(
             torch.cuda.reset_peak_memory_stats(device)
         model = None
         try:
-            samples = data.domain_samples(spec.domain, scale, spec.construction, seed)
+            samples = data.training_samples(
+                spec.domain, scale, spec.construction, seed, spec.replay
+            )
             model = method.prepare(base, spec, seed)
             n_train, n_all = method.trainable(model)
+            checks: list = []
             tr = train_point(
                 model,
                 tok,
@@ -244,23 +308,31 @@ def run_sweep(
                     {"type": "step", "scale": sc, "seed": sd, "step": s, "total": n, "loss": loss}
                 ),
                 should_stop=should_cancel,
+                check=sweep.smoke_check(model, scale, seed, checks) if spec.smoke_every else None,
             )
             if tr.status == "cancelled":
                 base = method.release(model)
                 return "cancelled"
-            save = (lambda out, m=model: method.save(m, out)) if method.saves_adapters else None
+            method.before_eval(model)
             sweep.finish(
                 model,
-                scale,
-                seed,
-                tr.status,
-                tr.steps,
-                tr.losses,
-                tr.seconds,
-                n_train,
-                n_all,
-                save,
-                tr.message,
+                Trained(
+                    scale,
+                    seed,
+                    tr.status,
+                    tr.steps,
+                    tr.losses,
+                    tr.seconds,
+                    n_train,
+                    n_all,
+                    save=(lambda out, m=model: method.save(m, out))
+                    if method.saves_adapters
+                    else None,
+                    message=tr.message,
+                    deltas=lambda m=model: method.weight_deltas(m),
+                    checks=checks,
+                    stop_step=tr.steps if tr.status == "stopped" else None,
+                ),
             )
             base = method.release(model)
             model = None
@@ -275,13 +347,30 @@ def run_sweep(
     return "done"
 
 
+def _store_method_info(method, base, tok, spec, sets, run_id, store) -> None:
+    """Run-level facts of the method (ADAPT-Q's profile and selection); for methods that keep
+    layers quantized, also the general perplexity of the unquantized base, so the cost of
+    quantization alone is on record."""
+    info = method.info()
+    if method.swap is not None:
+        method.swap.use(False, base)
+        full = evaluate.perplexity(
+            base, tok, sets[GENERAL], spec.eval_batch_size, spec.max_length
+        )
+        method.swap.use(True, base)
+        info["general_ppl_full_precision"] = full.ppl
+    for key, value in info.items():
+        store.save_run_info(run_id, key, value)
+
+
 def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
     """All points of the sweep share each forward/backward (see core/packed.py)."""
     from .packed import save_peft_adapter, train_packed
+    from .spectral import packed_pairs
 
     spec = sweep.spec
     runs = [
-        ((sc, sd), sd, data.domain_samples(spec.domain, sc, spec.construction, sd))
+        ((sc, sd), sd, data.training_samples(spec.domain, sc, spec.construction, sd, spec.replay))
         for sc, sd in todo
     ]
     n_base = sum(p.numel() for p in base.parameters())
@@ -316,16 +405,20 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
         try:
             sweep.finish(
                 base,
-                scale,
-                seed,
-                status,
-                run.pos,
-                run.losses,
-                time.perf_counter() - started.get(run.key, time.perf_counter()),
-                packer.P,
-                n_base + packer.P,
-                lambda out: save_peft_adapter(packer, slot, spec, out),
-                msg,
+                Trained(
+                    scale,
+                    seed,
+                    status,
+                    run.pos,
+                    run.losses,
+                    time.perf_counter() - started.get(run.key, time.perf_counter()),
+                    packer.P,
+                    n_base + packer.P,
+                    save=lambda out: save_peft_adapter(packer, slot, spec, out),
+                    message=msg,
+                    deltas=lambda: packed_pairs(packer, slot),
+                    extra_bytes=packer.P * packer.W.element_size(),
+                ),
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             sweep.fail(scale, seed, e)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RunSpec
-from .train import epoch_order
+from .train import epoch_order, lr_factor
 
 
 def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
@@ -363,6 +363,12 @@ def train_packed(
             if should_stop():
                 return "cancelled"
             rows = [x.next_row() if x is not None else None for x in live]
+            if spec.warmup_ratio > 0:  # per-slot warm-up, same schedule as the sequential loop
+                lrs = [
+                    spec.learning_rate * lr_factor(x.pos, x.total, spec.warmup_ratio) if x else 0.0
+                    for x in live
+                ]
+                packer.lr.copy_(torch.tensor(lrs, dtype=packer.lr.dtype))
             losses = packer.step(rows, tokenizer.pad_token_id)
             lv = losses.tolist()
             for s, x in enumerate(live):

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import RunNotFound, StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_TIMEOUT_S = 60.0
 HEARTBEAT_STALE_S = 90.0
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS points (
     mc_acc_before DOUBLE,
     mc_acc_after DOUBLE,
     mc_drop_pts DOUBLE,
+    model_mem_mb DOUBLE,         -- the measured model's tensors in memory
+    disk_mb DOUBLE,              -- what the point saved (adapter), NULL when nothing was saved
+    gen_tokens_per_s DOUBLE,     -- smoke-test generation speed after training
+    stop_step INTEGER,           -- in-training smoke test stopped the point here
     adapter_path VARCHAR,
     error VARCHAR,
     finished_at TIMESTAMP,
@@ -105,8 +109,17 @@ CREATE TABLE IF NOT EXISTS step_losses (
     run_id VARCHAR, scale INTEGER, seed INTEGER, step INTEGER, loss DOUBLE,
     PRIMARY KEY (run_id, scale, seed, step)
 );
+CREATE TABLE IF NOT EXISTS spectral (
+    run_id VARCHAR, scale INTEGER, seed INTEGER, name VARCHAR, layer INTEGER, module VARCHAR,
+    fro_norm DOUBLE, eff_rank DOUBLE, topk_cos DOUBLE, k INTEGER,
+    PRIMARY KEY (run_id, scale, seed, name)
+);
+CREATE TABLE IF NOT EXISTS run_info (
+    run_id VARCHAR, key VARCHAR, value_json VARCHAR,
+    PRIMARY KEY (run_id, key)
+);
 CREATE TABLE IF NOT EXISTS generations (
-    run_id VARCHAR, scale INTEGER, seed INTEGER, stage VARCHAR, idx INTEGER,
+    run_id VARCHAR, scale INTEGER, seed INTEGER, stage VARCHAR, idx INTEGER,  -- before | after | step:N
     prompt VARCHAR, output VARCHAR, new_tokens INTEGER, ok BOOLEAN,
     PRIMARY KEY (run_id, scale, seed, stage, idx)
 );
@@ -119,7 +132,8 @@ SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.d
        p.domain_ppl_before, p.domain_ppl_after, p.domain_improvement_pct, p.smoke_ok,
        p.smoke_min_new_tokens, p.steps, p.final_loss, p.train_seconds, p.eval_seconds,
        p.trainable_params, p.total_params, p.peak_mem_mb, p.mc_acc_before, p.mc_acc_after,
-       p.mc_drop_pts, r.device, r.git_commit, p.finished_at
+       p.mc_drop_pts, p.model_mem_mb, p.disk_mb, p.gen_tokens_per_s, p.stop_step, p.error,
+       r.device, r.git_commit, p.finished_at
 FROM points p JOIN runs r USING (run_id)
 """
 
@@ -157,6 +171,8 @@ class PointResult:
     evals: list[dict[str, Any]]
     item_nll: list[dict[str, Any]]
     generations: list[dict[str, Any]]
+    checks: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (stage, gens)
+    spectral: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Store:
@@ -233,6 +249,17 @@ class Store:
             "ALTER TABLE points ADD COLUMN mc_acc_before DOUBLE",
             "ALTER TABLE points ADD COLUMN mc_acc_after DOUBLE",
             "ALTER TABLE points ADD COLUMN mc_drop_pts DOUBLE",
+        ],
+        2: [
+            "ALTER TABLE points ADD COLUMN model_mem_mb DOUBLE",
+            "ALTER TABLE points ADD COLUMN disk_mb DOUBLE",
+            "ALTER TABLE points ADD COLUMN gen_tokens_per_s DOUBLE",
+            "ALTER TABLE points ADD COLUMN stop_step INTEGER",
+            *[
+                stmt.strip() + ";"
+                for stmt in SCHEMA.split(";")
+                if "TABLE IF NOT EXISTS spectral" in stmt or "TABLE IF NOT EXISTS run_info" in stmt
+            ],
         ],
     }
 
@@ -366,6 +393,8 @@ class Store:
         self.get_run(run_id)
         with self.tx() as con:
             for t in (
+                "spectral",
+                "run_info",
                 "step_losses",
                 "generations",
                 "progress",
@@ -392,10 +421,10 @@ class Store:
         vals = [run_id, r.scale, r.seed, r.status, *m.values(), now()]
         key = [run_id, r.scale, r.seed]
         with self.tx() as con:
-            for t in ("evals", "item_nll", "points"):
+            for t in ("evals", "item_nll", "points", "spectral"):
                 con.execute(f"DELETE FROM {t} WHERE run_id = ? AND scale = ? AND seed = ?", key)
             con.execute(
-                "DELETE FROM generations WHERE run_id = ? AND scale = ? AND seed = ? AND stage = 'after'",
+                "DELETE FROM generations WHERE run_id = ? AND scale = ? AND seed = ? AND stage <> 'before'",
                 key,
             )
             con.execute(
@@ -421,6 +450,17 @@ class Store:
                 )
                 con.unregister("_items")
             self._insert_generations(con, run_id, r.scale, r.seed, "after", r.generations)
+            for stage, gens in r.checks:
+                self._insert_generations(con, run_id, r.scale, r.seed, stage, gens)
+            if r.spectral:
+                con.executemany(
+                    "INSERT INTO spectral VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [*key, x["name"], x["layer"], x["module"], x["fro_norm"], x["eff_rank"]]
+                        + [x["topk_cos"], x["k"]]
+                        for x in r.spectral
+                    ],
+                )
             con.execute(
                 "UPDATE progress SET phase = ?, updated_at = ? WHERE run_id = ? AND scale = ? AND seed = ?",
                 [r.status, now(), *key],
@@ -446,6 +486,32 @@ class Store:
                     for i, g in enumerate(gens)
                 ],
             )
+
+    def save_run_info(self, run_id: str, key: str, value: Any) -> None:
+        """A run-level fact (JSON), e.g. ADAPT-Q's activation profile."""
+        with self.tx() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO run_info VALUES (?, ?, ?)", [run_id, key, json.dumps(value)]
+            )
+
+    def run_info(self, run_id: str) -> dict[str, Any]:
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT key, value_json FROM run_info WHERE run_id = ?", [run_id]
+            ).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def spectral_df(self, run_ids: list[str]) -> pd.DataFrame:
+        """Per-matrix spectral rows of the runs' finished points, with the run's method and rank."""
+        if not run_ids:
+            return pd.DataFrame()
+        return self.query_df(
+            f"""SELECT s.*, r.method, r.lora_rank AS rank, r.name AS run_name
+                FROM spectral s JOIN runs r USING (run_id)
+                WHERE s.run_id IN ({', '.join('?' * len(run_ids))})
+                ORDER BY s.run_id, s.scale, s.seed, s.layer, s.module""",
+            list(run_ids),
+        )
 
     def save_base_generations(self, run_id: str, gens: list[dict]) -> None:
         """The base model's answers, stored once per run under scale 0."""

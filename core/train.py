@@ -21,7 +21,7 @@ from .config import RunSpec
 
 @dataclass
 class TrainResult:
-    status: str  # done | diverged | cancelled
+    status: str  # done | diverged | cancelled | stopped
     steps: int
     seconds: float
     final_loss: float | None
@@ -41,6 +41,13 @@ def total_steps(n_samples: int, spec: RunSpec) -> int:
     return spec.epochs * math.ceil(n_samples / spec.batch_size)
 
 
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """Learning-rate multiplier for 0-based `step`: linear warm-up over the first
+    ceil(warmup_ratio x total) steps, then constant (seed 000's constant rate when 0)."""
+    warm = math.ceil(warmup_ratio * total)
+    return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+
 def train_point(
     model: nn.Module,
     tokenizer,
@@ -49,7 +56,11 @@ def train_point(
     seed: int,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    check: Callable[[int], str | None] | None = None,
 ) -> TrainResult:
+    """Train `model`'s trainable parameters on `samples`. `check(step)` (the in-training smoke
+    test) runs every `spec.smoke_every` steps and after each epoch; it returns a reason when the
+    model fails, which stops the point as 'stopped' if `spec.smoke_stop` is set."""
     device = next(model.parameters()).device
     enc = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,6 +102,8 @@ def train_point(
             loss.backward()
             if spec.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+            for g in opt.param_groups:
+                g["lr"] = spec.learning_rate * lr_factor(step, n_total, spec.warmup_ratio)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -100,6 +113,21 @@ def train_point(
             if should_stop is not None and should_stop():
                 model.eval()
                 return TrainResult("cancelled", step, time.perf_counter() - t0, loss_v, losses)
+            last_of_epoch = i + spec.batch_size >= len(order)
+            if check is not None and (
+                (spec.smoke_every and step % spec.smoke_every == 0) or last_of_epoch
+            ):
+                reason = check(step)
+                if reason and spec.smoke_stop:
+                    model.eval()
+                    return TrainResult(
+                        "stopped",
+                        step,
+                        time.perf_counter() - t0,
+                        loss_v,
+                        losses,
+                        f"stopped: silent failure at step {step} ({reason})",
+                    )
     model.eval()
     return TrainResult(
         "done", step, time.perf_counter() - t0, losses[-1] if losses else None, losses

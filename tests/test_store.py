@@ -130,18 +130,27 @@ def test_two_writers_and_a_reader_share_the_file(db):
     assert sorted(df.groupby("run_id").size().tolist()) == [n, n]
 
 
-def test_older_schema_is_migrated_without_losing_rows(db):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_schema_is_migrated_without_losing_rows(db, version):
     s = Store(db)
     s.create_run("old", preset("tiny-test"))
     s.save_point("old", _point(4))
-    con = duckdb.connect(str(db))  # turn it back into a version-1 database
-    for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
+    con = duckdb.connect(str(db))  # turn it back into an older database
+    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
         con.execute(f"ALTER TABLE points DROP COLUMN {col}")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.execute("DROP TABLE spectral")
+    con.execute("DROP TABLE run_info")
+    if version == 1:
+        for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
+            con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
     con.close()
     again = Store(db)
     df = again.points_df(["old"])
-    assert len(df) == 1 and "mc_drop_pts" in df.columns and df.degradation_pct[0] == 10.0
+    assert len(df) == 1 and df.degradation_pct[0] == 10.0
+    assert {"mc_drop_pts", "model_mem_mb", "stop_step"} <= set(df.columns)
+    again.save_run_info("old", "k", [1, 2])
+    assert again.run_info("old") == {"k": [1, 2]} and again.spectral_df(["old"]).empty
     assert again.query_df("SELECT value FROM meta WHERE key = 'schema_version'").value[0] == str(
         SCHEMA_VERSION
     )

@@ -5,12 +5,13 @@ point; the training loop, evaluation and storage are shared."""
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .adaptq import AdaptQ
 from .base import Method
 from .full import FullFineTune
 from .lora import LoRA
 from .qlora import QLoRA
 
-REGISTRY: dict[str, type[Method]] = {"lora": LoRA, "qlora": QLoRA, "full": FullFineTune}
+REGISTRY: dict[str, type[Method]] = {"lora": LoRA, "qlora": QLoRA, "full": FullFineTune, "adaptq": AdaptQ}
 
 
 def get_method(name: str) -> Method:

@@ -15,6 +15,19 @@ class Method:
 
     name = "base"
     saves_adapters = False
+    swap = None  # a QuantSwap when the method keeps some layers quantized
+
+    def info(self) -> dict:
+        """Run-level facts the method learned while loading (e.g. ADAPT-Q's profile)."""
+        return {}
+
+    def before_eval(self, model: nn.Module) -> None:
+        """Bring a trained model into the configuration that is measured (default: as is)."""
+
+    def weight_deltas(self, model: nn.Module):
+        """(name, W_base, dW) per adapted matrix, for the spectral analysis (seed 002); dW dense
+        or as low-rank factors (B, A)."""
+        return iter(())
 
     def load(self, spec: RunSpec, device: torch.device) -> LoadedModel:
         return load_model(spec.model, device)
@@ -33,6 +46,8 @@ class Method:
 
     @staticmethod
     def trainable(model: nn.Module) -> tuple[int, int]:
+        from ..quant import logical_numel
+
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
+        n_all = sum(logical_numel(p) for p in model.parameters())
         return n_train, n_all

@@ -31,3 +31,8 @@ class FullFineTune(Method):
         for p in model.parameters():
             p.requires_grad_(False)
         return model
+
+    def weight_deltas(self, model: nn.Module):
+        from ..spectral import dense_pairs
+
+        return dense_pairs(model, self._snapshot or {})

@@ -48,6 +48,11 @@ class LoRA(Method):
     def release(self, model: nn.Module) -> nn.Module:
         return model.unload()
 
+    def weight_deltas(self, model: nn.Module):
+        from ..spectral import lora_pairs
+
+        return lora_pairs(model)
+
     def save(self, model: nn.Module, out: Path) -> Path:
         model.save_pretrained(out, safe_serialization=True)
         return out
