@@ -337,3 +337,75 @@ def analyze(
         out["best_fit"] = None
         out["fit_note"] = str(e)
     return out
+
+
+# -- methods comparison and spectral summaries (seed 001, seed 002) -------------------------------
+def method_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: what training cost and what it did, averaged over finished points."""
+    ok = points[points["status"] == "done"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s"):
+        if col not in ok:
+            ok[col] = np.nan
+    ok["ms_per_step"] = 1000 * ok["train_seconds"] / ok["steps"].where(ok["steps"] > 0)
+    ok["trainable_pct"] = 100 * ok["trainable_params"] / ok["total_params"]
+    largest = ok.loc[ok.groupby("run_id")["scale"].transform("max") == ok["scale"]]
+    g = ok.groupby("run_id", sort=False)
+    out = g.agg(
+        method=("method", "first"),
+        rank=("rank", "first"),
+        trainable_params=("trainable_params", "median"),
+        trainable_pct=("trainable_pct", "median"),
+        model_mem_mb=("model_mem_mb", "median"),
+        disk_mb=("disk_mb", "median"),
+        peak_mem_mb=("peak_mem_mb", "max"),
+        ms_per_step=("ms_per_step", "median"),
+        gen_tokens_per_s=("gen_tokens_per_s", "median"),
+    )
+    big = largest.groupby("run_id").agg(
+        largest_scale=("scale", "first"),
+        degradation_at_largest=("degradation_pct", "mean"),
+        domain_gain_at_largest=("domain_improvement_pct", "mean"),
+    )
+    return out.join(big).reset_index()
+
+
+def spectral_totals(spec: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, scale): the whole update's ||dW||_F (root of the sum of squares over matrices),
+    the mean effective rank and the mean top-k cosine, averaged over seeds."""
+    if spec.empty:
+        return pd.DataFrame(
+            columns=["run_id", "scale", "method", "rank", "fro_norm", "eff_rank", "topk_cos"]
+        )
+    per_point = (
+        spec.assign(fro2=spec["fro_norm"] ** 2)
+        .groupby(["run_id", "scale", "seed"], sort=False)
+        .agg(
+            method=("method", "first"),
+            rank=("rank", "first"),
+            fro2=("fro2", "sum"),
+            eff_rank=("eff_rank", "mean"),
+            topk_cos=("topk_cos", "mean"),
+        )
+        .reset_index()
+    )
+    per_point["fro_norm"] = np.sqrt(per_point["fro2"])
+    return (
+        per_point.groupby(["run_id", "scale"], sort=False)
+        .agg(
+            method=("method", "first"),
+            rank=("rank", "first"),
+            fro_norm=("fro_norm", "mean"),
+            eff_rank=("eff_rank", "mean"),
+            topk_cos=("topk_cos", "mean"),
+        )
+        .reset_index()
+    )
+
+
+def layer_matrix(spec: pd.DataFrame, value: str = "topk_cos") -> pd.DataFrame:
+    """Layer x module-type table of `value` (mean over seeds) for one run and scale."""
+    if spec.empty:
+        return pd.DataFrame()
+    return spec.pivot_table(index="layer", columns="module", values=value, aggfunc="mean")

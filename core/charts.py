@@ -416,3 +416,86 @@ def compare_figure(
         margin=dict(l=60, r=10, t=20, b=40),
     )
     return fig
+
+
+def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
+    """||dW||_F of the whole update against LoRA rank (log x), one line per dataset size;
+    full fine-tuning (no rank) as a dashed level per size (seed 002)."""
+    fig = go.Figure()
+    lora = totals[totals["rank"].notna() & (totals["method"] != "full")]
+    full = totals[totals["method"] == "full"]
+    for i, (scale, c) in enumerate(lora.groupby("scale")):
+        c = c.sort_values("rank")
+        fig.add_trace(
+            go.Scatter(
+                x=c["rank"],
+                y=c["fro_norm"],
+                mode="lines+markers",
+                name=f"n={scale:,}",
+                line=dict(color=PALETTE[i % len(PALETTE)]),
+                hovertemplate="r=%{x}: ||ΔW||<sub>F</sub> %{y:.3g}<extra></extra>",
+            )
+        )
+    for i, (scale, c) in enumerate(full.groupby("scale")):
+        fig.add_hline(
+            y=float(c["fro_norm"].mean()),
+            line=dict(dash="dash", color=PALETTE[i % len(PALETTE)]),
+            annotation_text=f"full FT, n={scale:,}",
+        )
+    if not lora.empty:
+        ranks = sorted(lora["rank"].unique())
+        fig.update_xaxes(tickvals=ranks, ticktext=[f"{r:.0f}" for r in ranks])
+    fig.update_xaxes(type="log", title_text="LoRA rank r (log scale)")
+    fig.update_yaxes(type="log", title_text="||ΔW||_F of the whole update (log scale)")
+    fig.update_layout(
+        height=400,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.25),
+        margin=dict(l=60, r=10, t=20, b=40),
+    )
+    return fig
+
+
+def layer_heatmap(matrix: pd.DataFrame, value_label: str, zmin=0.0, zmax=1.0) -> go.Figure:
+    """A layer x module table (e.g. top-k singular-vector cosine) as a heatmap."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix.values.astype(float),
+            x=list(matrix.columns),
+            y=[str(i) for i in matrix.index],
+            colorscale="Viridis",
+            zmin=zmin,
+            zmax=zmax,
+            colorbar=dict(title=value_label),
+            hovertemplate="layer %{y}, %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=max(300, 80 + 16 * len(matrix.index)),
+        template="plotly_white",
+        xaxis_title="module",
+        yaxis_title="layer",
+        margin=dict(l=10, r=10, t=20, b=40),
+    )
+    return fig
+
+
+def profile_figure(profile: list[float], selected: list[int]) -> go.Figure:
+    """ADAPT-Q's activation profile: mean |activation| per block, the trained blocks highlighted."""
+    sel = set(selected)
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(len(profile))),
+            y=profile,
+            marker_color=[PALETTE[1] if i in sel else "#b0bec5" for i in range(len(profile))],
+            hovertemplate="block %{x}: %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=300,
+        template="plotly_white",
+        xaxis_title="transformer block (orange: trained full-rank; grey: frozen, quantized)",
+        yaxis_title="mean |activation|",
+        margin=dict(l=60, r=10, t=20, b=40),
+    )
+    return fig

@@ -54,6 +54,26 @@ OVERRIDES = [
     ("--trainer", "trainer", str),
     ("--pack-slots", "pack_slots", int),
     ("--eval-size", "domain_eval_size", int),
+    ("--warmup", "warmup_ratio", float),
+    ("--replay", "replay", float),
+    ("--adaptq-fraction", "adaptq_fraction", float),
+    ("--selection", "adaptq_selection", str),
+    ("--frozen-bits", "frozen_bits", int),
+    ("--quant-order", "quant_order", str),
+    ("--smoke-every", "smoke_every", int),
+    ("--spectral-topk", "spectral_topk", int),
+    ("--backend", "backend", str),
+    ("--ray-address", "ray_address", str),
+    ("--ray-units", "ray_units", int),
+    ("--ray-gpus-per-unit", "ray_gpus_per_unit", float),
+]
+# on/off switches: (flag, RunSpec field, value the flag sets)
+SWITCHES = [
+    ("--eval-all-domains", "eval_all_domains", True),
+    ("--smoke-stop", "smoke_stop", True),
+    ("--no-spectral", "spectral", False),
+    ("--no-mc", "mc_eval", False),
+    ("--no-save-adapters", "save_adapters", False),
 ]
 
 
@@ -83,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--detach", action="store_true", help="queue it for the background worker and return"
     )
-    run.add_argument("--eval-all-domains", action="store_true", help=field_help("eval_all_domains"))
+    for flag, fname, value in SWITCHES:
+        run.add_argument(
+            flag,
+            dest=fname,
+            action="store_const",
+            const=value,
+            default=None,
+            help=("turn off: " if not value else "") + field_help(fname),
+        )
     run.add_argument(
         "--alpha-2r",
         action="store_true",
@@ -146,8 +174,9 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
             over[fname] = typ(v)
         except ValueError:
             raise LabError(f"{fname}: '{v}' is not a valid {typ.__name__}") from None
-    if getattr(a, "eval_all_domains", False):
-        over["eval_all_domains"] = True
+    for _, fname, _ in SWITCHES:
+        if getattr(a, fname, None) is not None:
+            over[fname] = getattr(a, fname)
     return preset(a.preset, **over)
 
 
@@ -189,16 +218,22 @@ class _Progress:
                 self.bar.reset(total=ev["total"])
             self.bar.update(ev["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
+        elif t == "smoke_check" and not ev["ok"]:
+            self.tqdm.write(
+                f"!! scale {ev['scale']} seed {ev['seed']}: in-training smoke test failed at "
+                f"step {ev['step']} (zero tokens or a degenerate answer)",
+                file=sys.stderr,
+            )
         elif t == "point_done":
             if self.bar is not None:
                 self.bar.close()
             m = ev["metrics"]
-            if ev["status"] == "done":
+            if ev["status"] in ("done", "stopped"):
                 print(
                     f"scale {ev['scale']:>6} seed {ev['seed']}: general ppl {m['general_ppl_before']:.2f} -> "
                     f"{m['general_ppl_after']:.2f} ({m['degradation_pct']:+.1f}%), domain "
                     f"{m['domain_improvement_pct']:+.1f}% better, smoke {'ok' if m['smoke_ok'] else 'FAILED'} "
-                    f"[{ev['seconds']:.1f}s]",
+                    f"[{ev['seconds']:.1f}s]" + (f" -- {m['error']}" if m.get("error") else ""),
                     flush=True,
                 )
             else:

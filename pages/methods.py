@@ -1,0 +1,135 @@
+"""Compare fine-tuning methods on the same forgetting axes: curves, cost, spectral analysis of the
+weight update (seed 002) and ADAPT-Q's block selection (seed 001)."""
+
+import pandas as pd
+import streamlit as st
+
+from core import analysis, charts, reference
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store
+
+st.title("Methods")
+st.caption(
+    "LoRA, QLoRA, ADAPT-Q and full fine-tuning measured the same way. Pick runs of different "
+    "methods (or LoRA ranks) trained on the same domain to compare them."
+)
+df = runs()
+chosen = pick_runs(df, "method_runs", max_default=6)
+if not chosen:
+    no_results("finished points")
+    st.stop()
+lab = all_labels(df)
+pts = points_for(chosen)
+
+c1, c2 = st.columns(2)
+deg = analysis.per_scale(pts)
+if deg.empty:
+    st.warning("No finished points in the selected runs.")
+    st.stop()
+c1.markdown("**General-knowledge perplexity change** (lower is better)")
+c1.plotly_chart(charts.compare_figure(deg, lab, "general PPL change", ratio_axis=True), key="m_deg")
+gain = analysis.per_scale(pts, "domain_improvement_pct")
+c2.markdown("**Domain perplexity improvement** (higher is better)")
+c2.plotly_chart(charts.compare_figure(gain, lab, "domain PPL improvement"), key="m_gain")
+
+st.subheader("Cost per run")
+summary = analysis.method_summary(pts)
+summary.insert(0, "run", summary["run_id"].map(lambda r: lab.get(r, r)))
+st.dataframe(
+    summary.drop(columns=["run_id"]),
+    hide_index=True,
+    column_config={
+        "trainable_params": st.column_config.NumberColumn("trainable params", format="%,d"),
+        "trainable_pct": st.column_config.NumberColumn("trainable %", format="%.3f"),
+        "model_mem_mb": st.column_config.NumberColumn("model in memory (MB)", format="%.1f"),
+        "disk_mb": st.column_config.NumberColumn("saved per point (MB)", format="%.2f"),
+        "peak_mem_mb": st.column_config.NumberColumn(
+            "peak memory (MB)",
+            format="%.0f",
+            help="CUDA max allocated on a GPU; peak resident set size of the process on a CPU",
+        ),
+        "ms_per_step": st.column_config.NumberColumn("ms / step", format="%.1f"),
+        "gen_tokens_per_s": st.column_config.NumberColumn("generation tokens/s", format="%.1f"),
+        "largest_scale": st.column_config.NumberColumn("largest size", format="%,d"),
+        "degradation_at_largest": st.column_config.NumberColumn(
+            "general PPL change there", format="%+.1f%%"
+        ),
+        "domain_gain_at_largest": st.column_config.NumberColumn(
+            "domain gain there", format="%+.1f%%"
+        ),
+    },
+)
+st.caption(
+    "Medians over finished points. Memory counts the measured model's tensors (4-bit weights at "
+    "their packed size plus quantization constants). Reference runs predate these columns."
+)
+
+own = [r for r in chosen if not r.startswith(reference.REF_PREFIX)]
+spec = store().spectral_df(own)
+st.subheader("Spectral analysis of the weight update (seed 002)")
+if spec.empty:
+    st.info(
+        "No spectral rows in the selected runs: they come from runs of this version with "
+        "'Spectral analysis' on (Launch → Mitigation and checks).",
+        icon=":material/info:",
+    )
+else:
+    totals = analysis.spectral_totals(spec)
+    st.caption(
+        "Exact SVDs of every adapted matrix. ||ΔW||_F: size of the update; effective rank: "
+        "exp(entropy) of ΔW's singular values; top-k cosine: how well the base weights' leading "
+        "singular directions survive (1 = kept). Seed 002 reports LoRA keeps them better than "
+        "full fine-tuning and that ||ΔW||_F grows roughly logarithmically with rank."
+    )
+    if totals["rank"].nunique() > 1 or (totals["method"] == "full").any():
+        st.plotly_chart(charts.fro_vs_rank(totals), key="m_fro")
+    t = totals.copy()
+    t.insert(0, "run", t["run_id"].map(lambda r: lab.get(r, r)))
+    st.dataframe(
+        t.drop(columns=["run_id"]),
+        hide_index=True,
+        column_config={
+            "fro_norm": st.column_config.NumberColumn("||ΔW||_F", format="%.4g"),
+            "eff_rank": st.column_config.NumberColumn("effective rank (mean)", format="%.2f"),
+            "topk_cos": st.column_config.NumberColumn("top-k cosine (mean)", format="%.4f"),
+        },
+    )
+    c1, c2, c3 = st.columns(3)
+    run_sel = c1.selectbox(
+        "Run", list(spec["run_id"].unique()), format_func=lambda r: lab.get(r, r), key="m_srun"
+    )
+    one = spec[spec["run_id"] == run_sel]
+    scale_sel = c2.selectbox("Dataset size", sorted(one["scale"].unique()), key="m_sscale")
+    what = c3.selectbox(
+        "Value",
+        ["topk_cos", "eff_rank", "fro_norm"],
+        format_func={
+            "topk_cos": "top-k singular-vector cosine",
+            "eff_rank": "effective rank of ΔW",
+            "fro_norm": "||ΔW||_F",
+        }.get,
+        key="m_sval",
+    )
+    mat = analysis.layer_matrix(one[one["scale"] == scale_sel], what)
+    lo, hi = (0.0, 1.0) if what == "topk_cos" else (None, None)
+    st.plotly_chart(charts.layer_heatmap(mat, what, lo, hi), key="m_heat")
+
+adapt = [r for r in own if store().run_info(r).get("profile")]
+if adapt:
+    st.subheader("ADAPT-Q: which blocks train (seed 001)")
+    r = st.selectbox("ADAPT-Q run", adapt, format_func=lambda x: lab.get(x, x), key="m_arun")
+    info = store().run_info(r)
+    st.plotly_chart(charts.profile_figure(info["profile"], info["selected"]), key="m_prof")
+    before = pts[(pts["run_id"] == r)]["general_ppl_before"].dropna()
+    facts = {
+        "blocks trained": f"{info['k']} of {info['blocks']} ({info['selection']} selection)",
+        "frozen blocks": {4: "4-bit NF4", 8: "8-bit (LLM.int8)", 16: "16-bit"}[info["frozen_bits"]],
+        "order": info["quant_order"],
+        "model in memory": f"{info['model_mb_mixed']:.1f} MB mixed vs "
+        f"{info['model_mb_full_precision']:.1f} MB full precision",
+    }
+    if "general_ppl_full_precision" in info and not before.empty:
+        fp, q = info["general_ppl_full_precision"], float(before.iloc[0])
+        facts["quantization alone"] = (
+            f"general PPL {fp:.2f} → {q:.2f} ({100 * (q / fp - 1):+.1f}%) before any training"
+        )
+    st.table(pd.DataFrame({"": list(facts), "value": list(facts.values())}).set_index(""))
