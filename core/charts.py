@@ -420,32 +420,42 @@ def compare_figure(
 
 def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
     """||dW||_F of the whole update against LoRA rank (log x), one line per dataset size;
-    full fine-tuning (no rank) as a dashed level per size (seed 002)."""
+    full fine-tuning, which has no rank, as an open marker at the right edge (seed 002)."""
     fig = go.Figure()
-    lora = totals[totals["rank"].notna() & (totals["method"] != "full")]
+    lora = totals[totals["method"].isin(["lora", "qlora"]) & totals["rank"].notna()]
     full = totals[totals["method"] == "full"]
+    ranks = sorted(lora["rank"].unique())
+    x_full = (max(ranks) * 2) if ranks else 1
     for i, (scale, c) in enumerate(lora.groupby("scale")):
-        c = c.sort_values("rank")
+        c = c.groupby("rank", as_index=False)["fro_norm"].mean()
+        color = PALETTE[i % len(PALETTE)]
         fig.add_trace(
             go.Scatter(
                 x=c["rank"],
                 y=c["fro_norm"],
                 mode="lines+markers",
-                name=f"n={scale:,}",
-                line=dict(color=PALETTE[i % len(PALETTE)]),
-                hovertemplate="r=%{x}: ||ΔW||<sub>F</sub> %{y:.3g}<extra></extra>",
+                name=f"LoRA, n={scale:,}",
+                line=dict(color=color),
+                hovertemplate="r=%{x}: ||ΔW||_F %{y:.3g}<extra></extra>",
             )
         )
-    for i, (scale, c) in enumerate(full.groupby("scale")):
-        fig.add_hline(
-            y=float(c["fro_norm"].mean()),
-            line=dict(dash="dash", color=PALETTE[i % len(PALETTE)]),
-            annotation_text=f"full FT, n={scale:,}",
-        )
-    if not lora.empty:
-        ranks = sorted(lora["rank"].unique())
-        fig.update_xaxes(tickvals=ranks, ticktext=[f"{r:.0f}" for r in ranks])
-    fig.update_xaxes(type="log", title_text="LoRA rank r (log scale)")
+        f = full[full["scale"] == scale]
+        if not f.empty:
+            fig.add_trace(
+                go.Scatter(
+                    x=[x_full],
+                    y=[float(f["fro_norm"].mean())],
+                    mode="markers",
+                    marker=dict(symbol="diamond-open", size=11, color=color),
+                    name=f"full FT, n={scale:,}",
+                    hovertemplate="full fine-tuning: ||ΔW||_F %{y:.3g}<extra></extra>",
+                )
+            )
+    ticks = [*ranks, x_full] if not full.empty else ranks
+    labels = [f"{r:.0f}" for r in ranks] + (["full"] if not full.empty else [])
+    fig.update_xaxes(
+        type="log", title_text="LoRA rank r (log scale)", tickvals=ticks, ticktext=labels
+    )
     fig.update_yaxes(type="log", title_text="||ΔW||_F of the whole update (log scale)")
     fig.update_layout(
         height=400,
@@ -456,18 +466,17 @@ def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def layer_heatmap(matrix: pd.DataFrame, value_label: str, zmin=0.0, zmax=1.0) -> go.Figure:
-    """A layer x module table (e.g. top-k singular-vector cosine) as a heatmap."""
+def layer_heatmap(matrix: pd.DataFrame, value_label: str) -> go.Figure:
+    """A layer x module table (e.g. top-k singular-vector cosine) as a heatmap; the colour range
+    follows the data, so small differences (cosines of 0.9990 vs 0.9999) stay visible."""
     fig = go.Figure(
         go.Heatmap(
             z=matrix.values.astype(float),
             x=list(matrix.columns),
             y=[str(i) for i in matrix.index],
             colorscale="Viridis",
-            zmin=zmin,
-            zmax=zmax,
             colorbar=dict(title=value_label),
-            hovertemplate="layer %{y}, %{x}: %{z:.3f}<extra></extra>",
+            hovertemplate="layer %{y}, %{x}: %{z:.5g}<extra></extra>",
         )
     )
     fig.update_layout(

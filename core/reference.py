@@ -2,9 +2,10 @@
 
 - seed 000's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
 - our *measured* reference runs, one set per file prefix with a provenance .json beside it:
-  `paper000_smollm2_h100` (seed 000's protocol on the embedded SmolLM2-135M, H100, three seeds)
-  and `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated:
-  the cross-domain matrix).
+  `paper000_smollm2_h100` (seed 000's protocol on the embedded SmolLM2-135M, H100, three seeds),
+  `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated: the
+  cross-domain matrix), `methods_smollm2_h100` (LoRA, QLoRA, full, ADAPT-Q side by side) and
+  `rank_smollm2_h100` (a LoRA rank sweep), the last two with their spectral analysis.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from .data import DATA_DIR
 
 REF_DIR = DATA_DIR / "reference"
 REF_PREFIX = "ref:"
-REF_SETS = ("paper000_smollm2_h100", "xdomain_smollm2_cpu")
+REF_SETS = (
+    "paper000_smollm2_h100",
+    "xdomain_smollm2_cpu",
+    "methods_smollm2_h100",
+    "rank_smollm2_h100",
+)
 REF_NAME = REF_SETS[0]  # the set `summary()` and `python -m core reference` re-derive
 
 
 SET_TITLES = {
     "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100, 3 seeds)",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
+    "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
+    "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
 }
 
 
@@ -57,6 +65,31 @@ def points() -> pd.DataFrame:
 def evals() -> pd.DataFrame:
     """Reference perplexities on every evaluation set (the cross-domain matrix)."""
     return _load("evals")
+
+
+def spectral() -> pd.DataFrame:
+    """Reference spectral rows (per adapted matrix), with each run's method and rank."""
+    df = _load("spectral")
+    if df.empty:
+        return df
+    meta = (
+        points()
+        .groupby("run_id")
+        .agg(method=("method", "first"), rank=("rank", "first"), run_name=("run_name", "first"))
+    )
+    return df.join(meta, on="run_id")
+
+
+def run_info(run_id: str) -> dict:
+    """Run-level facts (e.g. ADAPT-Q's activation profile) of a reference run."""
+    raw = run_id.removeprefix(REF_PREFIX)
+    for name in REF_SETS:
+        p = REF_DIR / f"{name}.json"
+        if p.is_file():
+            for r in json.loads(p.read_text()).get("runs", []):
+                if isinstance(r, dict) and r.get("run_id") == raw:
+                    return r.get("run_info", {})
+    return {}
 
 
 def provenance() -> dict:

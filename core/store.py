@@ -310,7 +310,7 @@ class Store:
                     spec.model,
                     spec.method,
                     spec.domain,
-                    spec.lora_rank if spec.method != "full" else None,
+                    spec.lora_rank if spec.method in ("lora", "qlora") else None,
                     device,
                     json.dumps(versions or {}),
                     git_commit,

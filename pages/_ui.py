@@ -45,7 +45,12 @@ def labels(df: pd.DataFrame) -> dict[str, str]:
 
 
 def pick_runs(
-    df: pd.DataFrame, key: str, help: str = "", max_default: int = 3, with_reference: bool = True
+    df: pd.DataFrame,
+    key: str,
+    help: str = "",
+    max_default: int = 3,
+    with_reference: bool = True,
+    default_set: str = reference.REF_NAME,
 ) -> list[str]:
     """Multiselect of runs that have finished points (newest first), plus the shipped reference
     runs; defaults to the newest own runs, or to the reference runs when there are none."""
@@ -53,7 +58,7 @@ def pick_runs(
     lab = labels(have)
     ref = reference.runs() if with_reference else pd.DataFrame()
     ref_ids = list(ref.get("run_id", []))
-    main_ref = list(ref[ref.ref_set == reference.REF_NAME].run_id) if not ref.empty else []
+    main_ref = list(ref[ref.ref_set == default_set].run_id) if not ref.empty else []
     lab.update({r: reference.label(r) for r in ref_ids})
     if not lab:
         return []
@@ -65,8 +70,8 @@ def pick_runs(
         format_func=lab.get,
         key=key,
         help=help
-        or "Your runs with finished points, and the shipped reference runs (measured on an H100 "
-        "with seed 000's protocol; read-only).",
+        or "Your runs with finished points, and the shipped reference runs (measured by us on an "
+        "H100 or a CPU, see docs/RESULTS.md; read-only).",
     )
 
 
@@ -85,6 +90,25 @@ def points_for(run_ids: list[str]) -> pd.DataFrame:
         rp = reference.points()
         parts.append(rp[rp.run_id.isin(refs)])
     return pd.concat(parts, ignore_index=True) if parts else store().points_df([])
+
+
+def spectral_for(run_ids: list[str]) -> pd.DataFrame:
+    """Spectral rows of own runs (database) and reference runs (shipped files)."""
+    own = [r for r in run_ids if not r.startswith(reference.REF_PREFIX)]
+    refs = [r for r in run_ids if r.startswith(reference.REF_PREFIX)]
+    parts = [store().spectral_df(own)] if own else []
+    if refs:
+        rs = reference.spectral()
+        if not rs.empty:
+            parts.append(rs[rs.run_id.isin(refs)])
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def run_info_for(run_id: str) -> dict:
+    if run_id.startswith(reference.REF_PREFIX):
+        return reference.run_info(run_id)
+    return store().run_info(run_id)
 
 
 def no_results(what: str = "results") -> None:

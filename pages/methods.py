@@ -4,8 +4,16 @@ weight update (seed 002) and ADAPT-Q's block selection (seed 001)."""
 import pandas as pd
 import streamlit as st
 
-from core import analysis, charts, reference
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store
+from core import analysis, charts
+from pages._ui import (
+    all_labels,
+    no_results,
+    pick_runs,
+    points_for,
+    run_info_for,
+    runs,
+    spectral_for,
+)
 
 st.title("Methods")
 st.caption(
@@ -13,7 +21,7 @@ st.caption(
     "methods (or LoRA ranks) trained on the same domain to compare them."
 )
 df = runs()
-chosen = pick_runs(df, "method_runs", max_default=6)
+chosen = pick_runs(df, "method_runs", max_default=6, default_set="methods_smollm2_h100")
 if not chosen:
     no_results("finished points")
     st.stop()
@@ -60,11 +68,11 @@ st.dataframe(
 )
 st.caption(
     "Medians over finished points. Memory counts the measured model's tensors (4-bit weights at "
-    "their packed size plus quantization constants). Reference runs predate these columns."
+    "their packed size plus quantization constants). Step times of the shipped H100 reference "
+    "runs were measured with several runs sharing the GPU (see docs/RESULTS.md)."
 )
 
-own = [r for r in chosen if not r.startswith(reference.REF_PREFIX)]
-spec = store().spectral_df(own)
+spec = spectral_for(chosen)
 st.subheader("Spectral analysis of the weight update (seed 002)")
 if spec.empty:
     st.info(
@@ -80,8 +88,14 @@ else:
         "singular directions survive (1 = kept). Seed 002 reports LoRA keeps them better than "
         "full fine-tuning and that ||ΔW||_F grows roughly logarithmically with rank."
     )
-    if totals["rank"].nunique() > 1 or (totals["method"] == "full").any():
+    lora_ranks = totals[totals["method"].isin(["lora", "qlora"])]["rank"].nunique()
+    if lora_ranks > 1:
         st.plotly_chart(charts.fro_vs_rank(totals), key="m_fro")
+    else:
+        st.caption(
+            "Pick LoRA runs of two or more ranks (e.g. the reference rank sweep) to see "
+            "||ΔW||_F against rank."
+        )
     t = totals.copy()
     t.insert(0, "run", t["run_id"].map(lambda r: lab.get(r, r)))
     st.dataframe(
@@ -110,14 +124,14 @@ else:
         key="m_sval",
     )
     mat = analysis.layer_matrix(one[one["scale"] == scale_sel], what)
-    lo, hi = (0.0, 1.0) if what == "topk_cos" else (None, None)
-    st.plotly_chart(charts.layer_heatmap(mat, what, lo, hi), key="m_heat")
+    names = {"topk_cos": "top-k cosine", "eff_rank": "effective rank", "fro_norm": "||ΔW||_F"}
+    st.plotly_chart(charts.layer_heatmap(mat, names[what]), key="m_heat")
 
-adapt = [r for r in own if store().run_info(r).get("profile")]
+adapt = [r for r in chosen if run_info_for(r).get("profile")]
 if adapt:
     st.subheader("ADAPT-Q: which blocks train (seed 001)")
     r = st.selectbox("ADAPT-Q run", adapt, format_func=lambda x: lab.get(x, x), key="m_arun")
-    info = store().run_info(r)
+    info = run_info_for(r)
     st.plotly_chart(charts.profile_figure(info["profile"], info["selected"]), key="m_prof")
     before = pts[(pts["run_id"] == r)]["general_ppl_before"].dropna()
     facts = {

@@ -31,6 +31,11 @@ def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
         assert "reference" in text
     elif page == "cross_domain":  # the reference runs' matrix (2 trained domains x 5 evaluated)
         assert at.get("plotly_chart")
+    elif page == "methods":  # the shipped H100 methods comparison, spectral rows, ADAPT-Q profile
+        chosen = at.multiselect[0].value
+        assert len(chosen) == 4 and all(r.startswith("ref:") for r in chosen)
+        assert len(at.get("plotly_chart")) == 4  # curves x2, layer heatmap, profile (one rank)
+        assert "blocks trained" in at.table[0].value.index
     elif page != "launch":
         assert "No " in text
 

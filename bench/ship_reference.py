@@ -1,0 +1,88 @@
+"""Turn runs measured elsewhere (a database brought back from a GPU machine) into a shipped
+reference set under data/reference/: `<set>_points.parquet` (the export's columns),
+`<set>_evals.parquet`, `<set>_spectral.parquet` and `<set>.json` (provenance: what, where,
+when, versions, specs, wall times, the methods' run-level facts).
+
+    python bench/ship_reference.py --set methods_smollm2_h100 --what "..." \
+        --device "NVIDIA H100 80GB HBM3" --command "python -m core run ..." DB [DB ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+
+import pandas as pd
+
+from core.reference import REF_DIR
+from core.store import Store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dbs", nargs="+")
+    ap.add_argument("--set", required=True, help="file prefix under data/reference/")
+    ap.add_argument("--what", required=True)
+    ap.add_argument("--device", required=True)
+    ap.add_argument("--command", action="append", default=[], help="command that ran (repeat)")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--date", default=str(date.today()))
+    ap.add_argument(
+        "--commit", default="", help="the commit that ran, when the runs recorded a wrong one"
+    )
+    a = ap.parse_args()
+
+    points, evals, spectral, runs = [], [], [], []
+    for path in a.dbs:
+        s = Store(path)
+        lr = s.list_runs()
+        ids = list(lr.run_id)
+        points.append(s.points_df(ids))
+        evals.append(s.evals_df(ids))
+        spectral.append(s.spectral_df(ids))
+        for r in lr.to_dict("records"):
+            end = r["finished_at"] if pd.notna(r["finished_at"]) else r["heartbeat_at"]
+            runs.append(
+                dict(
+                    run_id=r["run_id"],
+                    name=r["name"],
+                    status=r["status_effective"],
+                    points_done=int(r["points_done"]),
+                    points_planned=int(r["n_points"]),
+                    wall_seconds=round((end - r["started_at"]).total_seconds(), 1),
+                    versions=json.loads(r["versions_json"] or "{}"),
+                    git_commit=r["git_commit"],
+                    spec=json.loads(r["spec_json"]),
+                    run_info=s.run_info(r["run_id"]),
+                )
+            )
+    out = REF_DIR / a.set
+    pts = pd.concat(points, ignore_index=True)
+    if a.commit:
+        pts["git_commit"] = a.commit
+        for r in runs:
+            r["git_commit"] = a.commit
+    # runs recorded before ranks were kept for LoRA methods only
+    pts.loc[~pts["method"].isin(["lora", "qlora"]), "rank"] = None
+    pts.to_parquet(f"{out}_points.parquet", index=False)
+    pd.concat(evals, ignore_index=True).to_parquet(f"{out}_evals.parquet", index=False)
+    spec_df = pd.concat(spectral, ignore_index=True)
+    if not spec_df.empty:
+        spec_df.drop(columns=["method", "rank", "run_name"]).to_parquet(
+            f"{out}_spectral.parquet", index=False
+        )
+    prov = dict(
+        what=a.what,
+        device=a.device,
+        date=a.date,
+        commands=a.command,
+        note=a.note,
+        runs=runs,
+    )
+    (REF_DIR / f"{a.set}.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
+    print(f"wrote {a.set}: {len(pts)} points, {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    main()
