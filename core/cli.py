@@ -218,6 +218,11 @@ class _Progress:
                 self.bar.reset(total=ev["total"])
             self.bar.update(ev["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
+        elif t == "storage_error":
+            self.tqdm.write(
+                f"!! {ev['message']} -- {ev['pending']} finished point(s) kept in memory, retrying",
+                file=sys.stderr,
+            )
         elif t == "smoke_check" and not ev["ok"]:
             self.tqdm.write(
                 f"!! scale {ev['scale']} seed {ev['seed']}: in-training smoke test failed at "

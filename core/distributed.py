@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from .config import RunSpec
-from .engine import Event
+from .engine import Event, PointWriter
 from .errors import ConfigError
 from .paths import lab_home
 from .store import PointResult, Store
@@ -190,6 +190,7 @@ def _drive(ray, spec, run_id, store, events, should_cancel) -> str:
     store.set_status(run_id, "running", device=f"ray: {len(units)} unit(s), {gpus:g} GPU each")
     events({"type": "phase", "phase": f"running {len(units)} work unit(s) on Ray"})
     errors: list[str] = []
+    writer = PointWriter(store, run_id, events)  # buffers points if the database fails
 
     def apply(msgs):
         for m in msgs:
@@ -197,7 +198,7 @@ def _drive(ray, spec, run_id, store, events, should_cancel) -> str:
             if kind == "event":
                 events({**m[2], "pid": m[1]})
             elif kind == "point":
-                store.save_point(run_id, m[2])
+                writer.save(m[2])
             elif kind == "base_gens":
                 store.save_base_generations(run_id, m[1])
             elif kind == "info":
@@ -215,8 +216,10 @@ def _drive(ray, spec, run_id, store, events, should_cancel) -> str:
             for ref in pending:
                 ray.cancel(ref, force=True)
             apply(ray.get(board.drain.remote()))
+            writer.close()
             return "cancelled"
     apply(ray.get(board.drain.remote()))
+    writer.close()
     if errors:
         raise RuntimeError(f"{len(errors)} Ray work unit(s) failed: {errors[0]}")
     return "done"

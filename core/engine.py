@@ -7,6 +7,7 @@ database progress rows and the CLI into a progress bar. No SQL here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import resource
@@ -19,6 +20,7 @@ import torch
 
 from . import data, evaluate
 from .config import RunSpec
+from .errors import StoreError
 from .methods import get_method
 from .models import pick_device
 from .paths import adapters_dir, lab_home
@@ -29,6 +31,39 @@ from .train import train_point
 
 Event = dict
 GENERAL = "general"
+STORE_RETRY_S = 600.0  # how long a run waits for an unwritable database before spilling
+
+
+def spill_dir() -> Path:
+    return lab_home() / "pending"
+
+
+def spill_points(run_id: str, results: list[PointResult]) -> Path:
+    """Write finished points the database did not take to a JSON file (imported on resume)."""
+    import dataclasses
+    import json
+
+    spill_dir().mkdir(parents=True, exist_ok=True)
+    path = spill_dir() / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([dataclasses.asdict(r) for r in results]))
+    tmp.replace(path)
+    return path
+
+
+def import_spilled(store: Store, run_id: str) -> int:
+    """Store points an earlier attempt had to spill; returns how many. A file is removed only
+    after all its points are in the database."""
+    import json
+
+    n = 0
+    for path in sorted(spill_dir().glob(f"{run_id}-*.json")):
+        for d in json.loads(path.read_text()):
+            d["checks"] = [tuple(c) for c in d.get("checks", [])]
+            store.save_point(run_id, PointResult(**d))
+            n += 1
+        path.unlink()
+    return n
 
 
 def preflight(spec: RunSpec) -> None:
@@ -86,6 +121,59 @@ def _gens(gens: list[evaluate.Generation]) -> list[dict]:
     return [dict(prompt=g.prompt, output=g.output, new_tokens=g.new_tokens, ok=g.ok) for g in gens]
 
 
+class PointWriter:
+    """Stores finished points; when the database cannot be written (disk full, file
+    unwritable), keeps them in memory and tries again with the next point and at the end."""
+
+    def __init__(self, store, run_id: str, events: Callable[[Event], None]):
+        self.store, self.run_id, self.events = store, run_id, events
+        self.pending: list[PointResult] = []
+
+    def save(self, result: PointResult) -> None:
+        self.pending.append(result)
+        self.flush()
+
+    def flush(self) -> bool:
+        while self.pending:
+            try:
+                self.store.save_point(self.run_id, self.pending[0])
+            except StoreError as e:
+                self.events(
+                    {"type": "storage_error", "message": str(e), "pending": len(self.pending)}
+                )
+                return False
+            self.pending.pop(0)
+        return True
+
+    def close(self) -> None:
+        """Write what is still buffered: retry for up to STORE_RETRY_S (the run pauses, e.g.
+        while disk space is freed), then spill it to a JSON file that `resume` imports, and
+        fail with one clear sentence. Finished points are never dropped silently."""
+        deadline = time.monotonic() + STORE_RETRY_S
+        delay = 1.0
+        while not self.flush():
+            if time.monotonic() >= deadline:
+                break
+            self.events({"type": "phase", "phase": "paused: the database cannot be written"})
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 30.0)
+        if not self.pending:
+            return
+        n = len(self.pending)
+        try:
+            path = spill_points(self.run_id, self.pending)
+        except OSError as e:
+            raise StoreError(
+                f"the database cannot be written and {n} finished point(s) could not be saved "
+                f"anywhere ({e.strerror or e}); they are lost"
+            ) from None
+        self.pending = []
+        raise StoreError(
+            f"the database cannot be written: {n} finished point(s) are kept in {path}; free "
+            "space or fix the file, then `resume` the run: it imports them first"
+        )
+
+
 @dataclass
 class Trained:
     """What training a point produced, handed to `_Sweep.finish`."""
@@ -120,6 +208,7 @@ class _Sweep:
         self.mc_items = data.load_mc() if spec.mc_eval else []
         self.mc_before = None
         self.base_vectors: dict = {}  # spectral: top singular vectors of the base, per matrix
+        self.writer = PointWriter(store, run_id, events)
 
     def measure_base(self, base) -> None:
         if self.mc_items:
@@ -226,7 +315,7 @@ class _Sweep:
             result = PointResult(
                 t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
             )
-        self.store.save_point(self.run_id, result)
+        self.writer.save(result)
         self.events(
             {
                 "type": "point_done",
@@ -240,9 +329,7 @@ class _Sweep:
 
     def fail(self, scale, seed, err: Exception) -> None:
         msg = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
-        self.store.save_point(
-            self.run_id, PointResult(scale, seed, "failed", {"error": msg}, [], [], [])
-        )
+        self.writer.save(PointResult(scale, seed, "failed", {"error": msg}, [], [], []))
         self.events(
             {
                 "type": "point_done",
@@ -297,8 +384,22 @@ def run_sweep(
     events({"type": "plan", "points": len(spec.points()), "todo": len(todo)})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if use_packed(spec, device) and todo:
-        return _run_packed(sweep, base, todo, should_cancel)
+    try:
+        if use_packed(spec, device) and todo:
+            status = _run_packed(sweep, base, todo, should_cancel)
+        else:
+            status = _run_sequential(sweep, method, base, todo, should_cancel)
+    except BaseException:
+        with contextlib.suppress(StoreError):  # keep what finished even if the sweep fails
+            sweep.writer.close()
+        raise
+    sweep.writer.close()
+    return status
+
+
+def _run_sequential(sweep: _Sweep, method, base, todo, should_cancel) -> str:
+    """One point after another: prepare -> train -> measure -> save -> release."""
+    spec, tok, events, device = sweep.spec, sweep.tok, sweep.events, sweep.device
     for scale, seed in todo:
         if should_cancel():
             return "cancelled"

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import RunSpec
-from .engine import Event, preflight, run_sweep
-from .errors import LabError
+from .engine import Event, import_spilled, preflight, run_sweep
+from .errors import LabError, StoreError
 from .models import library_versions
 from .paths import REPO_ROOT, git_commit
 from .store import Store
@@ -63,7 +63,12 @@ class StoreSink:
         key = (ev.get("scale"), ev.get("seed"))
         if t == "point_start":
             self._pts[key] = {"buf": [], "step": 0, "total": 0, "loss": None, "phase": "training"}
-            self.store.record_progress(self.run_id, *key, "training", 0, 0, None, [], restart=True)
+            try:
+                self.store.record_progress(
+                    self.run_id, *key, "training", 0, 0, None, [], restart=True
+                )
+            except StoreError as e:
+                log.warning("progress not recorded: %s", e)
         elif t == "step" and key in self._pts:
             p = self._pts[key]
             p["buf"].append((ev["step"], ev["loss"]))
@@ -87,7 +92,10 @@ class StoreSink:
             for k in keys
         ]
         if items:  # every point in flight in one transaction
-            self.store.record_progress_many(self.run_id, items)
+            try:
+                self.store.record_progress_many(self.run_id, items)
+            except StoreError as e:  # progress is a convenience: never stop training for it
+                log.warning("progress not recorded: %s", e)
         for k in keys:
             self._pts[k]["buf"] = []
         self._last_write = time.monotonic()
@@ -105,6 +113,9 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
     spec = RunSpec.from_dict(json.loads(run["spec_json"]))
     sink = StoreSink(store, run_id, forward)
     try:
+        imported = import_spilled(store, run_id)  # points an earlier attempt could not store
+        if imported:
+            log.warning("run %s: imported %d spilled point(s)", run_id, imported)
         if spec.backend == "ray":
             from .distributed import run_ray
 
@@ -115,7 +126,11 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
         store.set_status(run_id, "cancelled", error="stopped from the keyboard")
         raise
     except LabError as e:
-        store.set_status(run_id, "failed", error=str(e))
+        try:
+            store.set_status(run_id, "failed", error=str(e))
+        except StoreError:  # the database itself is the problem: say so where the user looks
+            log.error("run %s failed: %s", run_id, e)
+            raise e from None
         return "failed"
     except Exception as e:  # anything else: keep the reason, never lose finished points
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())

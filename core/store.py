@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,8 +215,15 @@ class Store:
             try:
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
+            except BaseException as e:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                if isinstance(e, duckdb.Error) and not _is_lock_error(e):
+                    # e.g. the disk is full: one clear sentence; callers may buffer and retry
+                    raise StoreError(
+                        f"could not write to the database {self.path.name}: "
+                        f"{str(e).strip().splitlines()[0]}"
+                    ) from None
                 raise
 
     def _init(self, con: duckdb.DuckDBPyConnection) -> None:

@@ -81,28 +81,26 @@ def all_labels(df: pd.DataFrame) -> dict[str, str]:
     return lab
 
 
-def points_for(run_ids: list[str]) -> pd.DataFrame:
-    """Points of own runs (from the database) and reference runs (from the shipped files)."""
+def _own_and_reference(run_ids, from_store, from_reference) -> pd.DataFrame:
+    """Rows of own runs (from the database) and of reference runs (from the shipped files)."""
     own = [r for r in run_ids if not r.startswith(reference.REF_PREFIX)]
     refs = [r for r in run_ids if r.startswith(reference.REF_PREFIX)]
-    parts = [store().points_df(own)] if own else []
+    parts = [from_store(own)] if own else []
     if refs:
-        rp = reference.points()
-        parts.append(rp[rp.run_id.isin(refs)])
-    return pd.concat(parts, ignore_index=True) if parts else store().points_df([])
+        ref = from_reference()
+        if not ref.empty:
+            parts.append(ref[ref.run_id.isin(refs)])
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def points_for(run_ids: list[str]) -> pd.DataFrame:
+    df = _own_and_reference(run_ids, store().points_df, reference.points)
+    return df if not df.empty else store().points_df([])  # keep the columns
 
 
 def spectral_for(run_ids: list[str]) -> pd.DataFrame:
-    """Spectral rows of own runs (database) and reference runs (shipped files)."""
-    own = [r for r in run_ids if not r.startswith(reference.REF_PREFIX)]
-    refs = [r for r in run_ids if r.startswith(reference.REF_PREFIX)]
-    parts = [store().spectral_df(own)] if own else []
-    if refs:
-        rs = reference.spectral()
-        if not rs.empty:
-            parts.append(rs[rs.run_id.isin(refs)])
-    parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return _own_and_reference(run_ids, store().spectral_df, reference.spectral)
 
 
 def run_info_for(run_id: str) -> dict:

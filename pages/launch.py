@@ -68,15 +68,18 @@ with st.expander("New run", expanded=df.empty is False):
         help="Starting values for the form below.",
     )
     base = preset(pname)
+
+    def choice(where, label: str, name: str, **kw):
+        """A selectbox over a RunSpec field's choices, starting at the preset's value."""
+        opts = field_choices(name)
+        return where.selectbox(
+            label, opts, index=opts.index(getattr(base, name)), help=field_help(name), **kw
+        )
+
     with st.form(f"launch-{pname}"):
         c1, c2, c3 = st.columns(3)
         model = c1.text_input("Model", base.model, help=field_help("model"))
-        method = c2.selectbox(
-            "Method",
-            field_choices("method"),
-            index=field_choices("method").index(base.method),
-            help=field_help("method"),
-        )
+        method = choice(c2, "Method", "method")
         domains = data.list_domains()
         domain = c3.selectbox(
             "Domain",
@@ -116,35 +119,15 @@ with st.expander("New run", expanded=df.empty is False):
             batch = c2.number_input(
                 "Batch size", 1, 4096, base.batch_size, help=field_help("batch_size")
             )
-            construction = c3.selectbox(
-                "Sample construction",
-                field_choices("construction"),
-                index=field_choices("construction").index(base.construction),
-                help=field_help("construction"),
-            )
+            construction = choice(c3, "Sample construction", "construction")
             c1, c2, c3 = st.columns(3)
-            probe = c1.selectbox(
-                "General probe",
-                field_choices("probe"),
-                index=field_choices("probe").index(base.probe),
-                help=field_help("probe"),
-            )
+            probe = choice(c1, "General probe", "probe")
             targets = c2.text_input(
                 "Target modules", base.target_modules, help=field_help("target_modules")
             )
-            device = c3.selectbox(
-                "Device",
-                field_choices("device"),
-                index=field_choices("device").index(base.device),
-                help=field_help("device"),
-            )
+            device = choice(c3, "Device", "device")
             c1, c2, c3 = st.columns(3)
-            backend = c1.selectbox(
-                "Backend",
-                field_choices("backend"),
-                index=field_choices("backend").index(base.backend),
-                help=field_help("backend"),
-            )
+            backend = choice(c1, "Backend", "backend")
             ray_address = c2.text_input(
                 "Ray address", base.ray_address, help=field_help("ray_address")
             )
@@ -203,25 +186,14 @@ with st.expander("New run", expanded=df.empty is False):
                 else 2,
                 help=field_help("adaptq_fraction"),
             )
-            selection = c2.selectbox(
-                "Block selection",
-                field_choices("adaptq_selection"),
-                index=field_choices("adaptq_selection").index(base.adaptq_selection),
-                help=field_help("adaptq_selection"),
-            )
-            bits = c3.selectbox(
+            selection = choice(c2, "Block selection", "adaptq_selection")
+            bits = choice(
+                c3,
                 "Frozen blocks",
-                field_choices("frozen_bits"),
-                index=field_choices("frozen_bits").index(base.frozen_bits),
+                "frozen_bits",
                 format_func=lambda b: {4: "4-bit NF4", 8: "8-bit", 16: "16-bit"}[b],
-                help=field_help("frozen_bits"),
             )
-            order = c4.selectbox(
-                "Order",
-                field_choices("quant_order"),
-                index=field_choices("quant_order").index(base.quant_order),
-                help=field_help("quant_order"),
-            )
+            order = choice(c4, "Order", "quant_order")
         submitted = st.form_submit_button("Queue run", type="primary")
     if submitted:
         try:

@@ -71,7 +71,20 @@ if chosen:
         train_seconds=("train_seconds", "sum"),
         peak_mem_mb=("peak_mem_mb", "max"),
     )
-    st.dataframe(agg.rename(index=lab))
+    cost = analysis.method_summary(pts)
+    if not cost.empty:
+        cols = ["trainable_pct", "model_mem_mb", "disk_mb", "ms_per_step", "gen_tokens_per_s"]
+        agg = agg.join(cost.set_index("run_id")[cols])
+    st.dataframe(
+        agg.rename(index=lab),
+        column_config={
+            "trainable_pct": st.column_config.NumberColumn("trainable %", format="%.3f"),
+            "model_mem_mb": st.column_config.NumberColumn("model MB", format="%.1f"),
+            "disk_mb": st.column_config.NumberColumn("saved MB / point", format="%.2f"),
+            "ms_per_step": st.column_config.NumberColumn("ms / step", format="%.1f"),
+            "gen_tokens_per_s": st.column_config.NumberColumn("gen tokens/s", format="%.1f"),
+        },
+    )
     if len(chosen) == 2:
         a, b = (pts[pts.run_id == r] for r in chosen)
         w = analysis.welch_by_scale(a, b)

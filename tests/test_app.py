@@ -54,14 +54,33 @@ def test_empty_database_offers_quick_start(tmp_path, monkeypatch):
     assert "quick-cpu" in at.info[0].value
 
 
-def test_launch_form_rejects_bad_scales_and_stores_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("Dataset sizes", "0, 10", "0 is not a positive"),
+        ("Dataset sizes", "ten", "'ten' is not a number"),
+        ("Dataset sizes", "50, 50", "more than once"),
+        ("Dataset sizes", "2e9", "larger than the supported maximum"),
+        ("Seeds", "1, 1", "seed appears more than once"),
+        ("LoRA rank(s)", "0", "lora_rank"),
+        ("LoRA rank(s)", "4, 4", "rank appears more than once"),
+        ("Model", "./no/such/model", "model"),
+        ("Target modules", "q_proj;rm -rf", "target_modules"),
+        ("Ray address", "head\x07", "ray_address"),
+    ],
+)
+def test_launch_form_rejects_bad_input_and_stores_nothing(
+    field, value, fragment, tmp_path, monkeypatch
+):
     db = tmp_path / "l.duckdb"
     at = _app("launch", db, monkeypatch)
     at.selectbox[0].select("tiny-test").run()
-    sizes = next(t for t in at.text_input if t.label == "Dataset sizes")
-    sizes.input("0, 10")  # form widgets take effect on submit
+    box = next(t for t in at.text_input if t.label == field)
+    box.input(value)  # form widgets take effect on submit
     next(b for b in at.button if b.label == "Queue run").click().run()
-    assert any("Not queued" in e.value and "0 is not a positive" in e.value for e in at.error)
+    assert not at.exception
+    msgs = [e.value for e in at.error]
+    assert any("Not queued" in m and fragment in m for m in msgs), msgs
     assert Store(db).list_runs().empty
 
 

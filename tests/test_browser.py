@@ -159,7 +159,7 @@ def test_story_3_prompt_base_and_adapted(page, app_url):
     assert page.get_by_text(re.compile("^After fine-tuning on")).count() == 1
 
 
-@pytest.mark.parametrize("name", ["phases", "cross_domain", "runs"])
+@pytest.mark.parametrize("name", ["phases", "cross_domain", "methods", "runs"])
 def test_other_pages_render(page, app_url, name):
     page.goto(f"{app_url}/{name}")
     page.locator("h1").first.wait_for()

@@ -49,6 +49,17 @@ def test_unsorted_scales_are_sorted():
         ({"device": "tpu"}, "device: unknown value"),
         ({"target_modules": "q_proj;rm -rf"}, "target_modules"),
         ({"model": "  "}, "model"),
+        ({"method": "adaptq", "frozen_bits": 2}, "no 2-bit"),
+        ({"adaptq_selection": "gradient"}, "adaptq_selection: unknown value"),
+        ({"adaptq_fraction": 0.0}, "adaptq_fraction"),
+        ({"adaptq_fraction": 1.5}, "adaptq_fraction"),
+        ({"quant_order": "sideways"}, "quant_order: unknown value"),
+        ({"replay": -0.1}, "replay"),
+        ({"warmup_ratio": 0.95}, "warmup_ratio"),
+        ({"smoke_every": -1}, "smoke_every"),
+        ({"backend": "slurm"}, "backend: unknown value"),
+        ({"ray_gpus_per_unit": 0.0}, "ray_gpus_per_unit"),
+        ({"ray_address": "head\n:1"}, "ray_address"),
     ],
 )
 def test_validation_names_the_problem(override, fragment):
