@@ -25,7 +25,11 @@ REF_SETS = (
     "methods_smollm2_h100",
     "rank_smollm2_h100",
 )
-REF_NAME = REF_SETS[0]  # the set `summary()` and `python -m core reference` re-derive
+REF_NAME = REF_SETS[0]
+CROSS_DOMAIN_SETS = (
+    "paper000_smollm2_h100",
+    "xdomain_smollm2_cpu",
+)  # one method per set  # the set `summary()` and `python -m core reference` re-derive
 
 
 SET_TITLES = {

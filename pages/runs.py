@@ -78,6 +78,12 @@ if chosen:
     st.dataframe(
         agg.rename(index=lab),
         column_config={
+            "max_degradation": st.column_config.NumberColumn(
+                "max general PPL change", format="%+.1f%%"
+            ),
+            "smoke_failures": st.column_config.NumberColumn("smoke-test failures"),
+            "train_seconds": st.column_config.NumberColumn("training s", format="%.1f"),
+            "peak_mem_mb": st.column_config.NumberColumn("peak memory MB", format="%.0f"),
             "trainable_pct": st.column_config.NumberColumn("trainable %", format="%.3f"),
             "model_mem_mb": st.column_config.NumberColumn("model MB", format="%.1f"),
             "disk_mb": st.column_config.NumberColumn("saved MB / point", format="%.2f"),
