@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reference", help="re-derive the shipped reference results from their Parquet files"
     )
     ref.add_argument("--json", action="store_true", help="print JSON")
+    ref.add_argument(
+        "--set",
+        dest="ref_set",
+        default=None,
+        help="which shipped set (default: seed 000's protocol); see data/reference/",
+    )
     _add_db(ref)
     exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")
     exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -330,16 +336,19 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "reference":
         from . import analysis, reference
 
-        table = reference.summary()
+        name = a.ref_set or reference.REF_NAME
+        table = reference.summary(name)
         thr = {
-            d: analysis.threshold_scale(t["scale"], t["mean"], 10.0)
-            for d, t in table.groupby("domain")
+            r: analysis.threshold_scale(t["scale"], t["mean"], 10.0)
+            for r, t in table.groupby("run", sort=False)
         }
+        prov = reference.provenance(name)
         if a.json:
             print(
                 json.dumps(
                     {
-                        "provenance": reference.provenance(),
+                        "set": name,
+                        "provenance": prov,
                         "threshold_10pct": thr,
                         "points": json.loads(table.to_json(orient="records")),
                     },
@@ -347,12 +356,16 @@ def _dispatch(a: argparse.Namespace) -> int:
                 )
             )
             return 0
-        print(reference.provenance().get("what", ""))
+        print(f"{name}: {prov.get('what', '')}")
         print(table.round(1).to_string(index=False))
-        for d, t in thr.items():
-            print(
-                f"{d}: degradation first exceeds 10 % at about {t:,.0f} samples (log-interpolated)"
-            )
+        for r, t in table.groupby("run", sort=False):
+            first = t.sort_values("scale").iloc[0]
+            if first["mean"] >= 10.0:
+                print(f"{r}: already above 10 % at the smallest measured size ({first['scale']:,})")
+            elif thr[r]:
+                print(f"{r}: degradation first exceeds 10 % at about {thr[r]:,.0f} samples")
+            else:
+                print(f"{r}: stays below 10 % at every measured size")
         return 0
     if a.cmd == "prepare":
         from .models import ensure_embedded_cache

@@ -96,8 +96,8 @@ def run_info(run_id: str) -> dict:
     return {}
 
 
-def provenance() -> dict:
-    p = REF_DIR / f"{REF_NAME}.json"
+def provenance(name: str = REF_NAME) -> dict:
+    p = REF_DIR / f"{name}.json"
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
@@ -126,14 +126,24 @@ def label(run_id: str) -> str:
     return f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
 
 
-def summary() -> pd.DataFrame:
-    """Per domain and scale: mean degradation over seeds with its 95 % interval, and the
-    phase, recomputed from the shipped rows."""
+def summary(name: str = REF_NAME) -> pd.DataFrame:
+    """Per run and scale of one shipped set: mean general-perplexity change over seeds with its
+    95 % interval and the phase, recomputed from the shipped rows."""
     from . import analysis
 
-    df = _load("points", (REF_NAME,))
+    if name not in REF_SETS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown reference set '{name}'; choose one of: {', '.join(REF_SETS)}")
+    df = _load("points", (name,))
     agg = analysis.per_scale(df)
-    dom = df.groupby("run_id")["domain"].first()
-    agg.insert(1, "domain", agg["run_id"].map(dom))
+    meta = df.groupby("run_id").agg(
+        run=("run_name", "first"),
+        method=("method", "first"),
+        rank=("rank", "first"),
+        domain=("domain", "first"),
+    )
+    agg = agg.join(meta, on="run_id")
     agg["phase"] = [analysis.classify(v) for v in agg["mean"]]
-    return agg.drop(columns=["run_id"])
+    cols = ["run", "method", "rank", "domain", "scale", "mean", "std", "n", "ci_low", "ci_high"]
+    return agg[[*cols, "phase"]]

@@ -79,3 +79,23 @@ def test_rank_sweep_runs_one_series_per_rank_with_alpha_2r(db):
 
     alphas = sorted(json.loads(s)["lora_alpha"] for s in runs.spec_json)
     assert alphas == [4.0, 8.0] and all(n.endswith(("r2", "r4")) for n in runs.name)
+
+
+@pytest.mark.parametrize("ref_set", [None, "methods_smollm2_h100", "rank_smollm2_h100"])
+def test_reference_numbers_are_re_derived_from_the_shipped_files(ref_set):
+    import json
+
+    from core.reference import REF_DIR, REF_NAME
+
+    args = ["reference", "--json"] + (["--set", ref_set] if ref_set else [])
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    name = ref_set or REF_NAME
+    raw = pd.read_parquet(REF_DIR / f"{name}_points.parquet")
+    want = raw[raw.status == "done"].groupby(["run_name", "scale"]).degradation_pct.mean()
+    got = {(p["run"], p["scale"]): p["mean"] for p in out["points"]}
+    assert len(got) == len(want)
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v)
+    assert out["set"] == name and out["provenance"]["date"]
