@@ -16,5 +16,9 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
 ]
 nav = st.navigation(pages)
+st.session_state["_nav_ready"] = True
+deeplink = st.session_state.pop("_deeplink", None)  # see pages/_ui.via_app
+if deeplink and deeplink != "launch.py":
+    st.switch_page(f"pages/{deeplink}")
 sidebar()
 nav.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -11,6 +13,16 @@ from core.paths import resolve_db
 from core.store import Store
 
 ACTIVE = ("queued", "running")
+
+
+def via_app(page_file: str) -> None:
+    """Every page runs through app.py (page config, navigation, sidebar). A deep link opened
+    on a freshly started server runs the page on its own (Streamlit's older pages/ mode): send
+    it through app.py, which then opens the page that was asked for."""
+    if st.session_state.get("_nav_ready"):
+        return
+    st.session_state["_deeplink"] = Path(page_file).name
+    st.switch_page("app.py")
 
 
 @st.cache_resource

@@ -4,7 +4,9 @@ compared on the same axes."""
 import streamlit as st
 
 from core import analysis, charts, reference
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store, via_app
+
+via_app(__file__)
 
 st.title("Cross-domain")
 st.caption(

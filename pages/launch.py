@@ -18,7 +18,9 @@ from core.config import (
 from core.engine import preflight
 from core.errors import LabError
 from core.store import POINT_SUMMARY
-from pages._ui import ACTIVE, label, runs, store
+from pages._ui import ACTIVE, label, runs, store, via_app
+
+via_app(__file__)
 
 st.title("Launch a sweep")
 st.caption(

@@ -13,7 +13,10 @@ from pages._ui import (
     run_info_for,
     runs,
     spectral_for,
+    via_app,
 )
+
+via_app(__file__)
 
 st.title("Methods")
 st.caption(

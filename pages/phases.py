@@ -4,7 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, charts
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, via_app
+
+via_app(__file__)
 
 st.title("Phases")
 st.caption(

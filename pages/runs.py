@@ -7,7 +7,9 @@ import streamlit as st
 
 from core import analysis, charts
 from core.errors import LabError
-from pages._ui import labels, no_results, runs, store
+from pages._ui import labels, no_results, runs, store, via_app
+
+via_app(__file__)
 
 st.title("Runs")
 df = runs()

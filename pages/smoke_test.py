@@ -4,7 +4,9 @@ import streamlit as st
 
 from core.errors import LabError
 from core.smoke import MAX_NEW_TOKENS, SmokeModel, StreamResult, check_settings, clean_prompt
-from pages._ui import labels, no_results, runs, store
+from pages._ui import labels, no_results, runs, store, via_app
+
+via_app(__file__)
 
 st.title("Smoke test")
 st.caption(

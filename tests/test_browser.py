@@ -104,6 +104,19 @@ def _select(pg, label, option):
     pg.get_by_role("option", name=option, exact=True).click()
 
 
+def test_deep_link_on_a_fresh_server_goes_through_the_app(page, app_url):
+    """Runs first, on a server no session has used yet: a bookmarked page must still get the
+    app's navigation and sidebar, not Streamlit's file list (app, ui, ...)."""
+    page.goto(app_url + "/methods")
+    expect_title = page.get_by_role("heading", name="Methods", exact=True)
+    expect_title.wait_for()
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_text("Launch", exact=True).wait_for()
+    assert nav.get_by_text("ui", exact=True).count() == 0
+    assert page.get_by_text("in the lab home").count() == 1  # app.py's sidebar ran
+    _shot(page, "00-deep-link-fresh-server")
+
+
 def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     page.goto(app_url)
     page.get_by_text("Welcome").wait_for()
