@@ -202,3 +202,42 @@ def test_methods_page_compares_methods_with_spectral_and_adaptq_profile(tmp_path
     assert at.multiselect[0].value and len(at.dataframe) >= 2
     facts = at.table[0].value
     assert "blocks trained" in facts.index and "1 of 2" in facts.loc["blocks trained"].value
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("adaptq", {"Block selection": "last-k", "Frozen blocks": 8, "Order": "adapt-first"}),
+        ("qlora", {"Order": "adapt-first"}),
+        ("full", {}),
+    ],
+)
+def test_launch_form_runs_every_method(method, extra, tmp_path, monkeypatch):
+    """The Launch form's method settings reach the stored spec, and the queued run trains."""
+    import json
+    import os
+
+    import core.runner
+
+    monkeypatch.setattr(core.runner, "spawn_worker", lambda db: None)  # we run the queue here
+    db = tmp_path / "m.duckdb"
+    at = _app("launch", db, monkeypatch)
+    at.selectbox[0].select("tiny-test").run()
+    next(s for s in at.selectbox if s.label == "Method").select(method)
+    for label, value in extra.items():
+        next(s for s in at.selectbox if s.label == label).select(value)
+    next(n for n in at.number_input if n.label.startswith("Smoke test every")).set_value(4)
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    store = Store(db)
+    rid = store.claim_next_queued(os.getpid())
+    spec = json.loads(store.get_run(rid)["spec_json"])
+    assert spec["method"] == method and spec["smoke_every"] == 4
+    if method == "adaptq":
+        assert (spec["adaptq_selection"], spec["frozen_bits"]) == ("last-k", 8)
+    if "Order" in extra:
+        assert spec["quant_order"] == "adapt-first"
+    assert core.runner.execute(store, rid) == "done"
+    pts = store.points_df([rid])
+    assert len(pts) == 3 and set(pts.status) <= {"done", "stopped"}
+    assert (store.generations_df(rid).stage.str.startswith("step:")).any()
