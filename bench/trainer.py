@@ -96,31 +96,106 @@ def bench_naive(model, tok, spec, samples, steps, device, bf16) -> float:
     return (times[-1] - times[2]) / (len(times) - 3) * 1000
 
 
-def bench_packed(model, tok, spec, runs, slots, device, bf16, max_steps=None):
+def bench_packed(model, tok, spec, runs, slots, device, bf16, max_steps=None, **kw):
     """Wall time of the packed trainer over `runs`; returns (wall s, packed steps, samples)."""
     n_steps = [0]
     samples = [0]
 
-    class Stop(Exception):
-        pass
-
-    def on_step(live, losses):
-        n_steps[0] += 1
-        samples[0] += sum(x is not None for x in live)
+    def should_stop():  # called once before every packed step
         if max_steps and n_steps[0] >= max_steps:
-            raise Stop
+            return True
+        n_steps[0] += 1
+        return False
+
+    def on_done(packer, slot, run):
+        samples[0] += run.pos
 
     sync(device)
     t0 = time.perf_counter()
-    try:
-        with autocast(device, bf16):
-            train_packed(
-                model, tok, spec, runs, slots, on_done=lambda p, s, r: None, on_step=on_step
-            )
-    except Stop:
-        pass
+    with autocast(device, bf16):
+        train_packed(model, tok, spec, runs, slots, on_done, should_stop=should_stop, **kw)
     sync(device)
     return time.perf_counter() - t0, n_steps[0], samples[0]
+
+
+def _legacy_step(self, ids, mask, active):
+    """The packed step as it was before the loss change (kept here only to measure it): the
+    cross-entropy got logits as [rows, vocab, width], class dimension in the middle."""
+    import torch.nn.functional as F
+
+    self.ctx.slot = None
+    self.ctx.dropout_on = self.spec.lora_dropout > 0
+    logits = self.model(input_ids=ids, use_cache=False).logits
+    tgt, valid, lg = ids[:, 1:], mask[:, 1:], logits[:, :-1]
+    lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
+    tok = F.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
+    row_loss = (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
+    (row_loss * active).sum().backward()
+    self._adamw(active)
+    return torch.where(active, row_loss.detach(), torch.full_like(row_loss, float("nan")))
+
+
+ABLATIONS = {
+    # name: (legacy loss, loss read-back interval, bf16 autocast)
+    "before: class-dim-middle loss, read back every step": (True, 1, False),
+    "flat loss, read back every step": (False, 1, False),
+    "flat loss, read back every 16 steps (engine default)": (False, 16, False),
+    "engine default + bf16 autocast": (False, 16, True),
+}
+
+
+def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
+    """ms per packed step at the full grid's width for each change, measured side by side."""
+    from core.packed import PackedLoRA
+
+    out = {}
+    real = PackedLoRA._step
+    for name, (legacy, every, bf16) in ABLATIONS.items():
+        PackedLoRA._step = _legacy_step if legacy else real
+        try:
+            kw = dict(sync_every=every)
+            bench_packed(model, tok, spec, wide, len(wide), device, bf16, max_steps=3, **kw)
+            wall, n, _ = bench_packed(
+                model, tok, spec, wide, len(wide), device, bf16, max_steps=steps, **kw
+            )
+        finally:
+            PackedLoRA._step = real
+        out[name] = round(wall / n * 1000, 2)
+        print(f"{name}: {out[name]} ms/step", flush=True)
+    return out
+
+
+def kernel_profile(model, tok, spec, wide, device, steps=5, top=15) -> list[dict]:
+    """GPU time per packed step by kernel (eager, so the profiler sees each kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bench_packed(model, tok, spec, wide, len(wide), device, False, max_steps=2, cuda_graphs=False)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        bench_packed(
+            model, tok, spec, wide, len(wide), device, False, max_steps=steps, cuda_graphs=False
+        )
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append(
+                {
+                    "kernel": e.key[:120],
+                    "ms_per_step": t / 1000 / steps,
+                    "calls_per_step": e.count / steps,
+                }
+            )
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    total = sum(r["ms_per_step"] for r in rows)
+    out = [{**r, "ms_per_step": round(r["ms_per_step"], 3)} for r in rows[:top]]
+    out.append(
+        {
+            "kernel": "ALL KERNELS",
+            "ms_per_step": round(total, 3),
+            "calls_per_step": sum(r["calls_per_step"] for r in rows),
+        }
+    )
+    return out
 
 
 def check_equivalence(model, tok, spec, device) -> float:
@@ -160,7 +235,11 @@ def main() -> None:
     ap.add_argument(
         "--wide-slots", type=int, default=22, help="slots timed for the full-grid projection"
     )
-    ap.add_argument("--wide-steps", type=int, default=30)
+    ap.add_argument("--wide-steps", type=int, default=64)
+    ap.add_argument(
+        "--ablate", action="store_true", help="time each step change side by side at full width"
+    )
+    ap.add_argument("--profile", action="store_true", help="GPU time per kernel (eager step)")
     ap.add_argument(
         "--bf16", action="store_true", help="bf16 autocast on CUDA (adapters stay fp32)"
     )
@@ -200,8 +279,8 @@ def main() -> None:
 
     # The full grid's shape: 22 runs in flight. Time a few steps at that width.
     wide = [
-        ((n, k), 42, data.domain_samples("legal", min(n, 2000), spec.construction, 42))
-        for k in range(2)
+        ((n, k), 42, data.domain_samples(dom, min(n, 2000), spec.construction, 42))
+        for k, dom in enumerate(("legal", "financial"))
         for n in FULL_GRID
     ][: args.wide_slots]
     bench_packed(model, tok, spec, wide, len(wide), device, args.bf16, max_steps=3)  # warm-up
@@ -209,6 +288,13 @@ def main() -> None:
         model, tok, spec, wide, len(wide), device, args.bf16, max_steps=args.wide_steps
     )
     wide_ms = w_wall / w_steps * 1000
+    extra = {}
+    if args.ablate:
+        extra["ablation_ms_per_step_at_wide"] = ablation(
+            model, tok, spec, wide, device, args.wide_steps
+        )
+    if args.profile and device.type == "cuda":
+        extra["kernel_profile_eager_wide"] = kernel_profile(model, tok, spec, wide, device)
     critical = 3 * max(FULL_GRID)
     full_steps = 2 * 3 * sum(FULL_GRID)
 
@@ -245,6 +331,7 @@ def main() -> None:
         "wide_ms_per_step": round(wide_ms, 2),
         "projected_full_grid_min": round(critical * wide_ms / 1000 / 60, 1),
         "projected_full_grid_naive_min": round(full_steps * naive_ms / 1000 / 60, 1),
+        **extra,
         "notes": "speedup = naive loop's projected time for the reduced grid (steps x measured ms/step) "
         "/ packed trainer's measured wall time for the same grid; projected_full_grid_min = "
         "150,000 critical-path steps x ms per step measured with 22 runs in flight, training only.",

@@ -488,29 +488,33 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
         for sc, sd in todo
     ]
     n_base = sum(p.numel() for p in base.parameters())
-    started: dict[tuple, float] = {}
-    for key, _, _ in runs[: spec.pack_slots]:
-        started[key] = time.perf_counter()
+    started = {key for key, _, _ in runs[: spec.pack_slots]}
+    for key in started:
         sweep.events({"type": "point_start", "scale": key[0], "seed": key[1]})
 
-    def on_step(live, losses):
-        lv = losses.tolist()
-        for s, x in enumerate(live):
+    emitted: dict[tuple, int] = {}
+
+    def on_step(live, _latest):
+        """Called at each loss read-back: every step since the last one becomes an event."""
+        for x in live:
             if x is None:
                 continue
-            if x.key not in started:
-                started[x.key] = time.perf_counter()
-                sweep.events({"type": "point_start", "scale": x.key[0], "seed": x.key[1]})
-            sweep.events(
-                {
-                    "type": "step",
-                    "scale": x.key[0],
-                    "seed": x.key[1],
-                    "step": x.pos,
-                    "total": x.total,
-                    "loss": lv[s],
-                }
-            )
+            if x.key not in emitted:
+                emitted[x.key] = 0
+                if x.key not in started:
+                    sweep.events({"type": "point_start", "scale": x.key[0], "seed": x.key[1]})
+            for i in range(emitted[x.key], len(x.losses)):
+                sweep.events(
+                    {
+                        "type": "step",
+                        "scale": x.key[0],
+                        "seed": x.key[1],
+                        "step": i + 1,
+                        "total": x.total,
+                        "loss": x.losses[i],
+                    }
+                )
+            emitted[x.key] = len(x.losses)
 
     def on_done(packer, slot, run):
         scale, seed = run.key
@@ -525,7 +529,7 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
                     status,
                     run.pos,
                     run.losses,
-                    time.perf_counter() - started.get(run.key, time.perf_counter()),
+                    time.perf_counter() - run.started,
                     packer.P,
                     n_base + packer.P,
                     save=lambda out: save_peft_adapter(packer, slot, spec, out),

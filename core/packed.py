@@ -22,6 +22,7 @@ random stream as the sequential loop, so bit-equality holds for dropout 0 only.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from torch import nn
 
 from .config import RunSpec
 from .train import epoch_order, lr_factor
+
+# Losses are read back from the device every this many packed steps (one sync for all of them).
+SYNC_EVERY = 16
 
 
 def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
@@ -82,6 +86,8 @@ class Slot:
     epochs: int
     pos: int = 0
     losses: list[float] = field(default_factory=list)
+    diverged: bool = False
+    started: float = field(default_factory=time.perf_counter)  # when it took its slot
 
     @property
     def total(self) -> int:
@@ -223,11 +229,16 @@ class PackedLoRA:
         self.ctx.slot = None
         self.ctx.dropout_on = self.spec.lora_dropout > 0
         logits = self.model(input_ids=ids, use_cache=False).logits
-        tgt = ids[:, 1:]
-        valid = mask[:, 1:]
-        lg = logits[:, :-1]
+        n, width, vocab = logits.shape
+        # Position i predicts token i+1. Shift the targets, not the logits: the logits stay one
+        # contiguous [rows x width, vocab] matrix (no copy), and cross-entropy runs on its fast
+        # 2-D path. (Giving it [rows, vocab, width] instead - class dimension in the middle -
+        # sends it to a strided kernel that costs several ms per row on a GPU.)
+        tgt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)  # last column: a placeholder, masked
+        valid = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+        lg = logits.reshape(n * width, vocab)
         lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
-        tok = F.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
+        tok = F.cross_entropy(lg, tgt.reshape(-1), reduction="none").view(n, width)
         n_tok = valid.sum(1).clamp(min=1)
         row_loss = (tok * valid).sum(1) / n_tok  # each row: mean over its own tokens
         (row_loss * active).sum().backward()
@@ -265,9 +276,11 @@ class PackedLoRA:
             st["graph"] = graph
             self.graphs[key] = st
         st = self.graphs[key]
-        st["ids"].copy_(ids, non_blocking=True)
-        st["mask"].copy_(mask, non_blocking=True)
-        st["active"].copy_(active, non_blocking=True)
+        # From pinned memory the copies are truly asynchronous: the host goes on to prepare the
+        # next step while this one runs (the caching host allocator keeps the buffers alive).
+        st["ids"].copy_(ids.pin_memory(), non_blocking=True)
+        st["mask"].copy_(mask.pin_memory(), non_blocking=True)
+        st["active"].copy_(active.pin_memory(), non_blocking=True)
         st["graph"].replay()
         return st["out"].clone()
 
@@ -329,23 +342,33 @@ def train_packed(
     runs: list[tuple[tuple, int, list[str]]],
     slots: int,
     on_done: Callable[[PackedLoRA, int, Slot], None],
-    on_step: Callable[[list[Slot | None], torch.Tensor], None] | None = None,
+    on_step: Callable[[list[Slot | None], list[float]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     cuda_graphs: bool = True,
+    sync_every: int = SYNC_EVERY,
 ) -> str:
     """Train every run (key, seed, samples) with continuous batching over `slots` slots. When a
     run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
-    in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'."""
+    in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'.
+
+    Losses stay on the device and are read back every `sync_every` steps (and whenever a run
+    finishes), so the host prepares the next steps while the GPU computes instead of waiting
+    for each one. `on_step(live, latest_losses)` is called at each read-back. A run whose loss
+    turns non-finite is ended as diverged at that step (its `losses` end with the bad value);
+    its slot may have run up to `sync_every - 1` further steps, which change nothing but its
+    already non-finite weights."""
     from .models import target_modules
 
     targets = target_modules(model, spec.target_modules)
     queue = list(runs)
     slots = max(1, min(slots, len(queue)))
+    sync_every = max(1, int(sync_every))
     packer = PackedLoRA(model, spec, slots, targets)
     if cuda_graphs:
         packer.enable_graphs()
     inits: dict[int, torch.Tensor] = {}
     live: list[Slot | None] = [None] * slots
+    pending: list[tuple[list[int], torch.Tensor]] = []  # (slots that had a row, losses)
     model.train()
 
     def fill(s: int) -> None:
@@ -355,6 +378,24 @@ def train_packed(
         packer.reset_slot(s, inits[seed])
         rows = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
         live[s] = Slot(key, seed, rows, spec.epochs)
+
+    def read_back() -> None:
+        """One host-device sync for every step since the last one."""
+        if not pending:
+            return
+        values = torch.stack([v for _, v in pending]).tolist()
+        for (had_row, _), row in zip(pending, values):
+            for s in had_row:
+                x = live[s]
+                if x is not None and not x.diverged:
+                    x.losses.append(row[s])
+                    x.diverged = not math.isfinite(row[s])
+        pending.clear()
+        for x in live:
+            if x is not None and x.diverged:
+                x.pos = len(x.losses)  # the step at which it diverged
+        if on_step is not None:
+            on_step(live, [x.losses[-1] if x and x.losses else math.nan for x in live])
 
     try:
         for s in range(slots):
@@ -370,19 +411,14 @@ def train_packed(
                 ]
                 packer.lr.copy_(torch.tensor(lrs, dtype=packer.lr.dtype))
             losses = packer.step(rows, tokenizer.pad_token_id)
-            lv = losses.tolist()
+            pending.append(([s for s, x in enumerate(live) if x is not None], losses))
+            for x in live:
+                if x is not None:
+                    x.pos += 1
+            if len(pending) >= sync_every or any(x and x.pos >= x.total for x in live):
+                read_back()
             for s, x in enumerate(live):
-                if x is None:
-                    continue
-                x.pos += 1
-                x.losses.append(lv[s])
-            if on_step is not None:
-                on_step(live, losses)
-            for s, x in enumerate(live):
-                if x is None:
-                    continue
-                diverged = not math.isfinite(x.losses[-1])
-                if x.pos >= x.total or diverged:
+                if x is not None and (x.pos >= x.total or x.diverged):
                     model.eval()
                     packer.use_slot(s)
                     on_done(packer, s, x)

@@ -1,5 +1,7 @@
 """The packed trainer gives every run exactly what the sequential loop gives it."""
 
+import math
+
 import pytest
 import torch
 
@@ -107,3 +109,66 @@ def test_idle_slot_is_not_touched():
     assert torch.equal(p.W[1], w1) and torch.equal(p.m[1], m1) and p.t[1] == t1
     assert p.t[0] == 2
     p.remove()
+
+
+def _train(runs, slots, sync_every, poison_at=None, spec=None):
+    """Packed training; optionally set slot 1's adapter to NaN just before step `poison_at`."""
+    spec = spec or preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2)
+    lm = load_model("tiny", "cpu")
+    got, calls = {}, [0]
+
+    def should_stop():
+        calls[0] += 1
+        if calls[0] == poison_at:
+            pm = next(m for m in lm.model.modules() if type(m).__name__ == "PackedLoRALinear")
+            with torch.no_grad():
+                pm.A[1].fill_(float("nan"))
+        return False
+
+    def on_done(packer, slot, run):
+        got[run.key] = (packer.slot_state(slot), list(run.losses), run.pos, run.diverged)
+
+    train_packed(
+        lm.model,
+        lm.tokenizer,
+        spec,
+        runs,
+        slots,
+        on_done,
+        should_stop=should_stop,
+        sync_every=sync_every,
+    )
+    return got
+
+
+def test_loss_read_back_interval_changes_nothing():
+    """Reading losses back every step or every few steps gives bit-identical runs."""
+    runs = [
+        ((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(5, 0), (3, 1), (4, 2)]
+    ]
+    every = _train(runs, 2, sync_every=1)
+    batched = _train(runs, 2, sync_every=4)
+    assert set(every) == set(batched) == {r[0] for r in runs}
+    for key in every:
+        (w1, l1, p1, d1), (w2, l2, p2, d2) = every[key], batched[key]
+        assert l1 == l2 and p1 == p2 == len(l1) and not d1 and not d2
+        assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_run_diverging_between_read_backs_ends_at_its_bad_step():
+    """Slot 1's loss turns NaN at step 3 while losses are read back every 4 steps: that run ends
+    as diverged at step 3 (not 4), and the run beside it is not disturbed."""
+    runs = [
+        ((6, 0), 0, data.domain_samples("legal", 6, seed=0)),
+        ((6, 1), 1, data.domain_samples("legal", 6, seed=1)),
+    ]
+    got = _train(runs, 2, sync_every=4, poison_at=3)
+    w_bad, losses, pos, diverged = got[(6, 1)]
+    assert diverged and pos == 3 and len(losses) == 3
+    assert all(map(math.isfinite, losses[:2])) and not math.isfinite(losses[2])
+    # the same pair, nothing poisoned (batch widths differ once slot 1 is gone: float noise only)
+    clean = _train(runs, 2, sync_every=4)
+    w, ls, p, d = got[(6, 0)]
+    assert not d and p == 12 and ls == pytest.approx(clean[(6, 0)][1], rel=1e-6)
+    for k in w:
+        assert torch.allclose(w[k], clean[(6, 0)][0][k], rtol=1e-5, atol=1e-7), k
