@@ -5,6 +5,10 @@ when, versions, specs, wall times, the methods' run-level facts).
 
     python bench/ship_reference.py --set methods_smollm2_h100 --what "..." \
         --device "NVIDIA H100 80GB HBM3" --command "python -m core run ..." DB [DB ...]
+
+`--append` adds the databases' points to an existing set instead (e.g. larger scales measured
+later, elsewhere): the set's rows and provenance are kept, the new runs are listed with their
+own device, date and commands under `additions`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 
@@ -30,6 +35,13 @@ def main() -> None:
     ap.add_argument("--date", default=str(date.today()))
     ap.add_argument(
         "--commit", default="", help="the commit that ran, when the runs recorded a wrong one"
+    )
+    ap.add_argument("--append", action="store_true", help="add to an existing set")
+    ap.add_argument(
+        "--merge-into",
+        default="",
+        help="with --append: show the added points as part of this run of the set (same curve); "
+        "their own run ids stay listed under `additions`",
     )
     a = ap.parse_args()
 
@@ -65,23 +77,46 @@ def main() -> None:
             r["git_commit"] = a.commit
     # runs recorded before ranks were kept for LoRA methods only
     pts.loc[~pts["method"].isin(["lora", "qlora"]), "rank"] = None
-    pts.to_parquet(f"{out}_points.parquet", index=False)
-    pd.concat(evals, ignore_index=True).to_parquet(f"{out}_evals.parquet", index=False)
+    evs = pd.concat(evals, ignore_index=True)
     spec_df = pd.concat(spectral, ignore_index=True)
     if not spec_df.empty:
-        spec_df.drop(columns=["method", "rank", "run_name"]).to_parquet(
-            f"{out}_spectral.parquet", index=False
-        )
-    prov = dict(
-        what=a.what,
-        device=a.device,
-        date=a.date,
-        commands=a.command,
-        note=a.note,
-        runs=runs,
+        spec_df = spec_df.drop(columns=["method", "rank", "run_name"])
+    addition = dict(
+        what=a.what, device=a.device, date=a.date, commands=a.command, note=a.note, runs=runs
     )
+    if a.append:
+        old = json.loads((REF_DIR / f"{a.set}.json").read_text())
+        clash = {r["run_id"] for r in runs} & {r["run_id"] for r in old.get("runs", [])}
+        clash |= {r["run_id"] for x in old.get("additions", []) for r in x["runs"]}
+        if clash:
+            raise SystemExit(f"already in {a.set}: {sorted(clash)}")
+
+        def merged(kind: str, new: pd.DataFrame) -> pd.DataFrame:
+            p = Path(f"{out}_{kind}.parquet")
+            return pd.concat([pd.read_parquet(p), new], ignore_index=True) if p.is_file() else new
+
+        if a.merge_into:
+            have = pd.read_parquet(f"{out}_points.parquet")
+            target = have[have.run_id == a.merge_into]
+            if target.empty:
+                raise SystemExit(f"no run {a.merge_into} in {a.set}")
+            pts["run_id"], pts["run_name"] = a.merge_into, target.run_name.iloc[0]
+            evs["run_id"] = a.merge_into
+            if not spec_df.empty:
+                spec_df["run_id"] = a.merge_into
+            addition["merged_into"] = a.merge_into
+        pts, evs = merged("points", pts), merged("evals", evs)
+        if not spec_df.empty:
+            spec_df = merged("spectral", spec_df)
+        prov = {**old, "additions": [*old.get("additions", []), addition]}
+    else:
+        prov = addition
+    pts.to_parquet(f"{out}_points.parquet", index=False)
+    evs.to_parquet(f"{out}_evals.parquet", index=False)
+    if not spec_df.empty:
+        spec_df.to_parquet(f"{out}_spectral.parquet", index=False)
     (REF_DIR / f"{a.set}.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
-    print(f"wrote {a.set}: {len(pts)} points, {len(runs)} runs")
+    print(f"wrote {a.set}: {len(pts)} points, {len(runs)} runs{' added' if a.append else ''}")
 
 
 if __name__ == "__main__":

@@ -70,15 +70,7 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def autocast(device, on: bool):
-    if on and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def bench_naive(model, tok, spec, samples, steps, device, bf16) -> float:
+def bench_naive(model, tok, spec, samples, steps, device) -> float:
     """ms per optimizer step of the reference loop (peft LoRA, train_point), after 3 warm-up steps."""
     m = get_method("lora")
     pm = m.prepare(model, spec, 42)
@@ -88,15 +80,14 @@ def bench_naive(model, tok, spec, samples, steps, device, bf16) -> float:
         sync(device)
         times.append(time.perf_counter())
 
-    with autocast(device, bf16):
-        train_point(
-            pm, tok, samples[: steps + 3], dataclasses.replace(spec, epochs=1), 42, on_step=on_step
-        )
+    train_point(  # the spec's precision applies inside
+        pm, tok, samples[: steps + 3], dataclasses.replace(spec, epochs=1), 42, on_step=on_step
+    )
     m.release(pm)
     return (times[-1] - times[2]) / (len(times) - 3) * 1000
 
 
-def bench_packed(model, tok, spec, runs, slots, device, bf16, max_steps=None, **kw):
+def bench_packed(model, tok, spec, runs, slots, device, max_steps=None, **kw):
     """Wall time of the packed trainer over `runs`; returns (wall s, packed steps, samples)."""
     n_steps = [0]
     samples = [0]
@@ -112,8 +103,9 @@ def bench_packed(model, tok, spec, runs, slots, device, bf16, max_steps=None, **
 
     sync(device)
     t0 = time.perf_counter()
-    with autocast(device, bf16):
-        train_packed(model, tok, spec, runs, slots, on_done, should_stop=should_stop, **kw)
+    train_packed(  # the spec's precision applies inside
+        model, tok, spec, runs, slots, on_done, should_stop=should_stop, **kw
+    )
     sync(device)
     return time.perf_counter() - t0, n_steps[0], samples[0]
 
@@ -136,11 +128,12 @@ def _legacy_step(self, ids, mask, active):
 
 
 ABLATIONS = {
-    # name: (legacy loss, loss read-back interval, bf16 autocast)
-    "before: class-dim-middle loss, read back every step": (True, 1, False),
-    "flat loss, read back every step": (False, 1, False),
-    "flat loss, read back every 16 steps (engine default)": (False, 16, False),
-    "engine default + bf16 autocast": (False, 16, True),
+    # name: (legacy loss, loss read-back interval, precision)
+    "before: class-dim-middle loss, read back every step": (True, 1, "fp32"),
+    "flat loss": (False, 1, "fp32"),
+    "flat loss, read back every 16 steps (engine default, fp32)": (False, 16, "fp32"),
+    "engine default, precision tf32": (False, 16, "tf32"),
+    "engine default, precision bf16": (False, 16, "bf16"),
 }
 
 
@@ -149,17 +142,18 @@ def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
     from core.packed import PackedLoRA
 
     out = {}
-    real = PackedLoRA._step
-    for name, (legacy, every, bf16) in ABLATIONS.items():
-        PackedLoRA._step = _legacy_step if legacy else real
+    real_step = PackedLoRA._step
+    for name, (legacy, every, precision) in ABLATIONS.items():
+        PackedLoRA._step = _legacy_step if legacy else real_step
+        sp = dataclasses.replace(spec, precision=precision)
         try:
             kw = dict(sync_every=every)
-            bench_packed(model, tok, spec, wide, len(wide), device, bf16, max_steps=3, **kw)
+            bench_packed(model, tok, sp, wide, len(wide), device, max_steps=3, **kw)
             wall, n, _ = bench_packed(
-                model, tok, spec, wide, len(wide), device, bf16, max_steps=steps, **kw
+                model, tok, sp, wide, len(wide), device, max_steps=steps, **kw
             )
         finally:
-            PackedLoRA._step = real
+            PackedLoRA._step = real_step
         out[name] = round(wall / n * 1000, 2)
         print(f"{name}: {out[name]} ms/step", flush=True)
     return out
@@ -169,11 +163,9 @@ def kernel_profile(model, tok, spec, wide, device, steps=5, top=15) -> list[dict
     """GPU time per packed step by kernel (eager, so the profiler sees each kernel)."""
     from torch.profiler import ProfilerActivity, profile
 
-    bench_packed(model, tok, spec, wide, len(wide), device, False, max_steps=2, cuda_graphs=False)
+    bench_packed(model, tok, spec, wide, len(wide), device, max_steps=2, cuda_graphs=False)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        bench_packed(
-            model, tok, spec, wide, len(wide), device, False, max_steps=steps, cuda_graphs=False
-        )
+        bench_packed(model, tok, spec, wide, len(wide), device, max_steps=steps, cuda_graphs=False)
     rows = []
     for e in prof.key_averages():
         t = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
@@ -241,7 +233,7 @@ def main() -> None:
     )
     ap.add_argument("--profile", action="store_true", help="GPU time per kernel (eager step)")
     ap.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast on CUDA (adapters stay fp32)"
+        "--precision", default="fp32", choices=("fp32", "tf32", "bf16"), help="RunSpec.precision"
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -257,6 +249,7 @@ def main() -> None:
         epochs=args.epochs,
         domain="legal",
         device=str(device.type),
+        precision=args.precision,
     )
     t0 = time.perf_counter()
     model, tok = load(args, device)
@@ -268,12 +261,12 @@ def main() -> None:
     print(f"packed vs sequential, max relative adapter difference: {equiv:.2e}", flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    naive_ms = bench_naive(model, tok, spec, runs[-1][2], args.naive_steps, device, args.bf16)
+    naive_ms = bench_naive(model, tok, spec, runs[-1][2], args.naive_steps, device)
     naive_peak = peak_mb(device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    wall, steps, samples = bench_packed(model, tok, spec, runs, len(runs), device, args.bf16)
+    wall, steps, samples = bench_packed(model, tok, spec, runs, len(runs), device)
     engine_peak = peak_mb(device)
     engine_ms = wall / steps * 1000
 
@@ -283,9 +276,9 @@ def main() -> None:
         for k, dom in enumerate(("legal", "financial"))
         for n in FULL_GRID
     ][: args.wide_slots]
-    bench_packed(model, tok, spec, wide, len(wide), device, args.bf16, max_steps=3)  # warm-up
+    bench_packed(model, tok, spec, wide, len(wide), device, max_steps=3)  # warm-up
     w_wall, w_steps, _ = bench_packed(
-        model, tok, spec, wide, len(wide), device, args.bf16, max_steps=args.wide_steps
+        model, tok, spec, wide, len(wide), device, max_steps=args.wide_steps
     )
     wide_ms = w_wall / w_steps * 1000
     extra = {}
@@ -309,9 +302,7 @@ def main() -> None:
         "command": " ".join(["python", "bench/trainer.py", *sys.argv[1:]]),
         "model": args.model,
         "weights": "random (timing only)" if args.model == "random-smollm2" else "real",
-        "precision": "bf16 autocast, fp32 adapters"
-        if args.bf16 and device.type == "cuda"
-        else "fp32",
+        "precision": args.precision,
         "reduced_grid": {"scales": scales, "epochs": args.epochs, "samples": grid_steps},
         "load_s": round(load_s, 2),
         "packed_vs_sequential_max_rel_diff": float(f"{equiv:.3g}"),
@@ -344,7 +335,8 @@ def main() -> None:
         else "cpu"
     )
     path = (
-        out / f"{result['date']}-{tag}{'-bf16' if args.bf16 and device.type == 'cuda' else ''}.json"
+        out
+        / f"{result['date']}-{tag}{'' if args.precision == 'fp32' else '-' + args.precision}.json"
     )
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -53,6 +53,7 @@ OVERRIDES = [
     ("--device", "device", str),
     ("--trainer", "trainer", str),
     ("--pack-slots", "pack_slots", int),
+    ("--precision", "precision", str),
     ("--eval-size", "domain_eval_size", int),
     ("--warmup", "warmup_ratio", float),
     ("--replay", "replay", float),

@@ -33,7 +33,7 @@ CROSS_DOMAIN_SETS = (
 
 
 SET_TITLES = {
-    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100, 3 seeds)",
+    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100; legal 2,500 on H200), 3 seeds",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
     "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
@@ -122,7 +122,7 @@ def runs() -> pd.DataFrame:
 
 def label(run_id: str) -> str:
     r = runs().set_index("run_id").loc[run_id]
-    where = "H100" if str(r["device"]).startswith("cuda") else "CPU"
+    where = "GPU" if str(r["device"]).startswith("cuda") else "CPU"
     return f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
 
 

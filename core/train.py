@@ -11,6 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,24 @@ class TrainResult:
     final_loss: float | None
     losses: list[float] = field(default_factory=list)
     message: str = ""
+
+
+@contextmanager
+def step_precision(precision: str, device: torch.device):
+    """The arithmetic of a training step (see RunSpec.precision). Only the step is wrapped:
+    evaluation and smoke tests called from inside the loop run in fp32."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    else:
+        yield
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -87,7 +106,8 @@ def train_point(
             labels = ids.masked_fill(mask == 0, -100)
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
 
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            with step_precision(spec.precision, device):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss_v = float(loss.detach())
             if not math.isfinite(loss_v):
                 model.eval()
@@ -99,7 +119,8 @@ def train_point(
                     losses,
                     f"loss became {loss_v} at step {step + 1}",
                 )
-            loss.backward()
+            with step_precision(spec.precision, device):  # TF32 applies to backward too
+                loss.backward()
             if spec.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
             for g in opt.param_groups:

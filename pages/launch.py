@@ -141,7 +141,9 @@ with st.expander("New run", expanded=df.empty is False):
                 step=0.25,
                 help=field_help("ray_gpus_per_unit"),
             )
-            name = st.text_input("Name", base.name, help=field_help("name"))
+            c1, c2 = st.columns([1, 2])
+            precision = choice(c1, "Training arithmetic", "precision")
+            name = c2.text_input("Name", base.name, help=field_help("name"))
             alpha_2r = st.checkbox("alpha = 2 × rank (seed 002)", value=False)
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
@@ -230,6 +232,7 @@ with st.expander("New run", expanded=df.empty is False):
                     "backend": backend,
                     "ray_address": ray_address,
                     "ray_gpus_per_unit": float(ray_gpus),
+                    "precision": precision,
                 }
             )
             specs = rank_series(spec, parse_int_list(rank, "rank"), alpha_2r)

@@ -210,6 +210,7 @@ def test_methods_page_compares_methods_with_spectral_and_adaptq_profile(tmp_path
         ("adaptq", {"Block selection": "last-k", "Frozen blocks": 8, "Order": "adapt-first"}),
         ("qlora", {"Order": "adapt-first"}),
         ("full", {}),
+        ("lora", {"Training arithmetic": "bf16"}),
     ],
 )
 def test_launch_form_runs_every_method(method, extra, tmp_path, monkeypatch):
@@ -237,6 +238,7 @@ def test_launch_form_runs_every_method(method, extra, tmp_path, monkeypatch):
         assert (spec["adaptq_selection"], spec["frozen_bits"]) == ("last-k", 8)
     if "Order" in extra:
         assert spec["quant_order"] == "adapt-first"
+    assert spec["precision"] == extra.get("Training arithmetic", "fp32")
     assert core.runner.execute(store, rid) == "done"
     pts = store.points_df([rid])
     assert len(pts) == 3 and set(pts.status) <= {"done", "stopped"}

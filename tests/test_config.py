@@ -58,6 +58,7 @@ def test_unsorted_scales_are_sorted():
         ({"warmup_ratio": 0.95}, "warmup_ratio"),
         ({"smoke_every": -1}, "smoke_every"),
         ({"backend": "slurm"}, "backend: unknown value"),
+        ({"precision": "fp16"}, "precision: unknown value .fp16.; choose one of: fp32, tf32, bf16"),
         ({"ray_gpus_per_unit": 0.0}, "ray_gpus_per_unit"),
         ({"ray_address": "head\n:1"}, "ray_address"),
     ],

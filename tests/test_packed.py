@@ -172,3 +172,41 @@ def test_run_diverging_between_read_backs_ends_at_its_bad_step():
     assert not d and p == 12 and ls == pytest.approx(clean[(6, 0)][1], rel=1e-6)
     for k in w:
         assert torch.allclose(w[k], clean[(6, 0)][0][k], rtol=1e-5, atol=1e-7), k
+
+
+@pytest.mark.parametrize(
+    "width, max_length, want",
+    [(1, 512, 16), (16, 512, 16), (17, 512, 32), (23, 512, 32), (500, 512, 512), (23, 20, 20)],
+)
+def test_bucket_width(width, max_length, want):
+    from core.packed import bucket_width
+
+    assert bucket_width(width, max_length) == want
+    assert len({bucket_width(w, 512) for w in range(1, 513)}) == 32
+
+
+def test_step_precision_sets_and_restores_tf32():
+    from core.train import step_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    with step_precision("tf32", torch.device("cuda")):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    with step_precision("tf32", torch.device("cpu")):  # nothing to switch on a CPU
+        assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_bf16_packed_runs_stay_close_to_fp32_and_tf32_is_fp32_on_cpu():
+    """bf16 autocast changes the arithmetic, not the run: same number of steps, losses within a
+    few percent of fp32 (adapters stay fp32); on a CPU 'tf32' is exactly fp32."""
+    runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(4, 0), (3, 1)]]
+    base = dict(lora_dropout=0.0, learning_rate=1e-3, epochs=2)
+    fp32 = _train(runs, 2, 4, spec=preset("tiny-test", **base))
+    bf16 = _train(runs, 2, 4, spec=preset("tiny-test", precision="bf16", **base))
+    tf32 = _train(runs, 2, 4, spec=preset("tiny-test", precision="tf32", **base))
+    for key in fp32:
+        assert tf32[key][1] == fp32[key][1]
+        assert len(bf16[key][1]) == len(fp32[key][1])
+        assert bf16[key][1] == pytest.approx(fp32[key][1], rel=0.05)
+        assert bf16[key][1] != fp32[key][1]  # it did run in bf16
+        assert all(v.dtype == torch.float32 for v in bf16[key][0].values())

@@ -1,0 +1,139 @@
+"""Where the time of one packed step goes, measured side by side in one invocation.
+
+    python bench/step_anatomy.py --model smollm2-135m --slots 5,22
+
+For each slot count it times, on the same rows:
+- `step`: the engine's packed step as the trainer calls it (host work + CUDA-graph replay);
+- `replay`: the captured graph replayed back to back (GPU time only, no host work);
+- `replay_tf32`, `replay_bf16`: the same with TF32 matmuls / bf16 autocast (captured anew);
+- `eager`: the step without CUDA graphs (launch-bound);
+and, with `--profile`, the GPU time of every kernel in one eager step. Writes
+bench/results/<date>-anatomy-<device>.json. Timing only: the weights may be random
+(`--model random-smollm2 --config-dir DIR` builds SmolLM2-135M's shape from a config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.trainer import load  # noqa: E402
+from core import data  # noqa: E402
+from core.config import preset  # noqa: E402
+from core.models import library_versions, pick_device, target_modules  # noqa: E402
+from core.packed import PackedLoRA  # noqa: E402
+from core.paths import git_commit  # noqa: E402
+
+
+def rows_for(tok, slots: int) -> list[list[int]]:
+    """One real training row per slot, legal and financial alternating."""
+    out = []
+    for s in range(slots):
+        dom = ("legal", "financial")[s % 2]
+        text = data.domain_samples(dom, s // 2 + 1, "paper", 1)[-1]
+        out.append(tok(text)["input_ids"])
+    return out
+
+
+def timed(fn, n: int, device) -> float:
+    """ms per call of fn over n calls (after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def measure(model, tok, spec, slots, device, steps, variant) -> float:
+    """ms per packed step for one variant on a fresh packer (weights move, timing only)."""
+    targets = target_modules(model, spec.target_modules)
+    p = PackedLoRA(model, spec, slots, targets)
+    rows = rows_for(tok, slots)
+    pad = tok.pad_token_id
+    ctx = contextlib.nullcontext()
+    if variant.endswith("bf16"):
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = variant.endswith("tf32")
+    try:
+        with ctx:
+            if variant == "eager":
+                return timed(lambda: p.step(rows, pad), steps, device)
+            p.enable_graphs()
+            p.step(rows, pad)  # capture
+            if variant == "step":
+                return timed(lambda: p.step(rows, pad), steps, device)
+            graph = next(iter(p.graphs.values()))["graph"]
+            return timed(graph.replay, steps, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        p.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--config-dir", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--slots", default="5,22")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    spec = preset("paper-000", device=device.type)
+    model, tok = load(args, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()
+    variants = ["step", "replay", "replay_tf32", "replay_bf16", "eager"]
+    if device.type != "cuda":
+        variants = ["eager"]
+    table = {}
+    for slots in [int(s) for s in args.slots.split(",")]:
+        for v in variants:
+            ms = measure(model, tok, spec, slots, device, args.steps, v)
+            table[f"{v}@{slots}"] = round(ms, 2)
+            print(f"{v:12s} slots={slots:3d}: {ms:8.2f} ms/step", flush=True)
+    result = {
+        "date": dt.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "versions": {**library_versions(), "python": platform.python_version()},
+        "commit": git_commit(),
+        "command": " ".join(["python", "bench/step_anatomy.py", *sys.argv[1:]]),
+        "model": args.model,
+        "row_tokens": [len(r) for r in rows_for(tok, 4)],
+        "ms_per_step": table,
+        "notes": "step = the engine's packed step (host work + graph replay); replay = the "
+        "captured graph alone, back to back; tf32/bf16 = the graph captured with TF32 matmuls / "
+        "bf16 autocast; eager = no CUDA graph. Same rows for every variant.",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = (
+        "cuda-" + torch.cuda.get_device_name().split()[-1].lower()
+        if device.type == "cuda"
+        else "cpu"
+    )
+    path = out / f"{result['date']}-anatomy-{tag}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
