@@ -86,8 +86,9 @@ def main() -> None:
     )
     if a.append:
         old = json.loads((REF_DIR / f"{a.set}.json").read_text())
-        clash = {r["run_id"] for r in runs} & {r["run_id"] for r in old.get("runs", [])}
-        clash |= {r["run_id"] for x in old.get("additions", []) for r in x["runs"]}
+        known = {r["run_id"] for r in old.get("runs", [])}
+        known |= {r["run_id"] for x in old.get("additions", []) for r in x["runs"]}
+        clash = {r["run_id"] for r in runs} & known
         if clash:
             raise SystemExit(f"already in {a.set}: {sorted(clash)}")
 
