@@ -544,29 +544,49 @@ class Store:
 
     def record_progress_many(self, run_id: str, items: list[tuple], restart: bool = False) -> None:
         """Progress rows (scale, seed, phase, step, total, loss, losses) of every point in flight,
-        in one transaction; also the run's heartbeat. `restart` starts the points afresh."""
+        in one transaction; also the run's heartbeat. `restart` starts the points afresh.
+
+        The rows go in as two DataFrames, one statement per table: the local backend's training
+        loop waits for this write (about once a second). Row by row, 15 points x 40 losses took
+        662 ms per write; this way 29 ms (bench/progress_writes.py)."""
         t = now()
+        prog = pd.DataFrame(
+            [(run_id, sc, sd, ph, st, tot, loss) for sc, sd, ph, st, tot, loss, _ in items],
+            columns=["run_id", "scale", "seed", "phase", "step", "total_steps", "loss"],
+        ).drop_duplicates(["run_id", "scale", "seed"], keep="last")
+        losses = pd.DataFrame(
+            [(run_id, sc, sd, st, v) for sc, sd, *_, ls in items for st, v in (ls or [])],
+            columns=["run_id", "scale", "seed", "step", "loss"],
+        ).drop_duplicates(["run_id", "scale", "seed", "step"], keep="last")
+        prog = prog.astype({"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"})
+        losses = losses.astype({"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"})
         with self.tx() as con:
-            for scale, seed, phase, step, total, loss, losses in items:
-                key = [run_id, scale, seed]
+            con.register("new_progress", prog)
+            con.register("new_losses", losses)
+            try:
                 if restart:
-                    con.execute(
-                        "DELETE FROM step_losses WHERE run_id = ? AND scale = ? AND seed = ?", key
-                    )
-                    con.execute(
-                        "DELETE FROM progress WHERE run_id = ? AND scale = ? AND seed = ?", key
-                    )
+                    for table in ("step_losses", "progress"):
+                        con.execute(
+                            f"DELETE FROM {table} USING new_progress n WHERE {table}.run_id = "
+                            f"n.run_id AND {table}.scale = n.scale AND {table}.seed = n.seed"
+                        )
                 con.execute(
-                    """INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?, ?, ?, ?,
-                       coalesce((SELECT started_at FROM progress WHERE run_id = ? AND scale = ? AND seed = ?), ?), ?)""",
-                    [*key, phase, step, total, loss, *key, t, t],
+                    """INSERT OR REPLACE INTO progress
+                       SELECT n.run_id, n.scale, n.seed, n.phase, n.step, n.total_steps, n.loss,
+                              coalesce(p.started_at, ?), ?
+                       FROM new_progress n LEFT JOIN progress p
+                         ON p.run_id = n.run_id AND p.scale = n.scale AND p.seed = n.seed""",
+                    [t, t],
                 )
-                if losses:
-                    con.executemany(
-                        "INSERT OR REPLACE INTO step_losses VALUES (?, ?, ?, ?, ?)",
-                        [[*key, s, v] for s, v in losses],
+                if len(losses):
+                    con.execute(
+                        "INSERT OR REPLACE INTO step_losses "
+                        "SELECT run_id, scale, seed, step, loss FROM new_losses"
                     )
-            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, run_id])
+                con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, run_id])
+            finally:
+                con.unregister("new_progress")
+                con.unregister("new_losses")
 
     # -- reads for the app and the CLI --------------------------------------------------------
     def points_df(self, run_ids: list[str] | None = None) -> pd.DataFrame:

@@ -163,3 +163,37 @@ def test_unknown_old_schema_is_refused(db):
     con.close()
     with pytest.raises(StoreError, match="cannot migrate"):
         Store(db).list_runs()
+
+
+def test_progress_writes_keep_start_replace_steps_and_restart_one_point(db):
+    import time
+
+    from core import runner
+    from core.config import preset
+
+    s = Store(db)
+    rid = runner.create_run(s, preset("tiny-test", scales=(4, 6)), "running")
+    s.record_progress_many(
+        rid, [(4, 1, "training", 0, 9, None, []), (6, 1, "training", 0, 9, None, [])], restart=True
+    )
+    start = s.query_df("SELECT scale, started_at FROM progress ORDER BY scale").started_at.tolist()
+    time.sleep(0.01)
+    # losses accumulate; a step written twice (even within one write) keeps the last value
+    s.record_progress_many(rid, [(4, 1, "training", 2, 9, 0.7, [(1, 0.9), (2, 0.8), (2, 0.7)])])
+    s.record_progress_many(
+        rid, [(4, 1, "training", 3, 9, 0.6, [(3, 0.6)]), (6, 1, "training", 1, 9, 1.5, [(1, 1.5)])]
+    )
+    got = s.query_df("SELECT scale, step, loss FROM step_losses ORDER BY scale, step")
+    assert got.values.tolist() == [[4, 1, 0.9], [4, 2, 0.7], [4, 3, 0.6], [6, 1, 1.5]]
+    prog = s.query_df(
+        "SELECT scale, phase, step, total_steps, loss, started_at FROM progress ORDER BY scale"
+    )
+    assert prog.step.tolist() == [3, 1] and prog.loss.tolist() == [0.6, 1.5]
+    assert prog.started_at.tolist() == start  # the start time survives updates
+    # restarting point 4 clears its losses and its start, not point 6's
+    s.record_progress_many(rid, [(4, 1, "training", 0, 9, None, [])], restart=True)
+    got = s.query_df("SELECT scale, step FROM step_losses ORDER BY scale, step")
+    assert got.values.tolist() == [[6, 1]]
+    prog = s.query_df("SELECT scale, step, loss, started_at FROM progress ORDER BY scale")
+    assert prog.step.tolist() == [0, 1] and pd.isna(prog.loss[0])
+    assert prog.started_at[0] > start[0] and prog.started_at[1] == start[1]
