@@ -444,7 +444,10 @@ def _dispatch(a: argparse.Namespace) -> int:
         return 0 if status == "done" else 1
     if a.cmd == "delete":
         store.delete_run(a.run_id)
-        print(f"deleted {a.run_id}")
+        from .paths import discard_run_files
+
+        discard_run_files(a.run_id)
+        print(f"deleted {a.run_id} (its points, saved adapters and checkpoints)")
         return 0
     if a.cmd == "export":
         n = store.export(Path(a.out), a.format, a.runs)

@@ -23,7 +23,7 @@ from .config import RunSpec
 from .errors import StoreError
 from .methods import get_method
 from .models import pick_device
-from .paths import adapters_dir, lab_home
+from .paths import adapters_dir, checkpoints_dir, lab_home
 from .quant import model_bytes
 from .spectral import analyse
 from .store import PointResult, Store
@@ -32,6 +32,8 @@ from .train import train_point
 Event = dict
 GENERAL = "general"
 STORE_RETRY_S = 600.0  # how long a run waits for an unwritable database before spilling
+CHECKPOINT_EVERY_S = 600.0  # the packed trainer saves its state this often (resume continues)
+CHECKPOINT_EVERY_STEPS = 0  # and every N packed steps (0: time only; tests set it)
 
 
 def spill_dir() -> Path:
@@ -386,7 +388,7 @@ def run_sweep(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         if use_packed(spec, device) and todo:
-            status = _run_packed(sweep, base, todo, should_cancel)
+            status = _run_packed(sweep, base, todo, should_cancel, _checkpoint(run_id, only))
         else:
             status = _run_sequential(sweep, method, base, todo, should_cancel)
     except BaseException:
@@ -477,8 +479,21 @@ def _store_method_info(method, base, tok, spec, sets, run_id, store) -> None:
         store.save_run_info(run_id, key, value)
 
 
-def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
-    """All points of the sweep share each forward/backward (see core/packed.py)."""
+def _checkpoint(run_id: str, only: list[tuple[int, int]] | None):
+    """The packed trainer's checkpoint of this run (or of this Ray work unit)."""
+    import hashlib
+
+    from .packed import Checkpoint
+
+    name = run_id
+    if only is not None:  # a work unit: its own file, found again when Ray retries the unit
+        name += "-" + hashlib.sha1(repr(sorted(only)).encode()).hexdigest()[:10]
+    return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
+
+
+def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
+    """All points of the sweep share each forward/backward (see core/packed.py); the trainer
+    saves its state every CHECKPOINT_EVERY_S, and a resumed run continues from it."""
     from .packed import save_peft_adapter, train_packed
     from .spectral import packed_pairs
 
@@ -541,9 +556,22 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel) -> str:
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             sweep.fail(scale, seed, e)
 
-    return train_packed(
-        base, sweep.tok, spec, runs, spec.pack_slots, on_done, on_step, should_cancel
+    if checkpoint.exists():
+        sweep.events({"type": "phase", "phase": "resuming from the last checkpoint"})
+    status = train_packed(
+        base,
+        sweep.tok,
+        spec,
+        runs,
+        spec.pack_slots,
+        on_done,
+        on_step,
+        should_cancel,
+        checkpoint=checkpoint,
     )
+    if status == "done":
+        checkpoint.clear()
+    return status
 
 
 def adapter_abspath(rel: str | None) -> Path | None:

@@ -16,7 +16,9 @@ would still move it through momentum and weight decay). Gradient clipping is per
 Same semantics as `train.train_point` with peft (checked by tests/test_packed.py): identical
 initialisation (taken from peft with the run's seed), identical per-epoch data order
 (`train.epoch_order`), identical AdamW. Dropout masks are drawn per row but not from the same
-random stream as the sequential loop, so bit-equality holds for dropout 0 only.
+random stream as the sequential loop, so bit-equality holds for dropout 0 only; the stream is
+seeded from the sweep's first run, so the same sweep gives the same numbers on every invocation,
+and a checkpoint (`Checkpoint`) carries it across a crash.
 """
 
 from __future__ import annotations
@@ -316,7 +318,10 @@ def init_from_peft(model: nn.Module, spec: RunSpec, seed: int, packer: PackedLoR
     """The exact initial adapter the sequential path would start from for `seed`."""
     from peft import get_peft_model
 
-    with packer.unpacked():
+    dev = packer.W.device
+    # forked: seeding here must not move the dropout stream of the runs in flight (a resumed
+    # sweep computes inits at other moments than the original did)
+    with packer.unpacked(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         pm = get_peft_model(model, packer.peft_config)
         flat = packer.flat_from_peft(pm)
@@ -342,6 +347,87 @@ def save_peft_adapter(packer: PackedLoRA, slot: int, spec: RunSpec, out: Path) -
     return out
 
 
+@dataclass
+class Checkpoint:
+    """Where and how often the packed trainer saves its whole state, so a long sweep that is
+    killed (worker crash, machine taken away, a 10-minute command limit) resumes at the last
+    save instead of retraining every run in flight from step 0.
+
+    State = every slot's adapter, AdamW moments and step count (`<path>.safetensors`), each
+    slot's run, position and losses, and the random-number state (`<path>.json`). Written to a
+    temporary name and renamed, so a crash mid-save leaves the previous checkpoint intact. A
+    resumed slot continues exactly where it was saved: same weights, same data order, same
+    dropout stream (on a CPU bit for bit, tests/test_packed.py; on a GPU the dropout masks of a
+    re-captured graph may differ)."""
+
+    path: Path  # without suffix
+    every_s: float = 600.0
+    every_steps: int = 0  # also save every N packed steps (0 = time only; tests use it)
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        return self.path.with_suffix(".safetensors"), self.path.with_suffix(".json")
+
+    def exists(self) -> bool:
+        return all(f.is_file() for f in self.files)
+
+    def clear(self) -> None:
+        for f in self.files:
+            f.unlink(missing_ok=True)
+
+    def save(self, packer: PackedLoRA, live: list[Slot | None], step: int) -> None:
+        import json
+        import os
+
+        from safetensors.torch import save_file
+
+        tensors = {"W": packer.W, "m": packer.m, "v": packer.v, "t": packer.t}
+        tensors["rng_cpu"] = torch.get_rng_state()
+        if packer.W.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(packer.W.device)
+        meta = {
+            "version": 1,
+            "step": step,
+            "slots": len(live),
+            "P": packer.P,
+            "live": [
+                None
+                if x is None
+                else {"key": list(x.key), "seed": x.seed, "pos": x.pos, "losses": x.losses}
+                for x in live
+            ],
+        }
+        st, js = self.files
+        st.parent.mkdir(parents=True, exist_ok=True)
+        tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
+        tmp_js.write_text(json.dumps(meta))
+        os.replace(tmp_st, st)
+        os.replace(tmp_js, js)
+
+    def load_meta(self) -> dict | None:
+        import json
+
+        if not self.exists():
+            return None
+        try:
+            meta = json.loads(self.files[1].read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if meta.get("version") == 1 else None
+
+    def restore(self, packer: PackedLoRA) -> None:
+        from safetensors.torch import load_file
+
+        t = load_file(str(self.files[0]))
+        with torch.no_grad():
+            for k in ("W", "m", "v", "t"):
+                getattr(packer, k).copy_(t[k])
+        torch.set_rng_state(t["rng_cpu"])
+        if "rng_cuda" in t and packer.W.device.type == "cuda":
+            torch.cuda.set_rng_state(t["rng_cuda"], packer.W.device)
+
+
 def train_packed(
     model: nn.Module,
     tokenizer,
@@ -353,6 +439,7 @@ def train_packed(
     should_stop: Callable[[], bool] = lambda: False,
     cuda_graphs: bool = True,
     sync_every: int = SYNC_EVERY,
+    checkpoint: Checkpoint | None = None,
 ) -> str:
     """Train every run (key, seed, samples) with continuous batching over `slots` slots. When a
     run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
@@ -363,14 +450,28 @@ def train_packed(
     for each one. `on_step(live, latest_losses)` is called at each read-back. A run whose loss
     turns non-finite is ended as diverged at that step (its `losses` end with the bad value);
     its slot may have run up to `sync_every - 1` further steps, which change nothing but its
-    already non-finite weights."""
+    already non-finite weights.
+
+    With `checkpoint`, the state is saved every `checkpoint.every_s` seconds, and a run that
+    finds a matching checkpoint continues from it (runs it lists that are no longer in `runs`,
+    e.g. finished and stored after the save, are dropped). The caller clears it when done."""
     from .models import target_modules
 
     targets = target_modules(model, spec.target_modules)
     queue = list(runs)
+    by_key = {r[0]: r for r in runs}
     slots = max(1, min(slots, len(queue)))
+    meta = checkpoint.load_meta() if checkpoint is not None else None
+    if meta is not None and not any(
+        x and tuple(x["key"]) in by_key for x in meta["live"]
+    ):  # nothing of it is still to do
+        meta = None
+    if meta is not None:
+        slots = meta["slots"]
     sync_every = max(1, int(sync_every))
     packer = PackedLoRA(model, spec, slots, targets)
+    if meta is not None and meta["P"] != packer.P:
+        meta = None  # another adapter layout: start afresh
     if cuda_graphs:
         packer.enable_graphs()
     inits: dict[int, torch.Tensor] = {}
@@ -404,10 +505,44 @@ def train_packed(
         if on_step is not None:
             on_step(live, [x.losses[-1] if x and x.losses else math.nan for x in live])
 
+    def resume() -> None:
+        checkpoint.restore(packer)
+        for s, x in enumerate(meta["live"]):
+            key = tuple(x["key"]) if x else None
+            if key not in by_key:
+                continue  # an empty slot, or a run finished (and stored) after the save
+            run = by_key[key]
+            queue.remove(run)
+            rows = tokenizer(run[2], truncation=True, max_length=spec.max_length)["input_ids"]
+            live[s] = Slot(key, run[1], rows, spec.epochs, pos=x["pos"], losses=list(x["losses"]))
+
+    step_no = meta["step"] if meta else 0
+    last_save, saved_step = time.monotonic(), step_no
     try:
+        if meta is not None:
+            resume()  # also restores the random state of the save
+        else:  # dropout masks: one stream for the sweep, the same on every invocation
+            torch.manual_seed(runs[0][1] if runs else 0)
         for s in range(slots):
-            fill(s)
+            if live[s] is None and queue:
+                fill(s)
         while any(x is not None for x in live):
+            if (
+                checkpoint is not None
+                and step_no != saved_step
+                and (
+                    time.monotonic() - last_save >= checkpoint.every_s
+                    or (checkpoint.every_steps and step_no % checkpoint.every_steps == 0)
+                )
+            ):
+                read_back()
+                try:
+                    checkpoint.save(packer, live, step_no)
+                except OSError as e:  # e.g. disk full: training goes on without it
+                    import logging
+
+                    logging.getLogger(__name__).warning("checkpoint not saved: %s", e)
+                last_save, saved_step = time.monotonic(), step_no
             if should_stop():
                 return "cancelled"
             rows = [x.next_row() if x is not None else None for x in live]
@@ -419,6 +554,7 @@ def train_packed(
                 packer.lr.copy_(torch.tensor(lrs, dtype=packer.lr.dtype))
             with step_precision(spec.precision, packer.W.device):  # captured graphs keep it
                 losses = packer.step(rows, tokenizer.pad_token_id)
+            step_no += 1
             pending.append(([s for s, x in enumerate(live) if x is not None], losses))
             for x in live:
                 if x is not None:

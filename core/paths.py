@@ -34,6 +34,21 @@ def adapters_dir() -> Path:
     return lab_home() / "adapters"
 
 
+def checkpoints_dir() -> Path:
+    return lab_home() / "checkpoints"
+
+
+def discard_run_files(run_id: str) -> None:
+    """Remove what a deleted run left in the lab home: saved adapters and checkpoints."""
+    import shutil
+
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        return
+    shutil.rmtree(adapters_dir() / run_id, ignore_errors=True)
+    for f in checkpoints_dir().glob(f"{run_id}*"):
+        f.unlink(missing_ok=True)
+
+
 def git_commit() -> str:
     head = REPO_ROOT / ".git" / "HEAD"
     try:

@@ -559,7 +559,9 @@ class Store:
             columns=["run_id", "scale", "seed", "step", "loss"],
         ).drop_duplicates(["run_id", "scale", "seed", "step"], keep="last")
         prog = prog.astype({"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"})
-        losses = losses.astype({"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"})
+        losses = losses.astype(
+            {"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"}
+        )
         with self.tx() as con:
             con.register("new_progress", prog)
             con.register("new_losses", losses)

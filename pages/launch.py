@@ -263,6 +263,7 @@ def _eta(p: pd.Series) -> str:
 def panel() -> None:
     all_runs = runs()
     if all_runs.empty:
+        st.caption("No runs yet. Start one above; its progress bars and loss curves appear here.")
         return
     lab = {
         r["run_id"]: f"[{r['status_effective']}] {label(r)}" for r in all_runs.to_dict("records")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import analysis, charts
 from core.errors import LabError
+from core.paths import discard_run_files
 from pages._ui import labels, no_results, runs, store, via_app
 
 via_app(__file__)
@@ -143,7 +144,8 @@ if victim:
             if view.set_index("run_id").loc[victim, "status_effective"] in ("running", "queued"):
                 raise LabError("cancel the run before deleting it")
             store().delete_run(victim)
-            st.success(f"Deleted {victim}.")
+            discard_run_files(victim)
+            st.success(f"Deleted {victim} (points, saved adapters, checkpoints).")
             st.rerun()
         except LabError as e:
             st.error(str(e))

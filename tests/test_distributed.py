@@ -57,9 +57,11 @@ def test_ray_backend_gives_the_local_rows(local_ray, tmp_path):
 
 
 def test_killed_worker_is_retried_and_no_point_is_lost_or_repeated(local_ray, tmp_path):
-    spec = preset("tiny-test", scales=(4, 6, 150, 200), backend="ray", ray_units=2, spectral=False)
+    # 400 samples train for seconds: the kill, sent when the driver sees that point start (it
+    # drains the board every 0.5 s), must land while it trains, not after (150 was a race)
+    spec = preset("tiny-test", scales=(4, 6, 400, 450), backend="ray", ray_units=2, spectral=False)
     units = split_units(list(spec.points()), 2)
-    assert [(4, 0), (6, 0), (150, 0)] in units  # the unit whose worker will be killed
+    assert [(4, 0), (6, 0), (400, 0)] in units  # the unit whose worker will be killed
     store = Store(tmp_path / "kill.duckdb")
     done_by: list[tuple[int, int]] = []  # (scale, worker pid) per finished point
     killed: list[int] = []
@@ -67,19 +69,19 @@ def test_killed_worker_is_retried_and_no_point_is_lost_or_repeated(local_ray, tm
     def on_event(ev):
         if ev["type"] == "point_done":
             done_by.append((ev["scale"], ev["pid"]))
-        if ev["type"] == "point_start" and ev["scale"] == 150 and not killed:
+        if ev["type"] == "point_start" and ev["scale"] == 400 and not killed:
             killed.append(ev["pid"])
-            os.kill(ev["pid"], signal.SIGKILL)  # dies mid-unit: 4 and 6 done, 150 training
+            os.kill(ev["pid"], signal.SIGKILL)  # dies mid-unit: 4 and 6 done, 400 training
 
     rid, status = _run(store, spec, on_event)
     assert status == "done" and killed
     df = store.points_df([rid])
-    assert sorted(df.scale) == [4, 6, 150, 200] and (df.status == "done").all()
+    assert sorted(df.scale) == [4, 6, 400, 450] and (df.status == "done").all()
     # nothing computed twice: one finished-point message per point
-    assert sorted(s for s, _ in done_by) == [4, 6, 150, 200]
+    assert sorted(s for s, _ in done_by) == [4, 6, 400, 450]
     pid_of = dict(done_by)
     assert pid_of[4] == pid_of[6] == killed[0]  # finished before the kill, not redone
-    assert pid_of[150] != killed[0]  # the retry, in another process, trained only this one
+    assert pid_of[400] != killed[0]  # the retry, in another process, trained only this one
 
 
 def test_cancel_stops_the_ray_tasks(local_ray, tmp_path):

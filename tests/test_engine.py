@@ -90,6 +90,47 @@ def test_packed_sweep_stores_the_same_numbers_as_sequential(db):
     )
 
 
+def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatch):
+    """A packed run stopped after 5 packed steps (a crash would do the same) continues from the
+    checkpoint saved after step 4 and stores exactly the points of an uninterrupted run; the
+    checkpoint is gone when the run is done, and deleting a run removes its files."""
+    import core.engine
+    from core.engine import run_sweep
+    from core.packed import Checkpoint
+    from core.paths import adapters_dir, checkpoints_dir, discard_run_files
+
+    monkeypatch.setattr(core.engine, "CHECKPOINT_EVERY_STEPS", 4)
+    s = Store(db)
+    spec = preset("tiny-test", seeds=(0, 1), trainer="packed", pack_slots=6)
+    whole = runner.create_run(s, spec, "running")
+    assert run_sweep(spec, whole, s) == "done"
+    cut = runner.create_run(s, spec, "running")
+    calls = [0]
+
+    def stop_after_5():
+        calls[0] += 1
+        return calls[0] > 5
+
+    assert run_sweep(spec, cut, s, should_cancel=stop_after_5) == "cancelled"
+    ck = Checkpoint(checkpoints_dir() / cut)
+    assert ck.exists() and ck.load_meta()["step"] == 4
+    # the 4-sample points finished (and were stored) at step 4; 8 and 16 were in flight
+    assert s.finished_points(cut) == {(4, 0), (4, 1)}
+    phases = []
+    assert run_sweep(spec, cut, s, events=phases.append) == "done"
+    assert {"type": "phase", "phase": "resuming from the last checkpoint"} in phases
+    assert not ck.exists()
+    cols = ["scale", "seed", "general_ppl_after", "domain_ppl_after", "final_loss", "steps"]
+    a = s.points_df([whole]).sort_values(["scale", "seed"])[cols].reset_index(drop=True)
+    b = s.points_df([cut]).sort_values(["scale", "seed"])[cols].reset_index(drop=True)
+    assert len(a) == 6 and a.equals(b)
+    (checkpoints_dir() / f"{cut}.json").write_text("{}")
+    assert (adapters_dir() / cut).is_dir()
+    discard_run_files(cut)
+    assert not (adapters_dir() / cut).exists() and not list(checkpoints_dir().glob(f"{cut}*"))
+    assert (adapters_dir() / whole).is_dir()  # other runs' files stay
+
+
 def _wait_for(pred, timeout=120):
     end = time.time() + timeout
     while time.time() < end:

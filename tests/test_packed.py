@@ -210,3 +210,76 @@ def test_bf16_packed_runs_stay_close_to_fp32_and_tf32_is_fp32_on_cpu():
         assert bf16[key][1] == pytest.approx(fp32[key][1], rel=0.05)
         assert bf16[key][1] != fp32[key][1]  # it did run in bf16
         assert all(v.dtype == torch.float32 for v in bf16[key][0].values())
+
+
+def _runs_ckpt():
+    return [
+        ((n, s), s, data.domain_samples("legal", n, seed=s))
+        for n, s in [(3, 0), (7, 1), (5, 2), (2, 0)]
+    ]
+
+
+def _train_ck(runs, ckpt=None, stop_at=None, seed_noise=0):
+    """Packed training on a freshly loaded model (a new process, as after a crash); stop before
+    packed step `stop_at`. Returns {key: (adapter, losses)} of the runs that finished."""
+    from core.packed import train_packed
+
+    spec = preset("tiny-test", lora_dropout=0.1, learning_rate=1e-3, epochs=2, warmup_ratio=0.2)
+    lm = load_model("tiny", "cpu")
+    torch.manual_seed(seed_noise)  # whatever the random state, a resume restores its own
+    got, calls = {}, [0]
+
+    def should_stop():
+        calls[0] += 1
+        return stop_at is not None and calls[0] == stop_at
+
+    def on_done(packer, slot, run):
+        got[run.key] = (packer.slot_state(slot), list(run.losses))
+
+    status = train_packed(
+        lm.model,
+        lm.tokenizer,
+        spec,
+        runs,
+        2,
+        on_done,
+        should_stop=should_stop,
+        sync_every=4,
+        checkpoint=ckpt,
+    )
+    return status, got
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path):
+    """Killed after the save at packed step 6, a new process resumes there: every run ends with
+    exactly the adapter and losses of an uninterrupted run (dropout and warm-up included)."""
+    from core.packed import Checkpoint
+
+    runs = _runs_ckpt()
+    status, whole = _train_ck(runs)
+    assert status == "done" and len(whole) == 4
+    ck = Checkpoint(tmp_path / "ck", every_s=1e9, every_steps=3)
+    status, first = _train_ck(runs, ck, stop_at=7)  # the 7th check comes right after step 6
+    assert status == "cancelled" and ck.exists() and ck.load_meta()["step"] == 6
+    assert set(first) == {(3, 0)}  # 6 steps: the first run finished (and would be stored)
+    rest = [r for r in runs if r[0] not in first]
+    status, second = _train_ck(rest, ck, seed_noise=123)
+    assert status == "done" and set(first) | set(second) == set(whole)
+    for key, (w, losses) in {**first, **second}.items():
+        assert losses == whole[key][1], key
+        assert all(torch.equal(w[k], whole[key][0][k]) for k in w), key
+
+
+def test_checkpoint_drops_runs_stored_after_it_and_ignores_a_foreign_one(tmp_path):
+    from core.packed import Checkpoint
+
+    runs = _runs_ckpt()
+    ck = Checkpoint(tmp_path / "ck", every_s=1e9, every_steps=4)
+    status, first = _train_ck(runs, ck, stop_at=8)  # saved at step 4, stopped after step 7
+    assert ck.load_meta()["step"] == 4 and (3, 0) in first  # finished after the save
+    rest = [r for r in runs if r[0] not in first]
+    status, second = _train_ck(rest, ck)
+    assert status == "done" and set(second) == {r[0] for r in rest}  # nothing trained twice
+    # a checkpoint none of whose runs is still to do is not used
+    status, again = _train_ck([((4, 5), 5, data.domain_samples("legal", 4, seed=5))], ck)
+    assert status == "done" and len(again[(4, 5)][1]) == 8
