@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import platform
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.trainer import load  # noqa: E402
+from bench.trainer import device_tag, load, write_result  # noqa: E402
 from core import data  # noqa: E402
 from core.config import preset  # noqa: E402
 from core.models import library_versions, pick_device, target_modules  # noqa: E402
@@ -123,16 +122,7 @@ def main() -> None:
         "captured graph alone, back to back; tf32/bf16 = the graph captured with TF32 matmuls / "
         "bf16 autocast; eager = no CUDA graph. Same rows for every variant.",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = (
-        "cuda-" + torch.cuda.get_device_name().split()[-1].lower()
-        if device.type == "cuda"
-        else "cpu"
-    )
-    path = out / f"{result['date']}-anatomy-{tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"{result['date']}-anatomy-{device_tag(device)}.json", result)
 
 
 if __name__ == "__main__":

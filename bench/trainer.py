@@ -62,6 +62,22 @@ def load(args, device):
     return lm.model, lm.tokenizer
 
 
+def device_tag(device) -> str:
+    """'cuda-h200', 'cuda-hbm3' (an H100 80GB HBM3) or 'cpu': the tail of result file names."""
+    if device.type == "cuda":
+        return "cuda-" + torch.cuda.get_device_name().split()[-1].lower()
+    return "cpu"
+
+
+def write_result(out: str, name: str, result: dict) -> Path:
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    path = path / name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def peak_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -327,20 +343,9 @@ def main() -> None:
         "/ packed trainer's measured wall time for the same grid; projected_full_grid_min = "
         "150,000 critical-path steps x ms per step measured with 22 runs in flight, training only.",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = (
-        "cuda-" + torch.cuda.get_device_name().split()[-1].lower()
-        if device.type == "cuda"
-        else "cpu"
-    )
-    path = (
-        out
-        / f"{result['date']}-{tag}{'' if args.precision == 'fp32' else '-' + args.precision}.json"
-    )
-    path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    suffix = "" if args.precision == "fp32" else "-" + args.precision
+    write_result(args.out, f"{result['date']}-{device_tag(device)}{suffix}.json", result)
 
 
 if __name__ == "__main__":
