@@ -70,11 +70,14 @@ def threshold_figure(
     paper: pd.DataFrame | None = None,
     guidance: tuple[float, ...] = (),
     fits: dict | None = None,
+    unfinished: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
     in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
     phase bands, the threshold, an optional slider marker and seed 000's claimed curve; domain
-    improvement in a second panel."""
+    improvement in a second panel. `unfinished` points (stopped by the in-training smoke test,
+    diverged, failed: columns run_id, scale, seed, status, error) are left out of the curves and
+    marked along the bottom edge at their size, with the reason on hover."""
     two = domain_curves is not None and not domain_curves.empty
     fig = make_subplots(
         rows=2 if two else 1,
@@ -252,6 +255,34 @@ def threshold_figure(
             row=1,
             col=1,
         )
+    colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
+    if unfinished is not None and not unfinished.empty:
+        symbols = {"stopped": "triangle-down", "diverged": "x", "failed": "circle-x"}
+        for k, (status, u) in enumerate(unfinished.groupby("status", sort=True)):
+            fig.add_trace(
+                go.Scatter(
+                    x=u["scale"],
+                    y=[lo_r * 1.12 * 1.18**k] * len(u),  # one row per status, near the bottom
+                    mode="markers",
+                    marker=dict(
+                        symbol=symbols.get(status, "square-x"),
+                        size=11,
+                        color=[colors.get(r, "#616161") for r in u["run_id"]],
+                        line=dict(width=1.5, color="#212121"),
+                    ),
+                    name=f"{status}: not in the curve",
+                    hovertext=[
+                        f"{labels.get(r, r)}<br>n={sc:,}, seed {sd}: {status}"
+                        + (f"<br>{str(e)[:160]}" if isinstance(e, str) and e else "")
+                        for r, sc, sd, e in zip(
+                            u["run_id"], u["scale"], u["seed"], u.get("error", [None] * len(u))
+                        )
+                    ],
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=1,
+            )
     tv, tt = _ratio_ticks(lo_r, hi_r)
     fig.update_yaxes(
         type="log",
@@ -265,6 +296,8 @@ def threshold_figure(
     xs = list(curves["scale"]) + (
         list(paper["scale"]) if paper is not None and not paper.empty else []
     )
+    if unfinished is not None and not unfinished.empty:
+        xs += list(unfinished["scale"])
     fig.update_xaxes(type="log", **log_x_ticks(xs))
     fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
     if two:

@@ -151,6 +151,7 @@ fig = charts.threshold_figure(
     paper,
     guidance=(alert, rollback) if show_guidance else (),
     fits=fits,
+    unfinished=pts[pts["status"] != "done"] if "status" in pts else None,
 )
 st.plotly_chart(fig, key="threshold_chart")
 
