@@ -347,8 +347,9 @@ class _Sweep:
 def use_packed(spec: RunSpec, device: torch.device) -> bool:
     """The packed trainer wins where steps are launch-bound (GPU); on a CPU, compute-bound, it
     measured slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential.
-    It trains LoRA at batch size 1 without in-training smoke tests; anything else is sequential."""
-    if spec.method != "lora" or spec.batch_size != 1 or spec.smoke_every > 0:
+    It trains LoRA (any batch size: each run's batch is its own rows of the packed step) without
+    in-training smoke tests; anything else is sequential."""
+    if spec.method != "lora" or spec.smoke_every > 0:
         return False
     return spec.trainer == "packed" or (spec.trainer == "auto" and device.type == "cuda")
 

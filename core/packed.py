@@ -80,9 +80,9 @@ class PackedLoRALinear(nn.Module):
         A, B = (self.A, self.B) if s is None else (self.A[s : s + 1], self.B[s : s + 1])
         h = F.dropout(x, self.p, training=True) if (self.ctx.dropout_on and self.p > 0) else x
         shape = h.shape
-        h3 = h.reshape(shape[0], -1, shape[-1])
-        if A.shape[0] == 1 and h3.shape[0] != 1:
-            A, B = A.expand(h3.shape[0], -1, -1), B.expand(h3.shape[0], -1, -1)
+        # Training: the batch holds each slot's rows one after the other (`rows_per_slot` each),
+        # so grouping it by slot needs only a reshape. Evaluation: every row reads one slot.
+        h3 = h.reshape(A.shape[0], -1, shape[-1])
         upd = torch.bmm(torch.bmm(h3.to(A.dtype), A.transpose(1, 2)), B.transpose(1, 2))
         return y + (self.scaling * upd).reshape(*shape[:-1], self.d_out).to(y.dtype)
 
@@ -93,21 +93,27 @@ class Slot:
     seed: int
     rows: list[list[int]]  # tokenised samples
     epochs: int
-    pos: int = 0
+    pos: int = 0  # optimizer steps taken
     losses: list[float] = field(default_factory=list)
     diverged: bool = False
     started: float = field(default_factory=time.perf_counter)  # when it took its slot
+    batch: int = 1  # samples per optimizer step
+
+    @property
+    def per_epoch(self) -> int:
+        return math.ceil(len(self.rows) / self.batch)
 
     @property
     def total(self) -> int:
-        return self.epochs * len(self.rows)
+        return self.epochs * self.per_epoch
 
-    def next_row(self) -> list[int]:
-        n = len(self.rows)
-        e, j = divmod(self.pos, n)
-        if j == 0 or not hasattr(self, "_order") or self._epoch != e:
-            self._order, self._epoch = epoch_order(n, self.seed, e), e
-        return self.rows[self._order[j]]
+    def next_rows(self) -> list[list[int]]:
+        """The samples of the next step: the sequential loop's batch at the same step (the last
+        batch of an epoch may be short)."""
+        e, j = divmod(self.pos, self.per_epoch)
+        if not hasattr(self, "_order") or self._epoch != e:
+            self._order, self._epoch = epoch_order(len(self.rows), self.seed, e), e
+        return [self.rows[i] for i in self._order[j * self.batch : (j + 1) * self.batch]]
 
 
 class PackedLoRA:
@@ -115,6 +121,7 @@ class PackedLoRA:
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
+        self.rows_per_slot = spec.batch_size  # each run's batch: its own rows in every step
         self.ctx = _Ctx()
         self.scaling = spec.lora_alpha / spec.lora_rank
         self.modules: dict[str, PackedLoRALinear] = {}
@@ -213,19 +220,22 @@ class PackedLoRA:
             self.ctx.slot = slot
 
     # -- one optimizer step for every active slot -----------------------------------------
-    def step(self, rows: list[list[int] | None], pad_id: int) -> torch.Tensor:
-        """rows[s] is slot s's sample (token ids) or None if the slot is idle. Returns the
+    def step(self, rows: list, pad_id: int) -> torch.Tensor:
+        """rows[s] is slot s's batch (a list of token-id lists, at most `rows_per_slot`; a single
+        token-id list is read as a batch of one) or None if the slot is idle. Returns the
         per-slot loss (nan for idle slots)."""
-        width = max(len(r) for r in rows if r is not None)
+        b = self.rows_per_slot
+        batches = [None if r is None else ([r] if r and isinstance(r[0], int) else r) for r in rows]
+        width = max(len(x) for bt in batches if bt for x in bt)
         if self.graphs is not None:
             width = bucket_width(width, self.spec.max_length)  # one captured graph per bucket
-        ids = torch.full((self.slots, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((self.slots, width), dtype=torch.bool)
-        for s, r in enumerate(rows):
-            if r is not None:
-                ids[s, : len(r)] = torch.tensor(r)
-                mask[s, : len(r)] = True
-        active = torch.tensor([r is not None for r in rows])
+        ids = torch.full((self.slots * b, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((self.slots * b, width), dtype=torch.bool)
+        for s, bt in enumerate(batches):
+            for k, r in enumerate(bt or []):
+                ids[s * b + k, : len(r)] = torch.tensor(r)
+                mask[s * b + k, : len(r)] = True
+        active = torch.tensor([bt is not None for bt in batches])
         if self.graphs is None:
             dev = self.W.device
             return self._step(ids.to(dev), mask.to(dev), active.to(dev)).detach()
@@ -247,12 +257,14 @@ class PackedLoRA:
         valid = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
         lg = logits.reshape(n * width, vocab)
         lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
-        tok = F.cross_entropy(lg, tgt.reshape(-1), reduction="none").view(n, width)
+        tok = F.cross_entropy(lg, tgt.reshape(-1), reduction="none").view(self.slots, -1)
+        valid = valid.view(self.slots, -1)  # a slot's rows side by side
         n_tok = valid.sum(1).clamp(min=1)
-        row_loss = (tok * valid).sum(1) / n_tok  # each row: mean over its own tokens
-        (row_loss * active).sum().backward()
+        # each run: mean over its own batch's real tokens (as the sequential loop's HF loss)
+        slot_loss = (tok * valid).sum(1) / n_tok
+        (slot_loss * active).sum().backward()
         self._adamw(active)
-        return torch.where(active, row_loss.detach(), torch.full_like(row_loss, float("nan")))
+        return torch.where(active, slot_loss.detach(), torch.full_like(slot_loss, float("nan")))
 
     # -- CUDA graphs: one captured step per length bucket --------------------------------------
     graphs: dict | None = None
@@ -485,7 +497,7 @@ def train_packed(
             inits[seed] = init_from_peft(model, spec, seed, packer)
         packer.reset_slot(s, inits[seed])
         rows = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
-        live[s] = Slot(key, seed, rows, spec.epochs)
+        live[s] = Slot(key, seed, rows, spec.epochs, batch=spec.batch_size)
 
     def read_back() -> None:
         """One host-device sync for every step since the last one."""
@@ -514,7 +526,9 @@ def train_packed(
             run = by_key[key]
             queue.remove(run)
             rows = tokenizer(run[2], truncation=True, max_length=spec.max_length)["input_ids"]
-            live[s] = Slot(key, run[1], rows, spec.epochs, pos=x["pos"], losses=list(x["losses"]))
+            live[s] = Slot(
+                key, run[1], rows, spec.epochs, x["pos"], list(x["losses"]), batch=spec.batch_size
+            )
 
     step_no = meta["step"] if meta else 0
     last_save, saved_step = time.monotonic(), step_no
@@ -545,7 +559,7 @@ def train_packed(
                 last_save, saved_step = time.monotonic(), step_no
             if should_stop():
                 return "cancelled"
-            rows = [x.next_row() if x is not None else None for x in live]
+            rows = [x.next_rows() if x is not None else None for x in live]
             if spec.warmup_ratio > 0:  # per-slot warm-up, same schedule as the sequential loop
                 lrs = [
                     spec.learning_rate * lr_factor(x.pos, x.total, spec.warmup_ratio) if x else 0.0

@@ -69,13 +69,20 @@ def test_same_seed_same_numbers(db):
     assert pa.degradation_pct[0] == pytest.approx(pb.degradation_pct[0], rel=1e-6)
 
 
-def test_packed_sweep_stores_the_same_numbers_as_sequential(db):
-    """The engine's packed path (default on CUDA) writes the same points as the reference loop."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_packed_sweep_stores_the_same_numbers_as_sequential(db, batch):
+    """The engine's packed path (default on CUDA) writes the same points as the reference loop,
+    at batch size 1 and with larger per-run batches."""
     s = Store(db)
     ids = {}
     for trainer in ("sequential", "packed"):
         spec = preset(
-            "tiny-test", seeds=(0, 1), lora_dropout=0.0, learning_rate=1e-3, trainer=trainer
+            "tiny-test",
+            seeds=(0, 1),
+            lora_dropout=0.0,
+            learning_rate=1e-3,
+            trainer=trainer,
+            batch_size=batch,
         )
         ids[trainer] = runner.create_run(s, spec, "running")
         assert runner.run_foreground(s, ids[trainer]) == "done"
