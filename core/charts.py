@@ -256,7 +256,9 @@ def threshold_figure(
             col=1,
         )
     colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
-    if unfinished is not None and not unfinished.empty:
+    if unfinished is None:
+        unfinished = curves.iloc[0:0]
+    if not unfinished.empty:
         symbols = {"stopped": "triangle-down", "diverged": "x", "failed": "circle-x"}
         for k, (status, u) in enumerate(unfinished.groupby("status", sort=True)):
             fig.add_trace(
@@ -296,8 +298,7 @@ def threshold_figure(
     xs = list(curves["scale"]) + (
         list(paper["scale"]) if paper is not None and not paper.empty else []
     )
-    if unfinished is not None and not unfinished.empty:
-        xs += list(unfinished["scale"])
+    xs += list(unfinished["scale"])
     fig.update_xaxes(type="log", **log_x_ticks(xs))
     fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
     if two:

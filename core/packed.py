@@ -23,6 +23,7 @@ and a checkpoint (`Checkpoint`) carries it across a crash.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from torch import nn
 from .config import RunSpec
 from .train import epoch_order, lr_factor, step_precision
 
+log = logging.getLogger(__name__)
 # Losses are read back from the device every this many packed steps (one sync for all of them).
 SYNC_EVERY = 16
 
@@ -491,13 +493,18 @@ def train_packed(
     pending: list[tuple[list[int], torch.Tensor]] = []  # (slots that had a row, losses)
     model.train()
 
+    def new_slot(run, pos: int = 0, losses: list[float] | None = None) -> Slot:
+        key, seed, samples = run
+        rows = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
+        return Slot(key, seed, rows, spec.epochs, pos, list(losses or []), batch=spec.batch_size)
+
     def fill(s: int) -> None:
-        key, seed, samples = queue.pop(0)
+        run = queue.pop(0)
+        seed = run[1]
         if seed not in inits:
             inits[seed] = init_from_peft(model, spec, seed, packer)
         packer.reset_slot(s, inits[seed])
-        rows = tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
-        live[s] = Slot(key, seed, rows, spec.epochs, batch=spec.batch_size)
+        live[s] = new_slot(run)
 
     def read_back() -> None:
         """One host-device sync for every step since the last one."""
@@ -523,12 +530,8 @@ def train_packed(
             key = tuple(x["key"]) if x else None
             if key not in by_key:
                 continue  # an empty slot, or a run finished (and stored) after the save
-            run = by_key[key]
-            queue.remove(run)
-            rows = tokenizer(run[2], truncation=True, max_length=spec.max_length)["input_ids"]
-            live[s] = Slot(
-                key, run[1], rows, spec.epochs, x["pos"], list(x["losses"]), batch=spec.batch_size
-            )
+            queue.remove(by_key[key])
+            live[s] = new_slot(by_key[key], x["pos"], x["losses"])
 
     step_no = meta["step"] if meta else 0
     last_save, saved_step = time.monotonic(), step_no
@@ -553,9 +556,7 @@ def train_packed(
                 try:
                     checkpoint.save(packer, live, step_no)
                 except OSError as e:  # e.g. disk full: training goes on without it
-                    import logging
-
-                    logging.getLogger(__name__).warning("checkpoint not saved: %s", e)
+                    log.warning("checkpoint not saved: %s", e)
                 last_save, saved_step = time.monotonic(), step_no
             if should_stop():
                 return "cancelled"
