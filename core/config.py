@@ -144,8 +144,8 @@ class RunSpec:
     precision: str = _f(
         "fp32",
         "Arithmetic of the training steps: 'fp32' (faithful to seed 000), 'tf32' (fp32 weights, "
-        "TensorFloat-32 matrix products on NVIDIA GPUs: measured 1.6x faster per packed step on "
-        "an H200; no effect on a CPU), 'bf16' (autocast; adapters and optimizer state stay "
+        "TensorFloat-32 matrix products on NVIDIA GPUs: measured 1.4x faster per packed step on "
+        "an H200 with 22 runs in flight; no effect on a CPU), 'bf16' (autocast; adapters and optimizer state stay "
         "fp32). Evaluation always runs in fp32, so every setting is measured the same way.",
         choices=PRECISIONS,
     )
