@@ -303,6 +303,8 @@ def _dispatch(a: argparse.Namespace) -> int:
     from . import runner
 
     store = Store(resolve_db(a.db))
+    if a.cmd in ("worker", "run", "resume"):
+        runner.install_stop_signals()
     if a.cmd == "worker":
         return runner.worker_main(store.path)
     if a.cmd == "analyze":

@@ -466,7 +466,8 @@ def train_packed(
     its slot may have run up to `sync_every - 1` further steps, which change nothing but its
     already non-finite weights.
 
-    With `checkpoint`, the state is saved every `checkpoint.every_s` seconds, and a run that
+    With `checkpoint`, the state is saved every `checkpoint.every_s` seconds and when
+    `should_stop` ends the sweep early (cancel, SIGTERM), and a run that
     finds a matching checkpoint continues from it (runs it lists that are no longer in `runs`,
     e.g. finished and stored after the save, are dropped). The caller clears it when done."""
     from .models import target_modules
@@ -544,21 +545,19 @@ def train_packed(
             if live[s] is None and queue:
                 fill(s)
         while any(x is not None for x in live):
-            if (
-                checkpoint is not None
-                and step_no != saved_step
-                and (
-                    time.monotonic() - last_save >= checkpoint.every_s
-                    or (checkpoint.every_steps and step_no % checkpoint.every_steps == 0)
-                )
-            ):
-                read_back()
+            due = checkpoint is not None and (
+                time.monotonic() - last_save >= checkpoint.every_s
+                or (checkpoint.every_steps and step_no % checkpoint.every_steps == 0)
+            )
+            stop = should_stop()
+            if checkpoint is not None and step_no != saved_step and (due or stop):
+                read_back()  # a stop saves too: a cancelled or signalled run loses no step
                 try:
                     checkpoint.save(packer, live, step_no)
                 except OSError as e:  # e.g. disk full: training goes on without it
                     log.warning("checkpoint not saved: %s", e)
                 last_save, saved_step = time.monotonic(), step_no
-            if should_stop():
+            if stop:
                 return "cancelled"
             rows = [x.next_rows() if x is not None else None for x in live]
             if spec.warmup_ratio > 0:  # per-slot warm-up, same schedule as the sequential loop

@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,24 @@ from .store import Store
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 CANCEL_POLL_S = 1.0
+
+
+_signalled: list[str] = []  # the name of a stop signal received, if any
+
+
+def install_stop_signals() -> None:
+    """Make SIGTERM (from `kill`, `timeout`, a job scheduler) stop the run in progress the way a
+    cancel does: the packed trainer saves a checkpoint first, the run ends 'cancelled' and
+    `resume` continues from that step. Main thread only (Python's rule for signal handlers)."""
+
+    def handler(signum, frame):
+        _signalled.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_signalled() -> str | None:
+    return _signalled[-1] if _signalled else None
 
 
 def new_run_id() -> str:
@@ -101,6 +120,8 @@ class StoreSink:
         self._last_write = time.monotonic()
 
     def should_cancel(self) -> bool:
+        if _signalled:
+            return True
         if not self._cancel and time.monotonic() - self._last_poll >= CANCEL_POLL_S:
             self._last_poll = time.monotonic()
             self._cancel = self.store.cancel_requested(self.run_id)
@@ -141,7 +162,12 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
         )
         return "failed"
     if status == "cancelled":
-        store.set_status(run_id, "cancelled", error="cancelled by the user")
+        why = (
+            f"stopped by {stop_signalled()}; resume continues from where it stopped"
+            if stop_signalled()
+            else "cancelled by the user"
+        )
+        store.set_status(run_id, "cancelled", error=why)
     else:
         failed = store.count_points(run_id, "failed")
         store.set_status(run_id, "done", error=f"{failed} point(s) failed" if failed else None)
@@ -168,6 +194,8 @@ def worker_main(db: Path) -> int:
                 return 0
             log.info("worker %s runs %s", os.getpid(), run_id)
             execute(store, run_id)
+            if stop_signalled():  # asked to stop: leave the rest of the queue for the next worker
+                return 0
 
 
 def spawn_worker(db: Path) -> subprocess.Popen | None:

@@ -98,9 +98,10 @@ def test_packed_sweep_stores_the_same_numbers_as_sequential(db, batch):
 
 
 def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatch):
-    """A packed run stopped after 5 packed steps (a crash would do the same) continues from the
-    checkpoint saved after step 4 and stores exactly the points of an uninterrupted run; the
-    checkpoint is gone when the run is done, and deleting a run removes its files."""
+    """A packed run stopped after 5 packed steps continues from the checkpoint its stop saved
+    (step 5; a crash would fall back to the periodic one of step 4) and stores exactly the
+    points of an uninterrupted run; the checkpoint is gone when the run is done, and deleting a
+    run removes its files."""
     import core.engine
     from core.engine import run_sweep
     from core.packed import Checkpoint
@@ -120,7 +121,7 @@ def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatc
 
     assert run_sweep(spec, cut, s, should_cancel=stop_after_5) == "cancelled"
     ck = Checkpoint(checkpoints_dir() / cut)
-    assert ck.exists() and ck.load_meta()["step"] == 4
+    assert ck.exists() and ck.load_meta()["step"] == 5
     # the 4-sample points finished (and were stored) at step 4; 8 and 16 were in flight
     assert s.finished_points(cut) == {(4, 0), (4, 1)}
     phases = []

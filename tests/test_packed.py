@@ -222,9 +222,14 @@ def _runs_ckpt():
     ]
 
 
-def _train_ck(runs, ckpt=None, stop_at=None, seed_noise=0):
-    """Packed training on a freshly loaded model (a new process, as after a crash); stop before
-    packed step `stop_at`. Returns {key: (adapter, losses)} of the runs that finished."""
+class _Crash(Exception):
+    """The process dies: no code of the trainer runs after it (so no checkpoint at the stop)."""
+
+
+def _train_ck(runs, ckpt=None, stop_at=None, seed_noise=0, crash=False):
+    """Packed training on a freshly loaded model (a new process, as after a crash); stop (or
+    with `crash`, die) at the `stop_at`-th stop check. Returns (status, {key: (adapter, losses)}
+    of the runs that finished)."""
     from core.packed import train_packed
 
     spec = preset("tiny-test", lora_dropout=0.1, learning_rate=1e-3, epochs=2, warmup_ratio=0.2)
@@ -234,22 +239,27 @@ def _train_ck(runs, ckpt=None, stop_at=None, seed_noise=0):
 
     def should_stop():
         calls[0] += 1
+        if crash and calls[0] == stop_at:
+            raise _Crash
         return stop_at is not None and calls[0] == stop_at
 
     def on_done(packer, slot, run):
         got[run.key] = (packer.slot_state(slot), list(run.losses))
 
-    status = train_packed(
-        lm.model,
-        lm.tokenizer,
-        spec,
-        runs,
-        2,
-        on_done,
-        should_stop=should_stop,
-        sync_every=4,
-        checkpoint=ckpt,
-    )
+    try:
+        status = train_packed(
+            lm.model,
+            lm.tokenizer,
+            spec,
+            runs,
+            2,
+            on_done,
+            should_stop=should_stop,
+            sync_every=4,
+            checkpoint=ckpt,
+        )
+    except _Crash:
+        status = "crashed"
     return status, got
 
 
@@ -273,13 +283,32 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
         assert all(torch.equal(w[k], whole[key][0][k]) for k in w), key
 
 
+def test_a_stop_saves_the_step_it_reached(tmp_path):
+    """A cancel (or SIGTERM) between periodic saves checkpoints the step it stopped at, and the
+    resume ends bit-identical to an uninterrupted run."""
+    from core.packed import Checkpoint
+
+    runs = _runs_ckpt()
+    status, whole = _train_ck(runs)
+    ck = Checkpoint(tmp_path / "ck", every_s=1e9)  # no periodic save at all
+    status, first = _train_ck(runs, ck, stop_at=6)
+    assert status == "cancelled" and ck.load_meta()["step"] == 5
+    rest = [r for r in runs if r[0] not in first]
+    status, second = _train_ck(rest, ck)
+    assert status == "done" and set(first) | set(second) == set(whole)
+    for key, (w, losses) in {**first, **second}.items():
+        assert losses == whole[key][1], key
+        assert all(torch.equal(w[k], whole[key][0][k]) for k in w), key
+
+
 def test_checkpoint_drops_runs_stored_after_it_and_ignores_a_foreign_one(tmp_path):
     from core.packed import Checkpoint
 
     runs = _runs_ckpt()
     ck = Checkpoint(tmp_path / "ck", every_s=1e9, every_steps=4)
-    status, first = _train_ck(runs, ck, stop_at=8)  # saved at step 4, stopped after step 7
-    assert ck.load_meta()["step"] == 4 and (3, 0) in first  # finished after the save
+    status, first = _train_ck(runs, ck, stop_at=8, crash=True)  # saved at 4, died after 7
+    assert status == "crashed" and ck.load_meta()["step"] == 4
+    assert (3, 0) in first  # finished (and stored) after the save
     rest = [r for r in runs if r[0] not in first]
     status, second = _train_ck(rest, ck)
     assert status == "done" and set(second) == {r[0] for r in rest}  # nothing trained twice

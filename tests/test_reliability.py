@@ -342,3 +342,50 @@ def test_disk_full_to_the_end_spills_and_resume_imports_without_retraining(db, m
     assert sorted(store.points_df([rid]).scale) == [4, 8, 16]
     assert not any(e["type"] == "point_start" for e in seen)  # imported, not retrained
     assert not list(engine.spill_dir().glob(f"{rid}-*.json"))
+
+
+def test_sigterm_stops_a_packed_run_with_a_checkpoint_and_resume_finishes_it(db, monkeypatch):
+    """`timeout`, `kill` or a scheduler's SIGTERM ends a run like a cancel: a checkpoint of the
+    step it reached (no periodic one is due), status 'cancelled' naming the signal; resume then
+    stores the same points as an uninterrupted run and drops the checkpoint."""
+    import os
+    import signal
+
+    import core.engine
+    from core.packed import Checkpoint
+    from core.paths import checkpoints_dir
+
+    monkeypatch.setattr(core.engine, "CHECKPOINT_EVERY_S", 1e9)  # only the stop saves
+    monkeypatch.setattr(runner, "_signalled", [])
+    old = signal.getsignal(signal.SIGTERM)
+    s = Store(db)
+    spec = preset("tiny-test", seeds=(0, 1), trainer="packed", pack_slots=6)
+    whole = runner.create_run(s, spec, "running")
+    assert runner.run_foreground(s, whole) == "done"
+    cut = runner.create_run(s, spec, "running")
+    steps = []
+
+    def on_event(ev):  # the signal arrives mid-sweep, from outside the training loop's code
+        if ev["type"] == "step":
+            steps.append(ev["step"])
+            if len(steps) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        runner.install_stop_signals()
+        assert runner.run_foreground(s, cut, on_event) == "cancelled"
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    run = s.get_run(cut)
+    assert run["status"] == "cancelled" and "SIGTERM" in run["error"]
+    ck = Checkpoint(checkpoints_dir() / cut)
+    assert ck.exists() and ck.load_meta()["step"] > 0
+    assert len(s.finished_points(cut)) < 6
+    monkeypatch.setattr(runner, "_signalled", [])
+    runner.prepare_resume(s, cut)
+    assert runner.run_foreground(s, cut) == "done"
+    assert not ck.exists()
+    cols = ["scale", "seed", "general_ppl_after", "domain_ppl_after", "final_loss", "steps"]
+    a = s.points_df([whole]).sort_values(["scale", "seed"])[cols].reset_index(drop=True)
+    b = s.points_df([cut]).sort_values(["scale", "seed"])[cols].reset_index(drop=True)
+    assert len(a) == 6 and a.equals(b)
