@@ -195,36 +195,57 @@ def _specs_from_args(a: argparse.Namespace) -> list[RunSpec]:
 
 
 class _Progress:
-    """tqdm bar per point: scale, seed, step, loss and ETA; one summary line per finished point."""
+    """One tqdm bar (scale, seed, step, loss, ETA) and one summary line per finished point. A
+    packed sweep trains many points at once: the bar follows the longest of them (the critical
+    path) and says how many are in flight; its rate is that point's own steps per second."""
 
     def __init__(self, n_points: int):
         from tqdm import tqdm
 
-        self.tqdm, self.bar, self.n, self.i = tqdm, None, n_points, 0
+        self.tqdm, self.bar, self.n, self.done = tqdm, None, n_points, 0
+        self.live: dict[tuple, tuple[int, int | None]] = {}  # key -> (step, total)
+        self.key: tuple | None = None  # the point the bar follows
+
+    def _follow(self, key: tuple | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.key = None, key
+        if key is None:
+            return
+        step, total = self.live[key]
+        self.bar = self.tqdm(
+            total=total,
+            initial=step,
+            desc=f"[{self.done}/{self.n} done, {len(self.live)} training] scale {key[0]} seed {key[1]}",
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+        )
 
     def __call__(self, ev: dict) -> None:
         t = ev["type"]
+        key = (ev.get("scale"), ev.get("seed"))
         if t == "phase" and "scale" not in ev:
             print(f"... {ev['phase']}", file=sys.stderr)
         elif t == "plan" and ev["todo"] < ev["points"]:
-            print(
-                f"... {ev['points'] - ev['todo']} point(s) already stored, skipping them",
-                file=sys.stderr,
-            )
+            self.done = ev["points"] - ev["todo"]
+            print(f"... {self.done} point(s) already stored, skipping them", file=sys.stderr)
         elif t == "point_start":
-            self.i += 1
-            self.bar = self.tqdm(
-                total=None,
-                desc=f"[{self.i}/{self.n}] scale {ev['scale']} seed {ev['seed']}",
-                unit="step",
-                leave=False,
-                file=sys.stderr,
-            )
-        elif t == "step" and self.bar is not None:
-            if self.bar.total is None:
-                self.bar.reset(total=ev["total"])
-            self.bar.update(ev["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
+            self.live[key] = (0, None)
+            if self.key is None:
+                self._follow(key)
+        elif t == "step" and key in self.live:
+            self.live[key] = (ev["step"], ev["total"])
+            cur = self.live.get(self.key, (0, 0))[1] or 0
+            if key != self.key and ev["total"] > cur:
+                self._follow(key)  # a longer point: it decides when the sweep ends
+            if key == self.key and self.bar is not None:
+                if self.bar.total is None:
+                    self.bar.reset(total=ev["total"])
+                    self.bar.update(ev["step"])
+                else:
+                    self.bar.update(ev["step"] - self.bar.n)
+                self.bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
         elif t == "storage_error":
             self.tqdm.write(
                 f"!! {ev['message']} -- {ev['pending']} finished point(s) kept in memory, retrying",
@@ -237,8 +258,16 @@ class _Progress:
                 file=sys.stderr,
             )
         elif t == "point_done":
-            if self.bar is not None:
-                self.bar.close()
+            self.done += 1
+            self.live.pop(key, None)
+            if key == self.key or self.key not in self.live:
+                self._follow(None)  # closed before the summary line, the next bar after it
+            elif self.bar is not None:
+                self.bar.set_description(
+                    f"[{self.done}/{self.n} done, {len(self.live)} training] "
+                    f"scale {self.key[0]} seed {self.key[1]}",
+                    refresh=False,
+                )
             m = ev["metrics"]
             if ev["status"] in ("done", "stopped"):
                 print(
@@ -253,6 +282,8 @@ class _Progress:
                     f"scale {ev['scale']:>6} seed {ev['seed']}: {ev['status']} ({m.get('error', '')})",
                     flush=True,
                 )
+            if self.key is None and self.live:
+                self._follow(max(self.live, key=lambda k: self.live[k][1] or 0))
 
 
 def _print_table(df, cols) -> None:

@@ -99,3 +99,29 @@ def test_reference_numbers_are_re_derived_from_the_shipped_files(ref_set):
     for key, v in want.items():
         assert got[key] == pytest.approx(v)
     assert out["set"] == name and out["provenance"]["date"]
+
+
+def test_progress_bar_follows_the_longest_point_of_a_packed_sweep(capsys):
+    """Several points train at once: the bar shows one point's own steps (its rate is not the
+    sum of all points' steps), switches to a longer point, and moves on when its point ends."""
+    from core.cli import _Progress
+
+    pr = _Progress(3)
+    m = {
+        "general_ppl_before": 1.0, "general_ppl_after": 2.0, "degradation_pct": 100.0,
+        "domain_improvement_pct": 50.0, "smoke_ok": True,
+    }  # fmt: skip
+    for sc in (4, 8, 16):
+        pr({"type": "point_start", "scale": sc, "seed": 0})
+    assert pr.key == (4, 0)
+    for step in (1, 2, 3):
+        for sc in (4, 8, 16):
+            pr({"type": "step", "scale": sc, "seed": 0, "step": step, "total": 3 * sc, "loss": 1.0})
+    assert pr.key == (16, 0) and pr.bar.n == 3 and pr.bar.total == 48
+    pr({"type": "point_done", "scale": 4, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
+    assert pr.key == (16, 0) and pr.bar.n == 3 and "1/3 done, 2 training" in pr.bar.desc
+    pr({"type": "point_done", "scale": 16, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
+    assert pr.key == (8, 0) and pr.bar.n == 3 and pr.bar.total == 24
+    pr({"type": "point_done", "scale": 8, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
+    assert pr.key is None and pr.bar is None
+    assert capsys.readouterr().out.count("general ppl 1.00 -> 2.00") == 3
