@@ -33,7 +33,7 @@ CROSS_DOMAIN_SETS = (
 
 
 SET_TITLES = {
-    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100; 2,500 and 5,000 on H200), 3 seeds",
+    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100; 2,500-10,000 on H200), 3 seeds",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
     "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
