@@ -206,6 +206,10 @@ class _Progress:
         self.live: dict[tuple, tuple[int, int | None]] = {}  # key -> (step, total)
         self.key: tuple | None = None  # the point the bar follows
 
+    def _desc(self) -> str:
+        k = self.key
+        return f"[{self.done}/{self.n} done, {len(self.live)} training] scale {k[0]} seed {k[1]}"
+
     def _follow(self, key: tuple | None) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -216,7 +220,7 @@ class _Progress:
         self.bar = self.tqdm(
             total=total,
             initial=step,
-            desc=f"[{self.done}/{self.n} done, {len(self.live)} training] scale {key[0]} seed {key[1]}",
+            desc=self._desc(),
             unit="step",
             leave=False,
             file=sys.stderr,
@@ -263,11 +267,7 @@ class _Progress:
             if key == self.key or self.key not in self.live:
                 self._follow(None)  # closed before the summary line, the next bar after it
             elif self.bar is not None:
-                self.bar.set_description(
-                    f"[{self.done}/{self.n} done, {len(self.live)} training] "
-                    f"scale {self.key[0]} seed {self.key[1]}",
-                    refresh=False,
-                )
+                self.bar.set_description(self._desc(), refresh=False)
             m = ev["metrics"]
             if ev["status"] in ("done", "stopped"):
                 print(
