@@ -494,7 +494,8 @@ def _checkpoint(run_id: str, only: list[tuple[int, int]] | None):
 
 def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
     """All points of the sweep share each forward/backward (see core/packed.py); the trainer
-    saves its state every CHECKPOINT_EVERY_S, and a resumed run continues from it."""
+    saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
+    from it."""
     from .packed import save_peft_adapter, train_packed
     from .spectral import packed_pairs
 

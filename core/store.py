@@ -558,10 +558,8 @@ class Store:
             [(run_id, sc, sd, st, v) for sc, sd, *_, ls in items for st, v in (ls or [])],
             columns=["run_id", "scale", "seed", "step", "loss"],
         ).drop_duplicates(["run_id", "scale", "seed", "step"], keep="last")
-        prog = prog.astype({"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"})
-        losses = losses.astype(
-            {"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"}
-        )
+        kinds = {"scale": "int64", "seed": "int64", "step": "int64", "loss": "float64"}
+        prog, losses = prog.astype(kinds), losses.astype(kinds)
         with self.tx() as con:
             con.register("new_progress", prog)
             con.register("new_losses", losses)
