@@ -59,6 +59,32 @@ def timed(fn, n: int, device) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
+PROFILES: dict = {}
+
+
+def profile(p, rows, pad, variant) -> float:
+    """One uncaptured step under the profiler: kernel count and the costliest kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    for _ in range(2):
+        p.step(rows, pad)
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CUDA]) as pr:
+        p.step(rows, pad)
+        torch.cuda.synchronize()
+    ev = [e for e in pr.key_averages() if e.device_type.name == "CUDA"]
+    total_us = sum(e.self_device_time_total for e in ev)
+    top = sorted(ev, key=lambda e: -e.self_device_time_total)[:25]
+    PROFILES[f"{variant}@{len(rows)}"] = {
+        "kernels": sum(e.count for e in ev),
+        "gpu_busy_ms": round(total_us / 1000, 2),
+        "top": [[e.key[:90], e.count, round(e.self_device_time_total / 1000, 3)] for e in top],
+    }
+    print(variant, PROFILES[f"{variant}@{len(rows)}"]["kernels"], "kernels", flush=True)
+    return total_us / 1000
+
+
 def measure(model, tok, spec, slots, device, steps, variant) -> float:
     """ms per packed step for one variant on a fresh packer (weights move, timing only)."""
     targets = target_modules(model, spec.target_modules)
@@ -68,12 +94,16 @@ def measure(model, tok, spec, slots, device, steps, variant) -> float:
     ctx = contextlib.nullcontext()
     if variant.endswith("bf16"):
         ctx = torch.autocast("cuda", dtype=torch.bfloat16)
+    if "compiled" in variant:  # "compiled_dyn": compiled for any width
+        p.compile(dynamic="dyn" in variant)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = variant.endswith("tf32")
     try:
         with ctx:
             if variant == "eager":
                 return timed(lambda: p.step(rows, pad), steps, device)
+            if variant.startswith("profile"):
+                return profile(p, rows, pad, variant)
             p.enable_graphs()
             p.step(rows, pad)  # capture
             if variant == "step":
@@ -92,6 +122,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--slots", default="5,22")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--variants", default="step,replay,replay_tf32,replay_bf16,eager")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     device = pick_device(args.device)
@@ -100,13 +131,17 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     model.train()
-    variants = ["step", "replay", "replay_tf32", "replay_bf16", "eager"]
+    variants = args.variants.split(",")
     if device.type != "cuda":
         variants = ["eager"]
     table = {}
     for slots in [int(s) for s in args.slots.split(",")]:
         for v in variants:
+            t0 = time.perf_counter()
             ms = measure(model, tok, spec, slots, device, args.steps, v)
+            table[f"setup_s:{v}@{slots}"] = round(
+                time.perf_counter() - t0 - ms * (args.steps + 3) / 1000, 1
+            )
             table[f"{v}@{slots}"] = round(ms, 2)
             print(f"{v:12s} slots={slots:3d}: {ms:8.2f} ms/step", flush=True)
     result = {
@@ -118,6 +153,7 @@ def main() -> None:
         "model": args.model,
         "row_tokens": [len(r) for r in rows_for(tok, 4)],
         "ms_per_step": table,
+        "profiles": PROFILES,
         "notes": "step = the engine's packed step (host work + graph replay); replay = the "
         "captured graph alone, back to back; tf32/bf16 = the graph captured with TF32 matmuls / "
         "bf16 autocast; eager = no CUDA graph. Same rows for every variant.",

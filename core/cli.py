@@ -75,6 +75,7 @@ SWITCHES = [
     ("--no-spectral", "spectral", False),
     ("--no-mc", "mc_eval", False),
     ("--no-save-adapters", "save_adapters", False),
+    ("--no-compile", "compile_step", False),
 ]
 
 

@@ -570,6 +570,7 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
         on_step,
         should_cancel,
         checkpoint=checkpoint,
+        compile_step=spec.compile_step and sweep.device.type == "cuda",
     )
     if status == "done":
         checkpoint.clear()

@@ -185,6 +185,13 @@ class Store:
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         delay = 0.01
+        if not self._ready:  # a fresh lab home: DuckDB does not create the folder
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot open database {self.path}: cannot create its folder ({e})"
+                ) from None
         with _process_lock:
             while True:
                 try:
@@ -243,7 +250,6 @@ class Store:
         elif tables:
             raise StoreError(f"{self.path.name} is a DuckDB file but not a Forgetting Lab database")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             con.execute(SCHEMA)
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]

@@ -141,9 +141,12 @@ with st.expander("New run", expanded=df.empty is False):
                 step=0.25,
                 help=field_help("ray_gpus_per_unit"),
             )
-            c1, c2 = st.columns([1, 2])
+            c1, c2, c3 = st.columns([1, 1, 2])
             precision = choice(c1, "Training arithmetic", "precision")
-            name = c2.text_input("Name", base.name, help=field_help("name"))
+            compile_step = c2.checkbox(
+                "Compile the packed step (CUDA)", base.compile_step, help=field_help("compile_step")
+            )
+            name = c3.text_input("Name", base.name, help=field_help("name"))
             alpha_2r = st.checkbox("alpha = 2 × rank (seed 002)", value=False)
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
@@ -233,6 +236,7 @@ with st.expander("New run", expanded=df.empty is False):
                     "ray_address": ray_address,
                     "ray_gpus_per_unit": float(ray_gpus),
                     "precision": precision,
+                    "compile_step": bool(compile_step),
                 }
             )
             specs = rank_series(spec, parse_int_list(rank, "rank"), alpha_2r)

@@ -7,7 +7,7 @@ import pytest
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=300, env=env
     )
 
 
@@ -125,3 +125,15 @@ def test_progress_bar_follows_the_longest_point_of_a_packed_sweep(capsys):
     pr({"type": "point_done", "scale": 8, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
     assert pr.key is None and pr.bar is None
     assert capsys.readouterr().out.count("general ppl 1.00 -> 2.00") == 3
+
+
+def test_a_fresh_lab_home_is_created_on_first_use(tmp_path):
+    """No folder yet (a new machine): the first command creates the lab home and its database."""
+    import os
+
+    home = tmp_path / "new" / "lab"
+    env = {**os.environ, "FORGETTING_LAB_HOME": str(home)}
+    env.pop("FORGETTING_LAB_DB", None)
+    r = cli("list", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (home / "lab.duckdb").is_file()

@@ -315,3 +315,52 @@ def test_checkpoint_drops_runs_stored_after_it_and_ignores_a_foreign_one(tmp_pat
     # a checkpoint none of whose runs is still to do is not used
     status, again = _train_ck([((4, 5), 5, data.domain_samples("legal", 4, seed=5))], ck)
     assert status == "done" and len(again[(4, 5)][1]) == 8
+
+
+def test_compiled_step_trains_like_the_eager_step():
+    """torch.compile (one decoder layer's forward, shared) changes rounding, not the training:
+    same losses and adapters; and the layers are plain again afterwards."""
+    runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
+    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2)
+    lm = load_model("tiny", "cpu")
+    got = {}
+    for compiled in (False, True):
+
+        def on_done(packer, slot, run, c=compiled):
+            got[c, run.key] = (packer.slot_state(slot), list(run.losses))
+
+        train_packed(lm.model, lm.tokenizer, spec, runs, 2, on_done, compile_step=compiled)
+    for key, _, _ in runs:
+        (want, want_losses), (have, have_losses) = got[False, key], got[True, key]
+        assert have_losses == pytest.approx(want_losses, rel=1e-5)
+        for k in want:
+            err = (have[k] - want[k]).norm() / want[k].norm()
+            assert err <= 1e-4, (k, float(err))
+    assert not any("forward" in vars(m) for m in lm.model.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_dropout_masks_change_between_replays_of_a_captured_step(compiled):
+    """A replayed graph must draw new dropout masks (checked on an H100 on 2026-11-24)."""
+    from core.models import target_modules
+    from core.packed import PackedLoRA
+
+    spec = preset("tiny-test", lora_dropout=0.5)
+    lm = load_model("tiny", "cuda")
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    lm.model.train()
+    pk = PackedLoRA(lm.model, spec, 2, target_modules(lm.model, spec.target_modules))
+    with torch.no_grad():
+        pk.W.normal_(0, 0.05)
+    pk.lr.zero_()  # nothing moves: only dropout can change the loss
+    pk.enable_graphs()
+    if compiled:
+        pk.compile()
+    rows = [lm.tokenizer(t)["input_ids"][:16] for t in data.domain_samples("legal", 2, seed=0)]
+    w0 = pk.W.clone()
+    losses = [pk.step(rows, lm.tokenizer.pad_token_id) for _ in range(4)]
+    assert torch.equal(w0, pk.W)
+    assert len({tuple(x.tolist()) for x in losses}) == 4
+    pk.remove()
