@@ -34,7 +34,7 @@ df = runs()
 if df.empty:
     st.info(
         "**Welcome.** No runs yet. The *quick-cpu* preset fine-tunes the embedded SmolLM2-135M on "
-        "legal text at five dataset sizes (8 → 128 samples) and takes about three and a half minutes on two CPU cores.",
+        "legal text at five dataset sizes (8 → 128 samples) and takes about three minutes on two CPU cores.",
         icon=":material/waving_hand:",
     )
     if st.button("▶ Start quick-cpu now", type="primary", key="quickstart"):
@@ -141,13 +141,16 @@ with st.expander("New run", expanded=df.empty is False):
                 step=0.25,
                 help=field_help("ray_gpus_per_unit"),
             )
-            c1, c2, c3 = st.columns([1, 1, 2])
+            c1, c2 = st.columns([1, 2])
             precision = choice(c1, "Training arithmetic", "precision")
+            name = c2.text_input("Name", base.name, help=field_help("name"))
+            c1, c2 = st.columns([1, 2])
+            alpha_2r = c1.checkbox("alpha = 2 × rank (seed 002)", value=False)
             compile_step = c2.checkbox(
-                "Compile the packed step (CUDA)", base.compile_step, help=field_help("compile_step")
+                "Compile the packed training step (CUDA)",
+                base.compile_step,
+                help=field_help("compile_step"),
             )
-            name = c3.text_input("Name", base.name, help=field_help("name"))
-            alpha_2r = st.checkbox("alpha = 2 × rank (seed 002)", value=False)
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
             replay = c1.number_input(
