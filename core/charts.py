@@ -55,8 +55,28 @@ def _ratio_ticks(lo_ratio: float, hi_ratio: float) -> tuple[list[float], list[st
         50000,
         100000,
     ]
-    vals = [c for c in cands if lo_ratio * 0.9 <= 1 + c / 100 <= hi_ratio * 1.1]
+    # Outward from 0 %, keep a tick only if it is far enough from the last one kept: on a long
+    # axis 0 %, +10 % and +20 % would otherwise print on top of each other.
+    gap = _min_gap(lo_ratio, hi_ratio)
+    vals = [0] if lo_ratio * 0.9 <= 1 <= hi_ratio * 1.1 else []
+    for side in (
+        sorted(c for c in cands if c > 0),
+        sorted((c for c in cands if c < 0), reverse=True),
+    ):
+        last = 0.0
+        for c in side:
+            y = math.log10(1 + c / 100)
+            if lo_ratio * 0.9 <= 1 + c / 100 <= hi_ratio * 1.1 and abs(y - last) >= gap:
+                vals.append(c)
+                last = y
+    vals.sort()
     return [1 + c / 100 for c in vals], [pct_label(c) if c else "0%" for c in vals]
+
+
+def _min_gap(lo_ratio: float, hi_ratio: float) -> float:
+    """A sixteenth of the ratio axis's height in log10 units (about a label's height on the
+    Threshold chart): closer labels overlap."""
+    return (math.log10(hi_ratio) - math.log10(lo_ratio)) / 16
 
 
 def threshold_figure(
@@ -222,15 +242,24 @@ def threshold_figure(
                 row=1,
                 col=1,
             )
+    # guidance lines closer than a label's height share one label ("+20% / +50% guidance")
+    named: list[list[float]] = []
+    for g in sorted(guidance):
+        y = math.log10(pct_to_ratio(g))
+        if named and y - math.log10(pct_to_ratio(named[-1][-1])) < _min_gap(lo_r, hi_r):
+            named[-1].append(g)
+        else:
+            named.append([g])
     for g in guidance:
         fig.add_hline(
             y=pct_to_ratio(g), line=dict(color="#9e9e9e", width=1, dash="dashdot"), row=1, col=1
         )
+    for group in named:
         fig.add_annotation(
             x=0,
             xref="x domain",
-            y=math.log10(pct_to_ratio(g)),
-            text=f"{pct_label(g)} guidance",
+            y=math.log10(pct_to_ratio(group[-1])),
+            text=" / ".join(pct_label(g) for g in group) + " guidance",
             showarrow=False,
             xanchor="left",
             yshift=8,

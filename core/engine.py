@@ -558,7 +558,7 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             sweep.fail(scale, seed, e)
 
-    if checkpoint.exists():
+    if checkpoint.load_meta({key for key, _, _ in runs}) is not None:
         sweep.events({"type": "phase", "phase": "resuming from the last checkpoint"})
     status = train_packed(
         base,

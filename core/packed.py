@@ -505,7 +505,9 @@ class Checkpoint:
         os.replace(tmp_st, st)
         os.replace(tmp_js, js)
 
-    def load_meta(self) -> dict | None:
+    def load_meta(self, keys=None) -> dict | None:
+        """The saved state's description, or None if there is none (or it is unreadable). With
+        `keys` (the runs still to train), also None when it holds none of them."""
         import json
 
         if not self.exists():
@@ -514,7 +516,11 @@ class Checkpoint:
             meta = json.loads(self.files[1].read_text())
         except (OSError, ValueError):
             return None
-        return meta if meta.get("version") == 1 else None
+        if meta.get("version") != 1:
+            return None
+        if keys is not None and not any(x and tuple(x["key"]) in keys for x in meta["live"]):
+            return None  # nothing of it is still to do
+        return meta
 
     def restore(self, packer: PackedLoRA) -> None:
         from safetensors.torch import load_file
@@ -563,11 +569,7 @@ def train_packed(
     queue = list(runs)
     by_key = {r[0]: r for r in runs}
     slots = max(1, min(slots, len(queue)))
-    meta = checkpoint.load_meta() if checkpoint is not None else None
-    if meta is not None and not any(
-        x and tuple(x["key"]) in by_key for x in meta["live"]
-    ):  # nothing of it is still to do
-        meta = None
+    meta = checkpoint.load_meta(by_key) if checkpoint is not None else None
     if meta is not None:
         slots = meta["slots"]
     sync_every = max(1, int(sync_every))

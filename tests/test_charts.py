@@ -1,6 +1,7 @@
 """Chart builders: what the figure holds, not how it looks (looks: tests/test_browser.py)."""
 
 import pandas as pd
+import pytest
 
 from core import analysis, charts
 
@@ -30,3 +31,17 @@ def test_unfinished_points_are_marked_not_drawn_into_the_curve():
     # without unfinished points nothing extra is drawn
     plain = charts.threshold_figure(curves, {"r1": "run one"})
     assert not any(t.name and "not in the curve" in t.name for t in plain.data)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.8, 300.0), (0.9, 1.4), (0.4, 2.0), (0.95, 60000.0)])
+def test_ratio_ticks_never_crowd_and_keep_zero(lo, hi):
+    """Tick labels of the degradation axis stay a label's height apart (they used to print
+    0 %, +10 % and +20 % on top of each other on a long axis)."""
+    import math
+
+    from core.charts import _min_gap, _ratio_ticks
+
+    vals, text = _ratio_ticks(lo, hi)
+    assert "0%" in text and len(vals) >= 3
+    ys = [math.log10(v) for v in vals]
+    assert all(b - a >= _min_gap(lo, hi) - 1e-12 for a, b in zip(ys, ys[1:]))

@@ -294,6 +294,7 @@ def test_a_stop_saves_the_step_it_reached(tmp_path):
     status, first = _train_ck(runs, ck, stop_at=6)
     assert status == "cancelled" and ck.load_meta()["step"] == 5
     rest = [r for r in runs if r[0] not in first]
+    assert ck.load_meta({r[0] for r in rest}) is not None and ck.load_meta({(4, 5)}) is None
     status, second = _train_ck(rest, ck)
     assert status == "done" and set(first) | set(second) == set(whole)
     for key, (w, losses) in {**first, **second}.items():
@@ -310,9 +311,10 @@ def test_checkpoint_drops_runs_stored_after_it_and_ignores_a_foreign_one(tmp_pat
     assert status == "crashed" and ck.load_meta()["step"] == 4
     assert (3, 0) in first  # finished (and stored) after the save
     rest = [r for r in runs if r[0] not in first]
+    assert ck.load_meta({r[0] for r in rest}) is not None and ck.load_meta({(4, 5)}) is None
     status, second = _train_ck(rest, ck)
     assert status == "done" and set(second) == {r[0] for r in rest}  # nothing trained twice
-    # a checkpoint none of whose runs is still to do is not used
+    # a checkpoint none of whose runs is still to do is not used (nor announced by the engine)
     status, again = _train_ck([((4, 5), 5, data.domain_samples("legal", 4, seed=5))], ck)
     assert status == "done" and len(again[(4, 5)][1]) == 8
 
