@@ -95,7 +95,8 @@ def measure(model, tok, spec, slots, device, steps, variant) -> float:
     if variant.endswith("bf16"):
         ctx = torch.autocast("cuda", dtype=torch.bfloat16)
     if "compiled" in variant:  # "compiled_dyn": compiled for any width
-        p.compile(dynamic="dyn" in variant)
+        mode = "max-autotune-no-cudagraphs" if "compiledmax" in variant else None
+        p.compile(dynamic="dyn" in variant, mode=mode)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = variant.endswith("tf32")
     try:

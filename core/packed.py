@@ -102,10 +102,10 @@ def causal_attention(model: nn.Module):
 
 
 @functools.cache
-def _compiled_forward(layer_type: type, dynamic: bool | None) -> Callable:
+def _compiled_forward(layer_type: type, dynamic: bool | None, mode: str | None = None) -> Callable:
     """One compiled forward per layer class, kept for the process: a later sweep (or packer)
     reuses what an earlier one compiled when its shapes pass the guards."""
-    return torch.compile(layer_type.forward, dynamic=dynamic)
+    return torch.compile(layer_type.forward, dynamic=dynamic, mode=mode)
 
 
 class _Ctx:
@@ -313,7 +313,7 @@ class PackedLoRA:
 
     _compiled = None
 
-    def compile(self, dynamic: bool | None = None) -> None:
+    def compile(self, dynamic: bool | None = None, mode: str | None = None) -> None:
         """Run every decoder layer of the training step through torch.compile: its fused kernels
         replace most elementwise kernels of the eager step (on an H100 with SmolLM2-135M, 7,003
         kernels per step become 3,390; bench/step_anatomy.py). One layer's forward is compiled
@@ -322,9 +322,9 @@ class PackedLoRA:
         compiles the first length bucket for its shape and the second for any width."""
         layers = [m for m in self.model.modules() if type(m).__name__.endswith("DecoderLayer")]
         if not layers:  # an architecture without such layers: the whole forward
-            self._compiled = torch.compile(self._slot_loss, dynamic=dynamic)
+            self._compiled = torch.compile(self._slot_loss, dynamic=dynamic, mode=mode)
             return
-        fwd = {t: _compiled_forward(t, dynamic) for t in {type(m) for m in layers}}
+        fwd = {t: _compiled_forward(t, dynamic, mode) for t in {type(m) for m in layers}}
 
         def run(ids, mask):
             for layer in layers:

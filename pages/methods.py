@@ -24,7 +24,17 @@ st.caption(
     "methods (or LoRA ranks) trained on the same domain to compare them."
 )
 df = runs()
-chosen = pick_runs(df, "method_runs", max_default=6, default_set="methods_smollm2_h100")
+shown = st.radio(
+    "Start from the reference",
+    ("methods_smollm2_h100", "rank_smollm2_h100"),
+    format_func={
+        "methods_smollm2_h100": "methods (LoRA, QLoRA, ADAPT-Q, full)",
+        "rank_smollm2_h100": "LoRA ranks r = 8-128 (seed 002)",
+    }.get,
+    horizontal=True,
+    help="Which shipped reference runs are preselected when you have no runs of your own.",
+)
+chosen = pick_runs(df, f"method_runs_{shown}", max_default=6, default_set=shown)
 if not chosen:
     no_results("finished points")
     st.stop()

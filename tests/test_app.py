@@ -243,3 +243,14 @@ def test_launch_form_runs_every_method(method, extra, tmp_path, monkeypatch):
     pts = store.points_df([rid])
     assert len(pts) == 3 and set(pts.status) <= {"done", "stopped"}
     assert (store.generations_df(rid).stage.str.startswith("step:")).any()
+
+
+def test_methods_page_switches_to_the_shipped_rank_sweep(tmp_path, monkeypatch):
+    at = _app("methods", tmp_path / "empty.duckdb", monkeypatch)
+    at.radio[0].set_value("rank_smollm2_h100").run()
+    assert not at.exception, at.exception
+    chosen = at.multiselect[0].value
+    labels = [at.multiselect[0].format_func(r) for r in chosen]
+    assert len(chosen) >= 5 and all(r.startswith("ref:") for r in chosen)
+    assert all("rank-002 r" in x for x in labels), labels
+    assert len(at.get("plotly_chart")) >= 3  # curves x2 and ||dW|| against rank
