@@ -151,8 +151,8 @@ class RunSpec:
     )
     compile_step: bool = _f(
         True,
-        "torch.compile the packed trainer's step on CUDA (fused kernels; on an H100 1.3-1.5x "
-        "faster per step with SmolLM2-135M, after 20-100 s of compiling per sweep). Same "
+        "torch.compile the packed trainer's step on CUDA (fused kernels; on an H100 1.1-1.5x "
+        "faster per step with SmolLM2-135M, after 20-60 s of compiling per sweep). Same "
         "arithmetic up to rounding. Ignored on CPU and by the sequential loop.",
     )
     device: str = _f(
