@@ -104,14 +104,12 @@ def bench_naive(model, tok, spec, samples, steps, device) -> float:
     return (times[-1] - times[2]) / (len(times) - 3) * 1000
 
 
-STEADY: list[float] = []  # steady ms per step of the latest bench_packed call
-
-
 def bench_packed(model, tok, spec, runs, slots, device, max_steps=None, **kw):
-    """Wall time of the packed trainer over `runs`; returns (wall s, packed steps, samples).
-    Also leaves in STEADY the median ms per step between loss read-backs (every 16 steps): the
-    step's cost without the one-time work (CUDA-graph capture of a new length bucket,
-    compiling) that falls into a few intervals only."""
+    """Wall time of the packed trainer over `runs`; returns (wall s, packed steps, samples,
+    steady ms per step). Steady = the median ms per step between loss read-backs (every 16
+    steps): the step's cost without the one-time work (CUDA-graph capture of a new length
+    bucket, compiling) that falls into a few intervals only; wall / steps when there are too
+    few read-backs."""
     n_steps = [0]
     samples = [0]
     marks = []
@@ -137,25 +135,22 @@ def bench_packed(model, tok, spec, runs, slots, device, max_steps=None, **kw):
     rates = [
         (t1 - t0_) / (n1 - n0) * 1000 for (t0_, n0), (t1, n1) in zip(marks, marks[1:]) if n1 > n0
     ]
-    STEADY[:] = [statistics.median(rates)] if rates else []
-    return time.perf_counter() - t0, n_steps[0], samples[0]
+    wall = time.perf_counter() - t0
+    steady = statistics.median(rates) if rates else wall / max(n_steps[0], 1) * 1000
+    return wall, n_steps[0], samples[0], steady
 
 
-def _legacy_step(self, ids, mask, active):
-    """The packed step as it was before the loss change (kept here only to measure it): the
-    cross-entropy got logits as [rows, vocab, width], class dimension in the middle."""
+def _legacy_slot_loss(self, ids, mask):
+    """The packed step's loss as it was before the loss change (kept here only to measure it):
+    the cross-entropy got logits as [rows, vocab, width], class dimension in the middle. The
+    rest of the step (backward, gradient gather, AdamW) is the engine's own."""
     import torch.nn.functional as F
 
-    self.ctx.slot = None
-    self.ctx.dropout_on = self.spec.lora_dropout > 0
     logits = self.model(input_ids=ids, use_cache=False).logits
     tgt, valid, lg = ids[:, 1:], mask[:, 1:], logits[:, :-1]
     lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
     tok = F.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
-    row_loss = (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
-    (row_loss * active).sum().backward()
-    self._adamw(active)
-    return torch.where(active, row_loss.detach(), torch.full_like(row_loss, float("nan")))
+    return (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
 ABLATIONS = {
@@ -173,18 +168,18 @@ def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
     from core.packed import PackedLoRA
 
     out = {}
-    real_step = PackedLoRA._step
+    real_loss = PackedLoRA._slot_loss
     for name, (legacy, every, precision) in ABLATIONS.items():
-        PackedLoRA._step = _legacy_step if legacy else real_step
+        PackedLoRA._slot_loss = _legacy_slot_loss if legacy else real_loss
         sp = dataclasses.replace(spec, precision=precision)
         try:
             kw = dict(sync_every=every)
             bench_packed(model, tok, sp, wide, len(wide), device, max_steps=3, **kw)
-            wall, n, _ = bench_packed(
+            wall, n, _, _ = bench_packed(
                 model, tok, sp, wide, len(wide), device, max_steps=steps, **kw
             )
         finally:
-            PackedLoRA._step = real_step
+            PackedLoRA._slot_loss = real_loss
         out[name] = round(wall / n * 1000, 2)
         print(f"{name}: {out[name]} ms/step", flush=True)
     return out
@@ -302,17 +297,16 @@ def main() -> None:
 
     compiled = device.type == "cuda" and not args.no_compile  # as the engine decides
     # Warm-up: compiling (once per process) and the first CUDA-graph captures, timed apart.
-    warm_s, _, _ = bench_packed(
+    warm_s, _, _, _ = bench_packed(
         model, tok, spec, runs, len(runs), device, max_steps=3, compile_step=compiled
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    wall, steps, samples = bench_packed(
+    wall, steps, samples, engine_steady = bench_packed(
         model, tok, spec, runs, len(runs), device, compile_step=compiled
     )
     engine_peak = peak_mb(device)
     engine_ms = wall / steps * 1000
-    engine_steady = STEADY[0] if STEADY else engine_ms
 
     # The full grid's shape: 22 runs in flight. Time a few steps at that width.
     wide = [
@@ -321,11 +315,10 @@ def main() -> None:
         for n in FULL_GRID
     ][: args.wide_slots]
     bench_packed(model, tok, spec, wide, len(wide), device, max_steps=3, compile_step=compiled)
-    w_wall, w_steps, _ = bench_packed(
+    w_wall, w_steps, _, wide_steady = bench_packed(
         model, tok, spec, wide, len(wide), device, max_steps=args.wide_steps, compile_step=compiled
     )
     wide_ms = w_wall / w_steps * 1000
-    wide_steady = STEADY[0] if STEADY else wide_ms
     extra = {}
     if args.ablate:
         extra["ablation_ms_per_step_at_wide"] = ablation(

@@ -58,15 +58,13 @@ def _ratio_ticks(lo_ratio: float, hi_ratio: float) -> tuple[list[float], list[st
     # Outward from 0 %, keep a tick only if it is far enough from the last one kept: on a long
     # axis 0 %, +10 % and +20 % would otherwise print on top of each other.
     gap = _min_gap(lo_ratio, hi_ratio)
-    vals = [0] if lo_ratio * 0.9 <= 1 <= hi_ratio * 1.1 else []
-    for side in (
-        sorted(c for c in cands if c > 0),
-        sorted((c for c in cands if c < 0), reverse=True),
-    ):
+    shown = [c for c in cands if lo_ratio * 0.9 <= 1 + c / 100 <= hi_ratio * 1.1]
+    vals = [c for c in shown if c == 0]
+    for side in ([c for c in shown if c > 0], [c for c in reversed(shown) if c < 0]):
         last = 0.0
         for c in side:
             y = math.log10(1 + c / 100)
-            if lo_ratio * 0.9 <= 1 + c / 100 <= hi_ratio * 1.1 and abs(y - last) >= gap:
+            if abs(y - last) >= gap:
                 vals.append(c)
                 last = y
     vals.sort()
