@@ -29,31 +29,48 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
+def _length_batches(lengths: list[int], batch_size: int):
+    """Indices grouped into batches of similar length (longest first, so a batch that does not
+    fit in memory fails at once): padding is what a batch of mixed lengths wastes."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def _right_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, sq in enumerate(seqs):
+        ids[k, : len(sq)] = torch.tensor(sq)
+        mask[k, : len(sq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+
 @torch.no_grad()
 def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
     """Summed negative log-likelihood and predicted-token count per text (right padding, padded
-    positions masked out). The first token of each text has no prediction and is not counted."""
+    positions masked out). The first token of each text has no prediction and is not counted.
+    Texts are batched by length; results come back in the order of `texts`."""
     device = next(model.parameters()).device
-    nll, counts = [], []
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    nll, counts = [0.0] * len(texts), [0] * len(texts)
     was_training = model.training
     model.eval()
-    for chunk in _batches(texts, batch_size):
-        enc = tokenizer(
-            chunk,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-        )
-        ids = enc["input_ids"].to(device)
-        mask = enc["attention_mask"].to(device)
+    for chunk in _length_batches([len(e) for e in enc], batch_size):
+        ids, mask = _right_padded([enc[i] for i in chunk], _pad_id(tokenizer), device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = F.log_softmax(logits[:, :-1], dim=-1)
         tgt = ids[:, 1:]
         tok_nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
         m = mask[:, 1:].to(tok_nll.dtype)
-        nll += (tok_nll * m).sum(1).tolist()
-        counts += m.sum(1).long().tolist()
+        for i, v, c in zip(chunk, (tok_nll * m).sum(1).tolist(), m.sum(1).long().tolist()):
+            nll[i], counts[i] = v, c
     if was_training:
         model.train()
     return nll, counts
@@ -101,38 +118,122 @@ def option_loglik(model, tokenizer, context: str, options: list[str]) -> list[fl
     return out
 
 
-@torch.no_grad()
-def mc_accuracy(model, tokenizer, items, batch_size: int = 32) -> tuple[float, list[bool]]:
-    """Multiple-choice accuracy the lm-evaluation-harness way: each option is scored by the summed
-    log-likelihood of its tokens after the question; the highest-scoring option is the answer.
-    All options of all questions go through batched forward passes (right padding)."""
-    device = next(model.parameters()).device
-    seqs, spans = [], []
+def _mc_rows(tokenizer, items) -> list[tuple[list[int], list[list[int]]]]:
+    """(question tokens, [option tokens] x 4) per item; options are scored after a space."""
+    rows = []
     for it in items:
         ctx = tokenizer(it.question, add_special_tokens=True)["input_ids"]
-        for opt in it.options:
-            cont = tokenizer(" " + opt, add_special_tokens=False)["input_ids"]
-            seqs.append(ctx + cont)
-            spans.append((len(ctx), len(ctx) + len(cont)))
-    scores: list[float] = []
-    pad = tokenizer.pad_token_id
-    for i in range(0, len(seqs), batch_size):
-        chunk, sp = seqs[i : i + batch_size], spans[i : i + batch_size]
-        width = max(map(len, chunk))
+        opts = [tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in it.options]
+        rows.append((ctx, opts))
+    return rows
+
+
+@torch.no_grad()
+def _mc_scores_shared(model, rows, batch_size: int, pad: int, device) -> list[list[float]]:
+    """Each question's tokens once, its four options after it in the same row: an option sees
+    the question and its own earlier tokens, never another option (a block mask), and its
+    positions continue from the question's. Same numbers as scoring four separate sequences
+    with a quarter of the question tokens (the questions are most of an item's tokens)."""
+    dtype = next(model.parameters()).dtype
+    neg = torch.finfo(dtype).min
+    scores: list[list[float]] = [[] for _ in rows]
+    lengths = [len(c) + sum(map(len, o)) for c, o in rows]
+    for chunk in _length_batches(lengths, batch_size):
+        width = max(lengths[i] for i in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for k, sq in enumerate(chunk):
-            ids[k, : len(sq)] = torch.tensor(sq)
-            mask[k, : len(sq)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        pos = torch.zeros((len(chunk), width), dtype=torch.long)
+        seg = torch.full((len(chunk), width), -1, dtype=torch.long)  # 0 question, j option j
+        for k, i in enumerate(chunk):
+            ctx, opts = rows[i]
+            ids[k, : len(ctx)] = torch.tensor(ctx)
+            pos[k, : len(ctx)] = torch.arange(len(ctx))
+            seg[k, : len(ctx)] = 0
+            at = len(ctx)
+            for j, o in enumerate(opts, start=1):
+                ids[k, at : at + len(o)] = torch.tensor(o)
+                pos[k, at : at + len(o)] = len(ctx) + torch.arange(len(o))
+                seg[k, at : at + len(o)] = j
+                at += len(o)
+        q, kv = seg[:, :, None], seg[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = causal & (kv != -1) & ((kv == 0) | (kv == q))
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, neg)[:, None]
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)
+        ).logits
+        # Only the positions that predict an option token go through the softmax: the first
+        # option token is predicted by the question's last position.
+        where, targets, owner = [], [], []
+        for k, i in enumerate(chunk):
+            ctx, opts = rows[i]
+            at = len(ctx)
+            for j, o in enumerate(opts):
+                prev = [len(ctx) - 1, *range(at, at + len(o) - 1)]
+                where += [(k, p) for p in prev]
+                targets += o
+                owner += [(i, j)] * len(o)
+                at += len(o)
+        rk, rp = torch.tensor(where, device=device).T
+        logp = F.log_softmax(logits[rk, rp].float(), -1)
+        picked = logp.gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0].tolist()
+        for i in chunk:
+            scores[i] = [0.0] * len(rows[i][1])
+        for (i, j), v in zip(owner, picked):
+            scores[i][j] += v
+    return scores
+
+
+@torch.no_grad()
+def _mc_scores_separate(model, rows, batch_size: int, pad: int, device) -> list[list[float]]:
+    """The plain way: one right-padded sequence per (question, option)."""
+    seqs, owner = [], []
+    for i, (ctx, opts) in enumerate(rows):
+        for o in opts:
+            seqs.append((ctx + o, len(ctx)))
+            owner.append(i)
+    flat = [0.0] * len(seqs)
+    for chunk in _length_batches([len(s) for s, _ in seqs], batch_size):
+        ids, mask = _right_padded([seqs[i][0] for i in chunk], pad, device)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        for k, (a, b) in enumerate(sp):
-            tgt = ids[k, a:b]
-            scores.append(float(logp[k, a - 1 : b - 1].gather(-1, tgt[:, None]).sum()))
-    correct = []
-    for j, it in enumerate(items):
-        opts = scores[4 * j : 4 * j + 4]
-        correct.append(int(max(range(4), key=opts.__getitem__)) == it.answer)
+        for k, i in enumerate(chunk):
+            seq, a = seqs[i]
+            tgt = ids[k, a : len(seq)]
+            flat[i] = float(logp[k, a - 1 : len(seq) - 1].gather(-1, tgt[:, None]).sum())
+    scores: list[list[float]] = [[] for _ in rows]
+    for i, v in zip(owner, flat):
+        scores[i].append(v)
+    return scores
+
+
+@torch.no_grad()
+def mc_scores(model, tokenizer, items, batch_size: int = 32) -> list[list[float]]:
+    """Summed log-likelihood of each option's tokens after its question, per item. Options share
+    their question's tokens in one row (`_mc_scores_shared`); the first item is also scored the
+    plain way, and a model whose attention ignores the block mask (the shared scores differ) is
+    scored the plain way throughout."""
+    if not items:
+        return []
+    device = next(model.parameters()).device
+    rows, pad = _mc_rows(tokenizer, items), _pad_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        check = _mc_scores_separate(model, rows[:1], 4, pad, device)[0]
+        shared = _mc_scores_shared(model, rows, batch_size, pad, device)
+        if max(abs(a - b) for a, b in zip(check, shared[0])) > 1e-3 * max(1.0, *map(abs, check)):
+            return _mc_scores_separate(model, rows, batch_size, pad, device)
+        return shared
+    finally:
+        if was_training:
+            model.train()
+
+
+def mc_accuracy(model, tokenizer, items, batch_size: int = 32) -> tuple[float, list[bool]]:
+    """Multiple-choice accuracy the lm-evaluation-harness way: each option is scored by the summed
+    log-likelihood of its tokens after the question; the highest-scoring option is the answer."""
+    scores = mc_scores(model, tokenizer, items, batch_size)
+    correct = [max(range(len(s)), key=s.__getitem__) == it.answer for s, it in zip(scores, items)]
     return sum(correct) / max(len(correct), 1), correct
 
 
@@ -166,30 +267,35 @@ def generate(
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[Generation]:
-    """Generate from each prompt; count the new tokens (EOS excluded). Zero new tokens or a
-    degenerate answer is a failed smoke test (seed 003's silent-forgetting check)."""
+    """Generate from all prompts in one left-padded batch; count the new tokens up to the first
+    end-of-sequence (excluded). Zero new tokens or a degenerate answer is a failed smoke test
+    (seed 003's silent-forgetting check)."""
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # new tokens start at the same column in every row
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    finally:
+        tokenizer.padding_side = side
+    kw = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    if temperature > 0:
+        torch.manual_seed(seed)
+    gen = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=_pad_id(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        **kw,
+    )
     out = []
-    for p in prompts:
-        enc = tokenizer(p, return_tensors="pt").to(device)
-        kw = (
-            dict(do_sample=True, temperature=temperature)
-            if temperature > 0
-            else dict(do_sample=False)
-        )
-        if temperature > 0:
-            torch.manual_seed(seed)
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **kw,
-        )
-        new = gen[0, enc["input_ids"].shape[1] :].tolist()
-        new = [t for t in new if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+    for p, row in zip(prompts, gen[:, enc["input_ids"].shape[1] :].tolist()):
+        if tokenizer.eos_token_id in row:  # finished rows are padded after their end
+            row = row[: row.index(tokenizer.eos_token_id)]
+        new = [t for t in row if t != tokenizer.pad_token_id]
         text = tokenizer.decode(new, skip_special_tokens=True)
         out.append(Generation(p, text, len(new), not is_degenerate(text, len(new))))
     if was_training:

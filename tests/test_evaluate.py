@@ -105,3 +105,48 @@ def test_mc_set_is_large_and_well_formed():
     assert len(items) >= 100
     assert all(len(i.options) == 4 and len(set(i.options)) == 4 for i in items)
     assert len({i.answer for i in items}) == 4  # answers are spread over A-D
+
+
+def test_mc_options_sharing_their_question_score_like_separate_sequences(tiny):
+    """The block mask and continued positions give every option the same log-likelihood as
+    scoring question + option as a sequence of its own."""
+    from core.data import load_mc
+
+    items = load_mc()[:9]
+    rows = evaluate._mc_rows(tiny.tokenizer, items)
+    pad = evaluate._pad_id(tiny.tokenizer)
+    shared = evaluate._mc_scores_shared(tiny.model, rows, 4, pad, "cpu")
+    separate = evaluate._mc_scores_separate(tiny.model, rows, 7, pad, "cpu")
+    for a, b in zip(shared, separate):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
+
+
+def test_mc_falls_back_to_separate_sequences_when_the_mask_is_ignored(tiny, monkeypatch):
+    from core.data import load_mc
+
+    items = load_mc()[:3]
+    want = evaluate.mc_scores(tiny.model, tiny.tokenizer, items)
+    monkeypatch.setattr(
+        evaluate,
+        "_mc_scores_shared",
+        lambda model, rows, *a: [[0.0] * len(o) for _, o in rows],  # a model that got it wrong
+    )
+    got = evaluate.mc_scores(tiny.model, tiny.tokenizer, items)
+    assert sum(got, []) == pytest.approx(sum(want, []), rel=1e-4)
+
+
+def test_generation_in_one_batch_equals_one_prompt_at_a_time(tiny):
+    prompts = ["The capital of France is", "Hi", "What is two plus two? The answer is"]
+    together = evaluate.generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6)
+    alone = [
+        evaluate.generate(tiny.model, tiny.tokenizer, [p], max_new_tokens=6)[0] for p in prompts
+    ]
+    assert [g.output for g in together] == [g.output for g in alone]
+    assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
+
+
+def test_perplexity_items_come_back_in_input_order(tiny):
+    texts = ["Hi.", "The Pacific is the largest ocean on the planet by far.", "a b c d"]
+    res = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=2)
+    for t, got in zip(texts, res.item_nll):
+        assert got == pytest.approx(_hand_nll(tiny.model, tiny.tokenizer, t)[0], rel=1e-4)
