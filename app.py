@@ -1,10 +1,14 @@
 """Forgetting Lab — the Streamlit app. Pages live in pages/; science and storage live in core/."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages._ui import sidebar
 
-st.set_page_config(page_title="Forgetting Lab", page_icon=":material/science:", layout="wide")
+# A local image: a material-icon or emoji favicon is fetched from an outside host by the browser.
+ICON = str(Path(__file__).parent / "data" / "icon.png")
+st.set_page_config(page_title="Forgetting Lab", page_icon=ICON, layout="wide")
 
 pages = [
     st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),

@@ -257,6 +257,24 @@ def test_server_binds_localhost_with_xsrf_and_upload_limit():
     assert "--server.address localhost" in (ROOT / "Makefile").read_text()
 
 
+def test_shipped_config_does_not_watch_files():
+    """With file watching on, Streamlit watches the checkout recursively (the .venv that `make
+    app` creates inside it too): an open tab kept a core busy and a run watched in the browser
+    trained ~10x slower (bench/app_overhead.py)."""
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["fileWatcherType"] == "none"
+    assert cfg["server"]["runOnSave"] is False
+    make = (ROOT / "Makefile").read_text()
+    assert "fileWatcherType" not in make  # the command line does not switch it back on
+
+
+def test_favicon_is_served_from_the_machine():
+    """A material-icon or emoji page icon makes the browser fetch it from an outside host."""
+    app = (ROOT / "app.py").read_text()
+    m = re.search(r"page_icon=(\w+)", app)
+    assert m and m.group(1) == "ICON" and (ROOT / "data" / "icon.png").is_file()
+
+
 def test_worker_command_line_carries_no_user_text(db, monkeypatch):
     seen = {}
 
