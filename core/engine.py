@@ -69,13 +69,21 @@ def import_spilled(store: Store, run_id: str) -> int:
 
 
 def preflight(spec: RunSpec) -> None:
-    """Cheap checks that need no model load: the domain, the probe and the model name exist.
-    Called before a run is stored, so bad input leaves the database unchanged."""
+    """Cheap checks that need no weights: the domain, the probe and the model exist, and the
+    LoRA rank and target modules fit the model's shapes (read from its config). Called before a
+    run is stored, so bad input leaves the database unchanged."""
     from .models import describe_source
 
     data.load_domain(spec.domain)
     data.load_probe(spec.probe)
     describe_source(spec.model)
+    if spec.method in ("lora", "qlora"):  # rank and target modules against the model's shapes
+        from .methods.lora import lora_config
+        from .models import skeleton
+
+        model = skeleton(spec.model)
+        if model is not None:
+            lora_config(model, spec)
     if spec.backend == "ray":
         from .distributed import require_ray
 
@@ -264,9 +272,24 @@ class _Sweep:
             metrics.update(peak_mem_mb=_peak_mem_mb(self.device))
             result = PointResult(t.scale, t.seed, "diverged", metrics, [], [], [], t.checks)
         else:
-            self.events({"type": "phase", "scale": t.scale, "seed": t.seed, "phase": "evaluating"})
+            parts = ["perplexity", "smoke test"]
+            parts += ["multiple choice"] * bool(self.mc_items)
+            parts += ["spectral analysis"] * bool(spec.spectral and t.deltas is not None)
+
+            def part(name: str) -> None:
+                self.events(
+                    {
+                        "type": "phase",
+                        "scale": t.scale,
+                        "seed": t.seed,
+                        "phase": f"evaluating: {name} ({parts.index(name) + 1}/{len(parts)})",
+                    }
+                )
+
+            part("perplexity")
             t_eval = time.perf_counter()
             after = measure(model, self.tok, spec, self.sets)
+            part("smoke test")
             t_gen = time.perf_counter()
             gens = evaluate.generate(model, self.tok, self.prompts, spec.smoke_max_new_tokens)
             gen_s = time.perf_counter() - t_gen
@@ -276,6 +299,7 @@ class _Sweep:
                 t.save(out)
                 adapter, disk = str(out.relative_to(lab_home())), _dir_mb(out)
             if self.mc_items:
+                part("multiple choice")
                 acc = evaluate.mc_accuracy(model, self.tok, self.mc_items, spec.eval_batch_size)[0]
                 metrics.update(
                     mc_acc_before=self.mc_before,
@@ -284,6 +308,7 @@ class _Sweep:
                 )
             spectral = []
             if spec.spectral and t.deltas is not None:
+                part("spectral analysis")
                 spectral = analyse(t.deltas(), spec.spectral_topk, self.base_vectors)
             g, d = after[GENERAL].ppl, after[dom].ppl
             metrics.update(
@@ -373,6 +398,7 @@ def run_sweep(
     store.set_status(run_id, "running", device=str(device))
 
     sets = eval_sets(spec)
+    t_base = time.perf_counter()
     events({"type": "phase", "phase": "measuring the base model"})
     before = measure(base, tok, spec, sets)
     _store_method_info(method, base, tok, spec, sets, run_id, store)
@@ -381,6 +407,9 @@ def run_sweep(
     store.save_base_generations(run_id, _gens(base_gens))
     sweep = _Sweep(spec, run_id, store, events, device, tok, sets, before, prompts)
     sweep.measure_base(base)
+    # The base goes through the same evaluation as every point: its time is the first estimate
+    # of a point's evaluation (the whole-run ETA uses it until a point has been measured).
+    events({"type": "base_done", "seconds": time.perf_counter() - t_base})
 
     done = store.finished_points(run_id)
     todo = [p for p in (only if only is not None else spec.points()) if p not in done]

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from .config import RunSpec
 from .engine import Event, import_spilled, preflight, run_sweep
-from .errors import LabError, StoreError
+from .errors import ConfigError, LabError, StoreError
 from .models import library_versions
 from .paths import REPO_ROOT, git_commit
 from .store import Store
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
+SETTINGS_ERROR = "settings: "  # the start of a failed run's error when its settings were wrong
 CANCEL_POLL_S = 1.0
 
 
@@ -95,14 +96,28 @@ class StoreSink:
             if time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
                 self._flush()
         elif t == "phase" and key in self._pts:
+            same_kind = self._pts[key]["phase"].split(":")[0] == ev["phase"].split(":")[0]
             self._pts[key]["phase"] = ev["phase"]
-            self._flush(key)
+            # A new kind of work (training -> evaluating) is written at once; the parts of an
+            # evaluation at most once a second, like steps (each write is a transaction).
+            if not same_kind or time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
+                self._flush(key)
         elif t == "point_done" and key in self._pts:
             self._pts[key]["phase"] = ev["status"]
             self._flush(key)
             del self._pts[key]
+        elif t == "phase" and ev.get("scale") is None:  # the run's own stage (load, base)
+            self._info("stage", {"phase": ev["phase"]})
+        elif t == "base_done":
+            self._info("timing", {"base_s": round(ev["seconds"], 2)})
         if self.forward is not None:
             self.forward(ev)
+
+    def _info(self, key: str, value: dict) -> None:
+        try:
+            self.store.save_run_info(self.run_id, key, value)
+        except StoreError as e:
+            log.warning("run stage not recorded: %s", e)
 
     def _flush(self, only: tuple[int, int] | None = None) -> None:
         keys = [k for k in self._pts if only is None or k == only]
@@ -148,7 +163,9 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
         raise
     except LabError as e:
         try:
-            store.set_status(run_id, "failed", error=str(e))
+            # A settings problem fails the same way again: say so, and offer no resume for it.
+            why = f"{SETTINGS_ERROR}{e}" if isinstance(e, ConfigError) else str(e)
+            store.set_status(run_id, "failed", error=why)
         except StoreError:  # the database itself is the problem: say so where the user looks
             log.error("run %s failed: %s", run_id, e)
             raise e from None
@@ -245,9 +262,21 @@ def cancel(store: Store, run_id: str) -> str:
     return "cancelling"
 
 
+def can_resume(run: dict) -> bool:
+    """Failed, cancelled or interrupted runs can continue, except those whose settings failed."""
+    return run["status_effective"] in ("failed", "cancelled", "interrupted") and not str(
+        run.get("error") or ""
+    ).startswith(SETTINGS_ERROR)
+
+
 def prepare_resume(store: Store, run_id: str) -> None:
     run = store.get_run(run_id)
     st = run["status_effective"]
+    if str(run.get("error") or "").startswith(SETTINGS_ERROR):
+        raise LabError(
+            f"run {run_id} failed on its settings ({run['error'][len(SETTINGS_ERROR) :]}); "
+            "resuming would fail again: start a new run with corrected settings"
+        )
     if st in ("running", "queued"):
         raise LabError(f"run {run_id} is {st}; it does not need resuming")
     n_done = len(store.finished_points(run_id))

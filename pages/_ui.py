@@ -10,7 +10,7 @@ import streamlit as st
 from core import reference
 from core.errors import LabError
 from core.paths import resolve_db
-from core.store import Store
+from core.store import Store, effective_status
 
 ACTIVE = ("queued", "running")
 
@@ -34,9 +34,41 @@ def store() -> Store:
     return _store(str(resolve_db(None)))
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _list_runs(db: str, version: tuple) -> pd.DataFrame:
+    return _store(db).list_runs()
+
+
+def db_version(db: Path) -> tuple:
+    """Changes whenever the database file or its write-ahead log is written: cached reads are
+    keyed on it, so they are fresh after every write and free otherwise."""
+    out = []
+    for f in (db, db.with_name(db.name + ".wal")):
+        try:
+            st_ = f.stat()
+            out += [st_.st_mtime_ns, st_.st_size]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)
+
+
+def list_runs() -> pd.DataFrame:
+    """The runs table; the sidebar and the page share one read until the database changes."""
+    db = resolve_db(None)
+    df = _list_runs(str(db), db_version(db))
+    if not df.empty:  # a worker can die without a write: liveness is checked at every read
+        df["status_effective"] = [effective_status(r) for r in df.to_dict("records")]
+    return df
+
+
+def changed() -> None:
+    """Call after writing runs (launch, cancel, resume, delete): the next read is fresh."""
+    _list_runs.clear()
+
+
 def runs() -> pd.DataFrame:
     try:
-        return store().list_runs()
+        return list_runs()
     except LabError as e:
         st.error(str(e))
         st.stop()
@@ -129,20 +161,33 @@ def no_results(what: str = "results") -> None:
     )
 
 
+def _sidebar_runs() -> None:
+    try:
+        df = list_runs()
+    except LabError as e:
+        st.error(str(e))
+        return
+    active = df[df["status_effective"].isin(ACTIVE)] if not df.empty else df
+    if not active.empty:
+        st.markdown(f"**{len(active)} run(s) active**")
+        for r in active.to_dict("records"):
+            st.caption(
+                f"{r['status_effective']}: {r['name'] or r['run_id']} — "
+                f"{r['points_done']}/{r['n_points']} points"
+            )
+    else:
+        st.caption(f"{len(df)} run(s) stored, none active")
+
+
 def sidebar() -> None:
+    """The database and the active runs; while a run is active the list refreshes itself with
+    the Launch page's panel (every 2 s), so the two never disagree for long."""
     with st.sidebar:
         st.caption(f"Database: `{resolve_db(None).name}` in the lab home")
         try:
-            df = store().list_runs()
+            df = list_runs()
         except LabError as e:
             st.error(str(e))
             return
-        active = df[df["status_effective"].isin(ACTIVE)] if not df.empty else df
-        if not active.empty:
-            st.markdown(f"**{len(active)} run(s) active**")
-            for r in active.to_dict("records"):
-                st.caption(
-                    f"{r['status_effective']}: {r['name'] or r['run_id']} — {r['points_done']}/{r['n_points']} points"
-                )
-        else:
-            st.caption(f"{len(df)} run(s) stored, none active")
+        active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
+        st.fragment(run_every=2.0 if active else None)(_sidebar_runs)()

@@ -1,8 +1,8 @@
 """Launch a sweep and watch it run. Training happens in a background worker process."""
 
+import dataclasses
 import json
 
-import pandas as pd
 import streamlit as st
 
 from core import charts, data, runner
@@ -14,11 +14,13 @@ from core.config import (
     parse_int_list,
     preset,
     rank_series,
+    run_name,
 )
 from core.engine import preflight
 from core.errors import LabError
-from core.store import POINT_SUMMARY
-from pages._ui import ACTIVE, label, runs, store, via_app
+from core.progress import format_eta, run_progress
+from core.store import POINT_SUMMARY, now
+from pages._ui import ACTIVE, changed, label, runs, store, via_app
 
 via_app(__file__)
 
@@ -29,20 +31,77 @@ st.caption(
 )
 
 if "flash" in st.session_state:
-    st.success(st.session_state.pop("flash"))
+    st.success(st.session_state.pop("flash"), icon=":material/check_circle:")
 df = runs()
+any_active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
 if df.empty:
+    quick = preset("quick-cpu")
     st.info(
         "**Welcome.** No runs yet. The *quick-cpu* preset fine-tunes the embedded SmolLM2-135M on "
-        "legal text at five dataset sizes (8 → 128 samples) and takes about three minutes on two CPU cores.",
+        f"{quick.domain} text at {len(quick.scales)} dataset sizes "
+        f"({quick.scales[0]} → {quick.scales[-1]} samples) and measures its forgetting curve in "
+        "about two to three minutes on two CPU cores.",
         icon=":material/waving_hand:",
     )
     if st.button("▶ Start quick-cpu now", type="primary", key="quickstart"):
         try:
-            st.session_state["watch"] = runner.launch(store(), preset("quick-cpu"))
+            st.session_state["watch"] = runner.launch(store(), quick)
+            changed()
+            st.session_state["flash"] = (
+                "Started quick-cpu. Its progress is right below; it trains in a background "
+                "process, so you can leave this page or close the browser."
+            )
             st.rerun()
         except LabError as e:
             st.error(str(e))
+
+if any_active or "watch" in st.session_state:
+    st.subheader("Progress")
+    progress_slot = st.container()
+else:
+    progress_slot = None
+
+# The form's label of each setting, so an error names the field the user sees.
+FORM_LABELS = {
+    "model": "Model",
+    "method": "Method",
+    "domain": "Domain",
+    "scales": "Dataset sizes",
+    "seeds": "Seeds",
+    "epochs": "Epochs",
+    "learning_rate": "Learning rate",
+    "lora_rank": "LoRA rank(s)",
+    "rank": "LoRA rank(s)",
+    "lora_alpha": "LoRA alpha",
+    "max_length": "Max length (tokens)",
+    "batch_size": "Batch size",
+    "construction": "Sample construction",
+    "probe": "General probe",
+    "target_modules": "Target modules",
+    "device": "Device",
+    "backend": "Backend",
+    "ray_address": "Ray address",
+    "ray_gpus_per_unit": "GPUs per Ray work unit",
+    "precision": "Training arithmetic",
+    "name": "Name",
+    "replay": "Replay fraction",
+    "warmup_ratio": "Warm-up fraction",
+    "grad_clip": "Gradient clip",
+    "smoke_every": "Smoke test every N steps",
+    "adaptq_fraction": "Fraction of blocks",
+    "adaptq_selection": "Block selection",
+    "frozen_bits": "Frozen blocks",
+    "quant_order": "Order",
+}
+
+
+def in_form_words(problem: str) -> str:
+    """'lora_rank: 2048 is larger ...' -> '**LoRA rank(s)**: 2048 is larger ...'."""
+    field, sep, rest = problem.partition(":")
+    if sep and field.strip() in FORM_LABELS:
+        return f"**{FORM_LABELS[field.strip()]}**:{rest}"
+    return problem
+
 
 with st.expander("Add your own domain (upload)"):
     st.caption(
@@ -62,7 +121,7 @@ with st.expander("Add your own domain (upload)"):
         except LabError as e:
             st.error(f"Not added: {e}")
 
-with st.expander("New run", expanded=df.empty is False):
+with st.expander("New run", expanded=not df.empty and not any_active):
     pname = st.selectbox(
         "Preset",
         list(PRESETS),
@@ -213,8 +272,8 @@ with st.expander("New run", expanded=df.empty is False):
                     "model": model,
                     "method": method,
                     "domain": domain,
-                    "scales": parse_int_list(scales, "scales"),
-                    "seeds": parse_int_list(seeds, "seeds"),
+                    "scales": parse_int_list(scales, "Dataset sizes"),
+                    "seeds": parse_int_list(seeds, "Seeds"),
                     "epochs": int(epochs),
                     "learning_rate": float(lr),
                     "lora_alpha": float(alpha),
@@ -242,10 +301,13 @@ with st.expander("New run", expanded=df.empty is False):
                     "compile_step": bool(compile_step),
                 }
             )
-            specs = rank_series(spec, parse_int_list(rank, "rank"), alpha_2r)
+            specs = rank_series(spec, parse_int_list(rank, "LoRA rank(s)"), alpha_2r)
+            if name.strip() == base.name:  # not renamed: say what differs from the preset
+                specs = [dataclasses.replace(sp, name=run_name(pname, sp)) for sp in specs]
             for sp in specs:  # all checked before any is stored
                 preflight(sp)
             ids = [runner.launch(store(), sp) for sp in specs]
+            changed()
             st.session_state["watch"] = ids[0]
             st.session_state["flash"] = (
                 f"Queued {len(ids)} run(s) ({', '.join(f'`{i}`' for i in ids)}), "
@@ -254,17 +316,12 @@ with st.expander("New run", expanded=df.empty is False):
             )
             st.rerun()
         except LabError as e:
-            st.error(f"Not queued: {e}")
-
-
-def _eta(p: pd.Series) -> str:
-    if not p["total_steps"] or not p["step"]:
-        return "—"
-    elapsed = (p["updated_at"] - p["started_at"]).total_seconds()
-    if elapsed <= 0:
-        return "—"
-    rem = (p["total_steps"] - p["step"]) * elapsed / p["step"]
-    return f"{rem:,.0f} s" if rem < 120 else f"{rem / 60:,.1f} min"
+            problems = [in_form_words(p) for p in str(e).split("; ")]
+            st.error(
+                "**Not queued** — fix the field(s) named below:\n\n"
+                + "\n".join(f"- {p}" for p in problems),
+                icon=":material/error:",
+            )
 
 
 def panel() -> None:
@@ -280,11 +337,11 @@ def panel() -> None:
     idx = ids.index(watch) if watch in ids else 0
     run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
     run = store().get_run(run_id)
-    spec = json.loads(run["spec_json"])
-    n_total = len(spec["scales"]) * len(spec["seeds"])
+    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
     pts = store().points_df([run_id])
-    n_done = int((pts["status"] != "failed").sum()) if not pts.empty else 0
+    prog = store().progress_df(run_id)
     status = run["status_effective"]
+    rp = run_progress(spec, status, pts, prog, store().run_info(run_id), run["started_at"], now())
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )
@@ -292,41 +349,55 @@ def panel() -> None:
     c1.markdown(f"#### Status: :{color}[{status}]")
     if run["error"]:
         c1.caption(run["error"])
+    if st.session_state.get("_panel_active") and not all_runs.status_effective.isin(ACTIVE).any():
+        st.session_state["_panel_active"] = False
+        st.rerun()  # the whole page: the form opens again and the refresh stops
     if status in ACTIVE and c2.button("Cancel run", key=f"cancel-{run_id}"):
         try:
             st.toast(f"{runner.cancel(store(), run_id)}")
+            changed()
         except LabError as e:
             st.error(str(e))
-    if status in ("failed", "cancelled", "interrupted") and c3.button(
+    if runner.can_resume(run) and c3.button(
         "Resume", key=f"resume-{run_id}"
     ):
         try:
             runner.resume_background(store(), run_id)
+            changed()
             st.toast("queued again; finished points are kept")
         except LabError as e:
             st.error(str(e))
-    st.progress(n_done / max(n_total, 1), text=f"{n_done} of {n_total} points finished")
-    prog = store().progress_df(run_id)
-    live = prog[prog["phase"].isin(["training", "evaluating"])] if not prog.empty else prog
-    if status == "running" and not live.empty:
-        p = live.iloc[-1]
-        frac = (p["step"] / p["total_steps"]) if p["total_steps"] else 0.0
-        loss = f"{p['loss']:.3f}" if pd.notna(p["loss"]) else "—"
-        st.progress(
-            min(frac, 1.0),
-            text=f"scale {p['scale']:,} · seed {p['seed']} · {p['phase']} · "
-            f"step {p['step']}/{p['total_steps']} · loss {loss} · ETA {_eta(p)}",
-        )
-        losses = store().losses_df(run_id)
-        cur = losses[(losses.scale == p["scale"]) & (losses.seed == p["seed"])]
-        if len(cur) > 1:
-            st.plotly_chart(
-                charts.loss_sparkline(cur), key="spark", config={"displayModeBar": False}
-            )
-    elif status == "running":
-        st.caption("loading the model and measuring the base…")
+    eta = format_eta(rp.eta_s) if status == "running" else status
+    st.progress(
+        rp.fraction,
+        text=f"Whole run: {rp.points_done} of {rp.points_total} points finished · {eta}",
+    )
+    if status == "running":
+        st.caption(f"Now: {rp.stage}")
+        for p in rp.live[:4]:
+            if p.phase == "training" and p.total:
+                loss = f" · loss {p.loss:.3f}" if p.loss is not None else ""
+                st.progress(
+                    min(p.step / p.total, 1.0),
+                    text=f"{p.scale:,} samples, seed {p.seed}: training step {p.step}/{p.total}{loss}",
+                )
+        training = [p for p in rp.live if p.phase == "training"]
+        if training:
+            p = training[-1]
+            losses = store().losses_df(run_id)
+            cur = losses[(losses.scale == p.scale) & (losses.seed == p.seed)]
+            if len(cur) > 1:
+                st.plotly_chart(
+                    charts.loss_sparkline(cur), key="spark", config={"displayModeBar": False}
+                )
+    elif status == "done":
+        st.markdown("**Results:**")
+        c1, c2, c3 = st.columns(3)
+        c1.page_link("pages/threshold.py", label="Threshold curve", icon=":material/show_chart:")
+        c2.page_link("pages/phases.py", label="Phases", icon=":material/timeline:")
+        c3.page_link("pages/smoke_test.py", label="Smoke test", icon=":material/chat:")
     if not pts.empty:
-        show = pts[[*POINT_SUMMARY, "train_seconds"]]
+        show = pts[[*POINT_SUMMARY, "train_seconds", "eval_seconds"]]
         st.dataframe(
             show,
             hide_index=True,
@@ -342,13 +413,19 @@ def panel() -> None:
                     "general PPL after", format="%.2f"
                 ),
                 "train_seconds": st.column_config.NumberColumn("train s", format="%.1f"),
+                "eval_seconds": st.column_config.NumberColumn("eval s", format="%.1f"),
                 "smoke_ok": st.column_config.CheckboxColumn("smoke ok"),
             },
         )
 
 
-st.subheader("Progress")
-any_active = (
-    not df.empty and df["status_effective"].isin(ACTIVE).any() or "watch" in st.session_state
-)
-st.fragment(run_every=2.0 if any_active else None)(panel)()
+# The panel refreshes itself every 2 s while a run is queued or running (a fragment: the rest of
+# the page is not rerun), and reruns the page once when the run ends so the refresh stops.
+st.session_state["_panel_active"] = any_active
+live_panel = st.fragment(run_every=2.0 if any_active else None)(panel)
+if progress_slot is not None:
+    with progress_slot:
+        live_panel()
+else:
+    st.subheader("Progress")
+    live_panel()

@@ -8,7 +8,7 @@ import streamlit as st
 from core import analysis, charts
 from core.errors import LabError
 from core.paths import discard_run_files
-from pages._ui import labels, no_results, runs, store, via_app
+from pages._ui import changed, labels, no_results, runs, store, via_app
 
 via_app(__file__)
 
@@ -144,6 +144,7 @@ if victim:
             if view.set_index("run_id").loc[victim, "status_effective"] in ("running", "queued"):
                 raise LabError("cancel the run before deleting it")
             store().delete_run(victim)
+            changed()
             discard_run_files(victim)
             st.success(f"Deleted {victim} (points, saved adapters, checkpoints).")
             st.rerun()

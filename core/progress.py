@@ -1,0 +1,135 @@
+"""Where a run stands and how long it still needs, from what the database holds: the stored
+points, the progress rows of points in flight and the run's timing facts. One ETA for the whole
+run, from measured rates only: a time per training step (finished points, else the point in
+flight) and a time per evaluation (finished points, else the base model's measurement, which
+runs the same evaluation once). No rate measured yet means no ETA, said as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from .config import RunSpec
+
+ENDED = ("done", "failed", "diverged", "stopped")
+
+
+@dataclass
+class PointInFlight:
+    scale: int
+    seed: int
+    phase: str  # training | evaluating: <part> (k/n)
+    step: int
+    total: int
+    loss: float | None
+
+
+@dataclass
+class RunProgress:
+    stage: str  # what the run does now, in words
+    points_done: int
+    points_total: int
+    fraction: float  # of the run's estimated time, 0..1
+    eta_s: float | None  # None: no rate measured yet
+    live: list[PointInFlight] = field(default_factory=list)
+
+
+def point_steps(spec: RunSpec, scale: int) -> int:
+    """Optimizer steps of one point: its samples (with replay) in batches, times the epochs."""
+    n = scale + round(spec.replay * scale)
+    return math.ceil(n / spec.batch_size) * spec.epochs
+
+
+def _seconds(a, b) -> float:
+    return max((pd.Timestamp(b) - pd.Timestamp(a)).total_seconds(), 0.0)
+
+
+def run_progress(
+    spec: RunSpec,
+    status: str,
+    points: pd.DataFrame,
+    progress: pd.DataFrame,
+    info: dict,
+    started_at: datetime | None,
+    now: datetime,
+) -> RunProgress:
+    """The run's progress and ETA. `points`: its stored points; `progress`: its progress rows;
+    `info`: its run facts (`stage`, `timing` written by the runner)."""
+    total = len(spec.points())
+    ended = points[points.status.isin(ENDED)] if not points.empty else points
+    finished = {(int(r.scale), int(r.seed)) for r in ended.itertuples()}
+    live_rows = (
+        progress[~progress.phase.isin(ENDED)] if not progress.empty else progress
+    ).itertuples()
+    live = [
+        PointInFlight(
+            int(r.scale),
+            int(r.seed),
+            str(r.phase),
+            int(r.step or 0),
+            int(r.total_steps or 0),
+            None if pd.isna(r.loss) else float(r.loss),
+        )
+        for r in live_rows
+        if (int(r.scale), int(r.seed)) not in finished
+    ]
+    stage = (info.get("stage") or {}).get("phase", "waiting for a worker")
+    if live:
+        stage = "; ".join(f"{p.scale:,} samples (seed {p.seed}): {p.phase}" for p in live)
+    if status not in ("running", "queued"):
+        stage = status
+    done = len(ended)
+
+    # Measured rates.
+    trained = ended[ended.steps.fillna(0) > 0] if not ended.empty else ended
+    step_s = None
+    if not trained.empty and trained.train_seconds.notna().any():
+        step_s = float(trained.train_seconds.sum() / trained.steps.sum())
+    elif not progress.empty:
+        cur = progress[(progress.phase == "training") & (progress.step > 0)]
+        if not cur.empty:
+            r = cur.iloc[0]
+            step_s = _seconds(r.started_at, r.updated_at) / int(r.step)
+    measured = ended.eval_seconds.dropna() if not ended.empty else pd.Series(dtype=float)
+    eval_s = float(measured.mean()) if not measured.empty else info.get("timing", {}).get("base_s")
+
+    eta = None
+    if status == "running" and step_s is not None and eval_s is not None:
+        in_flight = {(p.scale, p.seed): p for p in live}
+        todo = [p for p in spec.points() if p not in finished]
+        train_left = []
+        for key in todo:
+            p = in_flight.get(key)
+            if p is None:
+                train_left.append(point_steps(spec, key[0]))
+            elif p.phase == "training":
+                train_left.append(max((p.total or point_steps(spec, key[0])) - p.step, 0))
+            else:
+                train_left.append(0)
+        # Points that train together (the packed trainer) share each step: the longest of them
+        # sets the time; one after another, the steps add up.
+        together = sum(p.phase == "training" for p in live) > 1
+        steps = max(train_left, default=0) if together else sum(train_left)
+        eta = steps * step_s + len(todo) * eval_s
+    elapsed = _seconds(started_at, now) if started_at is not None else 0.0
+    if status == "done":
+        fraction = 1.0
+    elif eta is not None and elapsed + eta > 0:
+        fraction = elapsed / (elapsed + eta)
+    else:
+        fraction = done / max(total, 1)
+    return RunProgress(stage, done, total, min(max(fraction, 0.0), 1.0), eta, live)
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA after the first measured steps"
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s left"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"
