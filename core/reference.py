@@ -103,6 +103,11 @@ def provenance(name: str = REF_NAME) -> dict:
 
 def runs() -> pd.DataFrame:
     """One row per reference run, with the columns the app's run pickers use."""
+    return _runs().copy()
+
+
+@lru_cache(maxsize=1)
+def _runs() -> pd.DataFrame:  # the shipped files do not change while the process runs
     df = points()
     if df.empty:
         return df
@@ -121,9 +126,16 @@ def runs() -> pd.DataFrame:
 
 
 def label(run_id: str) -> str:
-    r = runs().set_index("run_id").loc[run_id]
-    where = "GPU" if str(r["device"]).startswith("cuda") else "CPU"
-    return f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
+    return _labels()[run_id]
+
+
+@lru_cache(maxsize=1)
+def _labels() -> dict[str, str]:
+    out = {}
+    for r in _runs().to_dict("records"):
+        where = "GPU" if str(r["device"]).startswith("cuda") else "CPU"
+        out[r["run_id"]] = f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
+    return out
 
 
 def summary(name: str = REF_NAME) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import reference
+from core import analysis, reference
 from core.errors import LabError
 from core.paths import resolve_db
 from core.store import Store, effective_status
@@ -138,19 +138,67 @@ def _own_and_reference(run_ids, from_store, from_reference) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+@st.cache_data(max_entries=128, show_spinner=False)
+def _read(db: str, version: tuple, method: str, *args) -> pd.DataFrame:
+    return getattr(_store(db), method)(*args)
+
+
+def read(method: str, *args) -> pd.DataFrame:
+    """A Store read (`read("item_nll_df", run_id)`), cached until the database changes: moving a
+    slider or coming back to a page reruns the script without opening the database."""
+    db = resolve_db(None)
+    return _read(str(db), db_version(db), method, *args)
+
+
 def points_for(run_ids: list[str]) -> pd.DataFrame:
-    df = _own_and_reference(run_ids, store().points_df, reference.points)
-    return df if not df.empty else store().points_df([])  # keep the columns
+    df = _own_and_reference(run_ids, lambda ids: read("points_df", tuple(ids)), reference.points)
+    return df if not df.empty else read("points_df", ())  # keep the columns
 
 
 def spectral_for(run_ids: list[str]) -> pd.DataFrame:
-    return _own_and_reference(run_ids, store().spectral_df, reference.spectral)
+    return _own_and_reference(
+        run_ids, lambda ids: read("spectral_df", tuple(ids)), reference.spectral
+    )
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _analysis(db: str, version: tuple, run_id: str, level: float, cutoffs: tuple) -> dict | None:
+    pts = points_for([run_id])
+    items = None if run_id.startswith(reference.REF_PREFIX) else read("item_nll_df", run_id)
+    try:
+        return analysis.analyze(pts, items, level, cutoffs, n_boot=500)
+    except ValueError:
+        return None
+
+
+def analysis_for(run_id: str, level: float, cutoffs) -> dict | None:
+    """`analysis.analyze` of one run (threshold, bootstrap intervals, fits), cached until the
+    database changes or the level / cut-offs do."""
+    db = resolve_db(None)
+    return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs))
 
 
 def run_info_for(run_id: str) -> dict:
     if run_id.startswith(reference.REF_PREFIX):
         return reference.run_info(run_id)
-    return store().run_info(run_id)
+    return read("run_info", run_id)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _export(db: str, version: tuple, fmt: str, run_ids: tuple | None) -> tuple[int, bytes]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / f"points.{fmt}"
+        n = _store(db).export(out, fmt, list(run_ids) if run_ids is not None else None)
+        return n, out.read_bytes()
+
+
+def export_bytes(fmt: str, run_ids: list[str] | None) -> tuple[int, bytes]:
+    """(rows, file contents) of the export (DuckDB writes CSV/Parquet), cached until the
+    database changes."""
+    db = resolve_db(None)
+    return _export(str(db), db_version(db), fmt, tuple(run_ids) if run_ids else None)
 
 
 def no_results(what: str = "results") -> None:

@@ -4,7 +4,7 @@ compared on the same axes."""
 import streamlit as st
 
 from core import analysis, charts, reference
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store, via_app
+from pages._ui import all_labels, no_results, pick_runs, points_for, read, runs, via_app
 
 via_app(__file__)
 
@@ -31,7 +31,7 @@ if sources[source] is None:
     if done.empty:
         no_results("finished points")
         st.stop()
-    ev = store().evals_df(list(done.run_id))
+    ev = read("evals_df", tuple(done.run_id))
 else:
     ev = reference.evals()
     ev = ev[ev.ref_set == sources[source]]

@@ -19,8 +19,8 @@ from core.config import (
 from core.engine import preflight
 from core.errors import LabError
 from core.progress import format_eta, run_progress
-from core.store import POINT_SUMMARY, now
-from pages._ui import ACTIVE, changed, label, runs, store, via_app
+from core.store import POINT_SUMMARY, effective_status, now
+from pages._ui import ACTIVE, changed, label, read, runs, store, via_app
 
 via_app(__file__)
 
@@ -336,12 +336,13 @@ def panel() -> None:
     ids = list(lab)
     idx = ids.index(watch) if watch in ids else 0
     run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
-    run = store().get_run(run_id)
+    run = read("get_run", run_id)
+    run["status_effective"] = effective_status(run)  # liveness: checked at every refresh
     spec = RunSpec.from_dict(json.loads(run["spec_json"]))
-    pts = store().points_df([run_id])
-    prog = store().progress_df(run_id)
+    pts = read("points_df", (run_id,))
+    prog = read("progress_df", run_id)
     status = run["status_effective"]
-    rp = run_progress(spec, status, pts, prog, store().run_info(run_id), run["started_at"], now())
+    rp = run_progress(spec, status, pts, prog, read("run_info", run_id), run["started_at"], now())
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )
@@ -358,9 +359,7 @@ def panel() -> None:
             changed()
         except LabError as e:
             st.error(str(e))
-    if runner.can_resume(run) and c3.button(
-        "Resume", key=f"resume-{run_id}"
-    ):
+    if runner.can_resume(run) and c3.button("Resume", key=f"resume-{run_id}"):
         try:
             runner.resume_background(store(), run_id)
             changed()
@@ -384,7 +383,7 @@ def panel() -> None:
         training = [p for p in rp.live if p.phase == "training"]
         if training:
             p = training[-1]
-            losses = store().losses_df(run_id)
+            losses = read("losses_df", run_id)
             cur = losses[(losses.scale == p.scale) & (losses.seed == p.seed)]
             if len(cur) > 1:
                 st.plotly_chart(

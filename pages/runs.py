@@ -1,14 +1,11 @@
 """Every stored run: filter, compare, export, delete."""
 
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from core import analysis, charts
 from core.errors import LabError
 from core.paths import discard_run_files
-from pages._ui import changed, labels, no_results, runs, store, via_app
+from pages._ui import changed, export_bytes, labels, no_results, read, runs, store, via_app
 
 via_app(__file__)
 
@@ -60,7 +57,7 @@ lab = labels(view)
 st.subheader("Compare")
 chosen = st.multiselect("Runs to compare", list(lab), default=list(lab)[:2], format_func=lab.get)
 if chosen:
-    pts = store().points_df(chosen)
+    pts = read("points_df", tuple(chosen))
     curves = analysis.per_scale(pts)
     if not curves.empty:
         st.plotly_chart(
@@ -120,18 +117,16 @@ if chosen:
 st.subheader("Export")
 fmt = st.radio("Format", ["csv", "parquet"], horizontal=True)
 scope = chosen if chosen else None
-with tempfile.TemporaryDirectory() as d:
-    out = Path(d) / f"forgetting-lab-points.{fmt}"
-    try:
-        n = store().export(out, fmt, scope)
-        st.download_button(
-            f"Download {n} point rows ({fmt})",
-            out.read_bytes(),
-            file_name=out.name,
-            mime="text/csv" if fmt == "csv" else "application/octet-stream",
-        )
-    except LabError as e:
-        st.error(str(e))
+try:
+    n, payload = export_bytes(fmt, scope)
+    st.download_button(
+        f"Download {n} point rows ({fmt})",
+        payload,
+        file_name=f"forgetting-lab-points.{fmt}",
+        mime="text/csv" if fmt == "csv" else "application/octet-stream",
+    )
+except LabError as e:
+    st.error(str(e))
 
 st.subheader("Delete")
 victim = st.selectbox(

@@ -4,7 +4,16 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, charts, reference
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, store, via_app
+from pages._ui import (
+    all_labels,
+    analysis_for,
+    no_results,
+    pick_runs,
+    points_for,
+    read,
+    runs,
+    via_app,
+)
 
 via_app(__file__)
 
@@ -100,14 +109,12 @@ thr = {
 
 results, fits = {}, {}
 for r in chosen:
-    rp = pts[pts.run_id == r]
-    if rp.empty or r not in set(curves.run_id):
+    if r not in set(curves.run_id):
         continue
-    items = None if r.startswith(reference.REF_PREFIX) else store().item_nll_df(r)
-    try:
-        results[r] = analysis.analyze(rp, items, level, cutoffs, n_boot=500)
-    except ValueError:
+    res = analysis_for(r, level, cutoffs)
+    if res is None:
         continue
+    results[r] = res
     if results[r].get("best_fit"):
         f = results[r]["best_fit"]
         fits[r] = analysis.Fit(f["name"], f["params"], f["r2"], f["aic"])
@@ -217,7 +224,7 @@ if focus.startswith(reference.REF_PREFIX):
     st.caption(
         "Generations of the reference runs are not shipped; run your own sweep to see them here."
     )
-gens = store().generations_df(focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
+gens = read("generations_df", focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
 if not gens.empty:
     st.markdown("**Stored smoke-test generations** (greedy decoding)")
     before = gens[gens.stage == "before"].set_index("idx")

@@ -62,11 +62,11 @@ def test_empty_database_offers_quick_start(tmp_path, monkeypatch):
         ("Dataset sizes", "50, 50", "more than once"),
         ("Dataset sizes", "2e9", "larger than the supported maximum"),
         ("Seeds", "1, 1", "seed appears more than once"),
-        ("LoRA rank(s)", "0", "lora_rank"),
+        ("LoRA rank(s)", "0", "**LoRA rank(s)**: 0 is outside"),
         ("LoRA rank(s)", "4, 4", "rank appears more than once"),
-        ("Model", "./no/such/model", "model"),
-        ("Target modules", "q_proj;rm -rf", "target_modules"),
-        ("Ray address", "head\x07", "ray_address"),
+        ("Model", "./no/such/model", "does not exist"),
+        ("Target modules", "q_proj;rm -rf", "**Target modules**"),
+        ("Ray address", "head\x07", "**Ray address**"),
     ],
 )
 def test_launch_form_rejects_bad_input_and_stores_nothing(
@@ -81,6 +81,8 @@ def test_launch_form_rejects_bad_input_and_stores_nothing(
     assert not at.exception
     msgs = [e.value for e in at.error]
     assert any("Not queued" in m and fragment in m for m in msgs), msgs
+    internal = ("lora_rank", "target_modules", "ray_address", "scales:", "seeds:")
+    assert not any(name in m for m in msgs for name in internal), msgs  # the form's words
     assert Store(db).list_runs().empty
 
 
