@@ -10,19 +10,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# Phase cut-offs on general-knowledge degradation (%). Defaults follow our reading of seed 000:
+# Phase cut-offs on general-knowledge degradation (%). Defaults follow our reading of Martz 2025:
 # safe below 10 %, a threshold crossing up to 50 %, catastrophic beyond, exponential growth from
 # about +1,000 % (its 2.5K-10K points) and collapse from about +10,000 % (its 25K-50K points).
 PHASES = ("safe", "threshold", "catastrophic", "exponential", "collapse")
 DEFAULT_CUTOFFS = (10.0, 50.0, 1000.0, 10000.0)
-PHASE_COLORS = {
+PHASE_COLORS = {  # one hue per phase, far enough apart to tell neighbours apart
     "safe": "#2e7d32",
-    "threshold": "#f9a825",
+    "threshold": "#f2c400",
     "catastrophic": "#ef6c00",
-    "exponential": "#c62828",
+    "exponential": "#b71c1c",
     "collapse": "#6a1b9a",
 }
-# Seed 000's deployment guidance: alert above 20 %, consider rollback above 50 %.
+# Martz 2025's deployment guidance: alert above 20 %, consider rollback above 50 %.
 ALERT_PCT, ROLLBACK_PCT = 20.0, 50.0
 
 
@@ -339,7 +339,7 @@ def analyze(
     return out
 
 
-# -- methods comparison and spectral summaries (seed 001, seed 002) -------------------------------
+# -- methods comparison and spectral summaries (ADAPT-Q, Rathore et al. 2025) ------------------
 def method_summary(points: pd.DataFrame) -> pd.DataFrame:
     """One row per run: what training cost and what it did, averaged over finished points."""
     ok = points[points["status"] == "done"].copy()
@@ -409,3 +409,98 @@ def layer_matrix(spec: pd.DataFrame, value: str = "topk_cos") -> pd.DataFrame:
     if spec.empty:
         return pd.DataFrame()
     return spec.pivot_table(index="layer", columns="module", values=value, aggfunc="mean")
+
+
+# -- smoke tests ------------------------------------------------------------------------------
+def smoke_table(gens: pd.DataFrame) -> pd.DataFrame:
+    """One row per smoke-test prompt of a point: the verdict on the fine-tuned model's answer
+    (ok, new tokens, why it failed) first, then the base model's answer and the fine-tuned one.
+    `gens` holds a point's 'before' and 'after' rows of the generations table."""
+    cols = ["prompt", "ok", "new_tokens", "reason", "base_output", "after_output"]
+    before = gens[gens["stage"] == "before"].set_index("idx")
+    after = gens[gens["stage"] == "after"].set_index("idx")
+    rows = []
+    for i in before.index:
+        a = after.loc[i] if i in after.index else None
+        reason = a.get("reason") if a is not None else None
+        rows.append(
+            {
+                "prompt": before.loc[i, "prompt"],
+                "ok": bool(a["ok"]) if a is not None else None,
+                "new_tokens": int(a["new_tokens"]) if a is not None else None,
+                "reason": reason if isinstance(reason, str) and reason else None,
+                "base_output": before.loc[i, "output"],
+                "after_output": a["output"] if a is not None else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+NO_REASON = "smoke test failed (this run stored no reasons)"
+
+
+def smoke_failed_points(points: pd.DataFrame, failures: pd.DataFrame | None) -> pd.DataFrame:
+    """Finished points whose smoke test failed, one row per (run, scale): the failing seeds and
+    the reasons, one line per failing answer ("seed 1, 'The capital of…': repetition loop …").
+    `failures` are the failing answers (run_id, scale, seed, prompt, reason); reference runs and
+    runs stored before reasons have none."""
+    cols = ["run_id", "scale", "seeds", "reasons"]
+    if points.empty or "smoke_ok" not in points:
+        return pd.DataFrame(columns=cols)
+    bad = points[(points["status"] == "done") & (points["smoke_ok"] == False)]  # noqa: E712
+    if bad.empty:
+        return pd.DataFrame(columns=cols)
+    failures = failures if failures is not None else pd.DataFrame()
+    rows = []
+    for (run_id, scale), g in bad.groupby(["run_id", "scale"], sort=True):
+        lines = []
+        for seed in sorted(g["seed"]):
+            f = (
+                failures[
+                    (failures["run_id"] == run_id)
+                    & (failures["scale"] == scale)
+                    & (failures["seed"] == seed)
+                ]
+                if not failures.empty
+                else failures
+            )
+            if f.empty:
+                lines.append(f"seed {seed}: {NO_REASON}")
+            for prompt, reason in zip(f.get("prompt", []), f.get("reason", [])):
+                why = reason if isinstance(reason, str) and reason else "failed (no reason stored)"
+                lines.append(f"seed {seed}, '{str(prompt)[:30]}': {why}")
+        rows.append(
+            {
+                "run_id": run_id,
+                "scale": int(scale),
+                "seeds": sorted(int(s) for s in g["seed"]),
+                "reasons": lines,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def describe_interval(
+    ci: list[float] | tuple[float, float], over: str, threshold: float, smallest: float
+) -> str:
+    """The threshold's 95 % bootstrap interval in words. An interval whose ends print alike
+    ('61 – 61') reads as a bug: it gets the decimals that tell them apart, and an interval pinned
+    at the smallest measured size says the threshold lies somewhere below it."""
+    lo, hi = float(ci[0]), float(ci[1])
+    head = f"95 % bootstrap interval over {over}"
+    if math.isinf(hi) and math.isinf(lo):
+        return f"{head}: no resample crosses the level in the measured range"
+    if lo <= smallest and hi <= smallest:
+        return (
+            f"{head}: every resample is already above the level at the smallest measured size "
+            f"({smallest:,.0f}); the threshold lies at or below it, only smaller sizes can place it"
+        )
+    if math.isinf(hi):
+        return f"{head}: {lo:,.0f} – not reached in the measured range"
+    digits = 0
+    while digits < 3 and f"{lo:,.{digits}f}" == f"{hi:,.{digits}f}":
+        digits += 1
+    text = f"{head}: {lo:,.{digits}f} – {hi:,.{digits}f}"
+    if hi - lo < 0.02 * threshold:
+        text += " (resampling hardly moves it: the seeds agree where the curve crosses the level)"
+    return text

@@ -11,8 +11,36 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis import DEFAULT_CUTOFFS, PHASE_COLORS, PHASES, pct_to_ratio
+from .labels import short_names
 
 PALETTE = ["#1565c0", "#d84315", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#f9a825"]
+
+
+# Numbers claimed by Martz 2025 (scale-dependent forgetting), one style per domain so two claimed
+# curves never look alike.
+CLAIMED_SOURCE = "Martz 2025"
+CLAIMED_STYLES = {
+    "legal": dict(color="#424242", dash="dash", symbol="x"),
+    "financial": dict(color="#8d6e63", dash="dot", symbol="triangle-up"),
+    "medical": dict(color="#546e7a", dash="dashdot", symbol="square"),
+}
+SMOKE_FAIL_COLOR = "#b71c1c"
+
+
+def _label_rows(xs: list[float], texts: list[str], span_decades: float) -> list[int]:
+    """Row (0 = lowest) for each label placed at log10 x, so labels closer than their own width
+    (about 6.5 px per character on a ~900 px wide plot) go to different rows."""
+    per_char = 6.5 * max(span_decades, 0.3) / 900
+    placed: list[tuple[float, float, int]] = []  # (left, right, row)
+    rows = []
+    for x, t in zip(xs, texts):
+        half = len(t) * per_char / 2
+        row = 0
+        while any(r == row and x - half < b and x + half > a for a, b, r in placed):
+            row += 1
+        placed.append((x - half, x + half, row))
+        rows.append(row)
+    return rows
 
 
 def pct_label(p: float) -> str:
@@ -89,13 +117,17 @@ def threshold_figure(
     guidance: tuple[float, ...] = (),
     fits: dict | None = None,
     unfinished: pd.DataFrame | None = None,
+    smoke_failed: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
     in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
-    phase bands, the threshold, an optional slider marker and seed 000's claimed curve; domain
-    improvement in a second panel. `unfinished` points (stopped by the in-training smoke test,
-    diverged, failed: columns run_id, scale, seed, status, error) are left out of the curves and
-    marked along the bottom edge at their size, with the reason on hover."""
+    phase bands, the threshold, an optional slider marker and the curves claimed by Martz 2025
+    (one style per domain); domain improvement in a second panel. `unfinished` points (stopped by
+    the in-training smoke test, diverged, failed: columns run_id, scale, seed, status, error) are
+    left out of the curves and marked along the bottom edge at their size, with the reason on
+    hover. `smoke_failed` (run_id, scale, seeds, reasons: `analysis.smoke_failed_points`) rings the
+    curve's points whose smoke test failed, with the reasons on hover. Legend names keep only what
+    differs between the runs' labels; hovers carry the full label."""
     two = domain_curves is not None and not domain_curves.empty
     fig = make_subplots(
         rows=2 if two else 1,
@@ -111,10 +143,14 @@ def threshold_figure(
         else None,
     )
     all_ratios = [1.0]
+    run_ids = list(curves["run_id"].unique())
+    legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
+    thr_labels: list[tuple[float, str, str]] = []  # (log10 x, text, colour)
     for i, (run_id, c) in enumerate(curves.groupby("run_id", sort=False)):
         c = c.sort_values("scale")
         color = PALETTE[i % len(PALETTE)]
         name = labels.get(run_id, run_id)
+        short = legend.get(run_id, name)
         r_mean = pct_to_ratio(c["mean"])
         all_ratios += list(r_mean)
         if (c["n"] > 1).any():
@@ -143,7 +179,8 @@ def threshold_figure(
                 x=c["scale"],
                 y=r_mean,
                 mode="lines+markers",
-                name=name,
+                name=short,
+                legendgroup=run_id,
                 line=dict(color=color, width=2.5),
                 customdata=np.stack([c["mean"], c["n"]], axis=1),
                 hovertemplate="n=%{x:,}<br>degradation %{customdata[0]:+,.1f}%<br>seeds %{customdata[1]}<extra>"
@@ -163,7 +200,8 @@ def threshold_figure(
                     y=yr,
                     mode="lines",
                     line=dict(color=color, dash="dash", width=1),
-                    name=f"{name}: {f.name} fit (R² {f.r2:.2f})",
+                    name=f"{short}: {f.name} fit (R² {f.r2:.2f})",
+                    legendgroup=run_id,
                     hoverinfo="skip",
                 ),
                 row=1,
@@ -172,21 +210,12 @@ def threshold_figure(
         t = (threshold or {}).get(run_id)
         if t:
             fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)
-            fig.add_annotation(
-                x=math.log10(t),
-                y=1,
-                yref="y domain",
-                text=(
-                    f"threshold ≈ {t:,.0f}"
-                    if t > c["scale"].min()
-                    else f"above from the first point (≤ {t:,.0f})"
-                ),
-                showarrow=False,
-                font=dict(color=color, size=11),
-                yshift=10 + 14 * i,
-                row=1,
-                col=1,
+            text = (
+                f"threshold ≈ {t:,.0f}"
+                if t > c["scale"].min()
+                else f"≤ {t:,.0f}: above the level from the first point"
             )
+            thr_labels.append((math.log10(t), text, color))
         if two:
             d = domain_curves[domain_curves.run_id == run_id].sort_values("scale")
             fig.add_trace(
@@ -194,8 +223,9 @@ def threshold_figure(
                     x=d["scale"],
                     y=d["mean"],
                     mode="lines+markers",
-                    line=dict(color=color, dash="dash"),
-                    name=f"{name} (domain)",
+                    line=dict(color=color, width=1.5),  # measured: solid (dashes are fits)
+                    marker=dict(size=5),
+                    name=f"{short} (domain)",
                     showlegend=False,
                     hovertemplate="n=%{x:,}<br>domain ppl %{y:+.1f}% better<extra></extra>",
                 ),
@@ -203,18 +233,23 @@ def threshold_figure(
                 col=1,
             )
     if paper is not None and not paper.empty:
-        for dom, p in paper.groupby("domain"):
+        extra = ["longdash", "dashdot", "dot"]
+        for k, (dom, p) in enumerate(paper.groupby("domain")):
             r = pct_to_ratio(p["degradation_pct"])
             all_ratios += list(r)
+            style = CLAIMED_STYLES.get(
+                dom, dict(color="#757575", dash=extra[k % len(extra)], symbol="diamond")
+            )
             fig.add_trace(
                 go.Scatter(
                     x=p["scale"],
                     y=r,
                     mode="lines+markers",
-                    name=f"claimed in seed 000: {dom} (GPT-2)",
-                    line=dict(color="#757575", dash="dash", width=1.5),
-                    marker=dict(symbol="x", size=7),
-                    hovertemplate="n=%{x:,}<br>paper claims %{customdata:+,.1f}%<extra>seed 000</extra>",
+                    name=f"claimed, {dom} ({CLAIMED_SOURCE}, GPT-2)",
+                    line=dict(color=style["color"], dash=style["dash"], width=1.5),
+                    marker=dict(symbol=style["symbol"], size=7, color=style["color"]),
+                    hovertemplate="n=%{x:,}<br>"
+                    + f"{dom}: claimed %{{customdata:+,.1f}}%<extra>{CLAIMED_SOURCE} (GPT-2 124M)</extra>",
                     customdata=p["degradation_pct"],
                 ),
                 row=1,
@@ -312,6 +347,63 @@ def threshold_figure(
                 row=1,
                 col=1,
             )
+    xs = list(curves["scale"]) + (
+        list(paper["scale"]) if paper is not None and not paper.empty else []
+    )
+    xs += list(unfinished["scale"])
+    if thr_labels:
+        span = math.log10(max(xs)) - math.log10(min(xs)) if xs else 1.0
+        rows = _label_rows([x for x, _, _ in thr_labels], [t for _, t, _ in thr_labels], span)
+        for (x, text, color), row in zip(thr_labels, rows):
+            fig.add_annotation(
+                x=x,
+                y=1,
+                yref="y domain",
+                yanchor="top",
+                text=text,
+                showarrow=False,
+                font=dict(color=color, size=11),
+                bgcolor="rgba(255,255,255,0.85)",
+                yshift=-2 - 17 * row,
+                row=1,
+                col=1,
+            )
+    if smoke_failed is not None and not smoke_failed.empty:
+        at = {(r, s): m for r, s, m in zip(curves["run_id"], curves["scale"], curves["mean"])}
+        rows = [
+            (r, s, at[(r, s)], seeds, reasons)
+            for r, s, seeds, reasons in zip(
+                smoke_failed["run_id"],
+                smoke_failed["scale"],
+                smoke_failed["seeds"],
+                smoke_failed["reasons"],
+            )
+            if (r, s) in at
+        ]
+        if rows:
+            fig.add_trace(
+                go.Scatter(
+                    x=[r[1] for r in rows],
+                    y=[pct_to_ratio(r[2]) for r in rows],
+                    mode="markers",
+                    marker=dict(
+                        symbol="circle-x-open",
+                        size=17,
+                        color=SMOKE_FAIL_COLOR,
+                        line=dict(width=2, color=SMOKE_FAIL_COLOR),
+                    ),
+                    name="smoke test failed",
+                    hovertext=[
+                        f"<b>smoke test failed</b> · {labels.get(r, r)}<br>n={s:,}: "
+                        + "<br>".join(reasons[:6])
+                        + (f"<br>… {len(reasons) - 6} more" if len(reasons) > 6 else "")
+                        for r, s, _, _, reasons in rows
+                    ],
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=1,
+            )
     tv, tt = _ratio_ticks(lo_r, hi_r)
     fig.update_yaxes(
         type="log",
@@ -322,10 +414,6 @@ def threshold_figure(
         row=1,
         col=1,
     )
-    xs = list(curves["scale"]) + (
-        list(paper["scale"]) if paper is not None and not paper.empty else []
-    )
-    xs += list(unfinished["scale"])
     fig.update_xaxes(type="log", **log_x_ticks(xs))
     fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
     if two:
@@ -341,11 +429,23 @@ def threshold_figure(
 
 
 def loss_sparkline(losses: pd.DataFrame, height: int = 120) -> go.Figure:
+    """The loss of the point in flight. A sparkline: its y ticks are the lowest and the highest
+    loss only (plotly's ticks at 1, 1.5, 2 crowd a 120-pixel chart and say nothing)."""
     fig = go.Figure(
         go.Scatter(
-            x=losses["step"], y=losses["loss"], mode="lines", line=dict(width=1.5, color="#1565c0")
+            x=losses["step"],
+            y=losses["loss"],
+            mode="lines",
+            line=dict(width=1.5, color="#1565c0"),
+            hovertemplate="step %{x:,}: loss %{y:.3f}<extra></extra>",
         )
     )
+    y = losses["loss"].replace([np.inf, -np.inf], np.nan).dropna()
+    if not y.empty:
+        lo, hi = float(y.min()), float(y.max())
+        ticks = [lo] if hi - lo < 1e-9 else [lo, hi]
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:.2f}" for t in ticks])
+    fig.update_xaxes(nticks=4, tickformat=",d")
     fig.update_layout(
         height=height,
         margin=dict(l=30, r=5, t=5, b=20),
@@ -358,11 +458,12 @@ def loss_sparkline(losses: pd.DataFrame, height: int = 120) -> go.Figure:
 
 
 def phase_timeline(tables: dict[str, pd.DataFrame]) -> go.Figure:
-    """One row per run: each measured scale coloured by its phase, on a log x axis."""
+    """One row per run: each measured scale coloured by its phase, on a log x axis. The legend
+    lists the phases in order of severity, whichever run meets them first."""
     fig = go.Figure()
     seen = set()
-    for label, t in tables.items():
-        for name in PHASES:
+    for name in PHASES:
+        for label, t in tables.items():
             sub = t[t.phase == name]
             if sub.empty:
                 continue
@@ -374,6 +475,7 @@ def phase_timeline(tables: dict[str, pd.DataFrame]) -> go.Figure:
                     name=name,
                     marker=dict(size=18, color=PHASE_COLORS[name], symbol="square"),
                     legendgroup=name,
+                    legendrank=PHASES.index(name),
                     showlegend=name not in seen,
                     customdata=sub["mean"],
                     hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra>" + name + "</extra>",
@@ -386,8 +488,9 @@ def phase_timeline(tables: dict[str, pd.DataFrame]) -> go.Figure:
         height=140 + 50 * len(tables),
         margin=dict(l=10, r=10, t=30, b=40),
         template="plotly_white",
-        legend=dict(orientation="h", y=1.15),
+        legend=dict(orientation="h", y=1.15, traceorder="normal"),
     )
+    fig.update_yaxes(categoryorder="array", categoryarray=list(tables)[::-1])
     return fig
 
 
@@ -479,9 +582,48 @@ def compare_figure(
     return fig
 
 
+CHANCE_PCT = 25.0  # four options per multiple-choice question
+
+
+def mc_figure(
+    acc: pd.DataFrame, labels: dict[str, str], before: dict[str, float] | None = None
+) -> go.Figure:
+    """Multiple-choice accuracy after fine-tuning (%) per dataset size, each run's accuracy
+    before fine-tuning as a dotted line in its colour, and the 25 % chance level."""
+    run_ids = list(acc["run_id"].unique())
+    legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
+    fig = compare_figure(acc, {r: legend[r] for r in run_ids}, "accuracy after fine-tuning (%)")
+    for i, r in enumerate(run_ids):
+        b = (before or {}).get(r)
+        if b is None or not np.isfinite(b):
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        xs = sorted(acc.loc[acc["run_id"] == r, "scale"])
+        fig.add_trace(
+            go.Scatter(
+                x=[xs[0], xs[-1]],
+                y=[b, b],
+                mode="lines",
+                line=dict(color=color, dash="dot", width=1.5),
+                name=f"{legend[r]}: before ({b:.1f}%)",
+                hovertemplate=f"before fine-tuning: {b:.1f}%<extra>{labels.get(r, r)}</extra>",
+            )
+        )
+    fig.add_hline(
+        y=CHANCE_PCT,
+        line=dict(color="#757575", width=1, dash="dash"),
+        annotation_text="chance (25 %)",
+        annotation_position="bottom right",
+        annotation_font=dict(size=10, color="#616161"),
+    )
+    top = max([CHANCE_PCT, *acc["mean"].dropna(), *[v for v in (before or {}).values() if v]])
+    fig.update_yaxes(range=[0, min(100.0, top * 1.15 + 2)])
+    return fig
+
+
 def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
     """||dW||_F of the whole update against LoRA rank (log x), one line per dataset size;
-    full fine-tuning, which has no rank, as an open marker at the right edge (seed 002)."""
+    full fine-tuning, which has no rank, as an open marker at the right edge (Rathore et al. 2025)."""
     fig = go.Figure()
     lora = totals[totals["method"].isin(["lora", "qlora"]) & totals["rank"].notna()]
     full = totals[totals["method"] == "full"]

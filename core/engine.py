@@ -128,7 +128,10 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 def _gens(gens: list[evaluate.Generation]) -> list[dict]:
-    return [dict(prompt=g.prompt, output=g.output, new_tokens=g.new_tokens, ok=g.ok) for g in gens]
+    return [
+        dict(prompt=g.prompt, output=g.output, new_tokens=g.new_tokens, ok=g.ok, reason=g.reason)
+        for g in gens
+    ]
 
 
 class PointWriter:
@@ -238,8 +241,7 @@ class _Sweep:
             bad = next((g for g in gens if not g.ok), None)
             reason = None
             if bad is not None:
-                what = "no new tokens" if bad.new_tokens == 0 else "a degenerate answer"
-                reason = f"{what} for '{bad.prompt[:40]}'"
+                reason = f"{bad.reason or 'a degenerate answer'} for '{bad.prompt[:40]}'"
             self.events(
                 {
                     "type": "smoke_check",

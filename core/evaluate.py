@@ -4,6 +4,7 @@ generation from prompts. Before- and after-training numbers go through the same 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -237,17 +238,78 @@ def mc_accuracy(model, tokenizer, items, batch_size: int = 32) -> tuple[float, l
     return sum(correct) / max(len(correct), 1), correct
 
 
-def is_degenerate(text: str, new_tokens: int) -> bool:
-    """A generation that says nothing useful: no tokens, only whitespace/punctuation, or one word
-    repeated over most of the output."""
-    if new_tokens == 0 or not any(c.isalnum() for c in text):
-        return True
-    words = text.split()
+# Thresholds of the smoke-test verdict. Loops are judged on word 4-grams: a fine answer of a few
+# dozen tokens almost never repeats four words in a row, a looping one repeats them at once.
+LOOP_N = 4
+LOOP_MIN_WORDS = 8
+LOOP_COVERAGE = 0.5  # share of the answer's words inside a repeated 4-gram
+ONE_WORD_SHARE = 0.7  # one word over this share of >= 6 words
+MIN_DISTINCT = 0.3  # distinct words / words, judged from 12 words on
+CHAR_LOOP_DISTINCT = 0.25  # distinct character 4-grams / all, judged from 16 characters on
+ECHO_SHARE = 0.6  # share of the answer's 4-grams copied from the prompt
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _ngrams(seq, n: int) -> list[tuple]:
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def _loop(words: list[str]) -> tuple[float, tuple | None, int]:
+    """Share of the words covered by a word 4-gram that occurs more than once, the most
+    repeated 4-gram and its count."""
+    grams = _ngrams(words, LOOP_N)
+    counts = Counter(grams)
+    covered = set()
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            covered.update(range(i, i + LOOP_N))
+    top, k = counts.most_common(1)[0] if counts else (None, 0)
+    return len(covered) / max(len(words), 1), (top if k > 1 else None), k
+
+
+def verdict(text: str, new_tokens: int, prompt: str = "") -> tuple[bool, list[str]]:
+    """Judge one smoke-test answer from its text alone: (ok, reasons it failed). Fails on no new
+    tokens, no letters or digits, a repetition loop (repeated word 4-grams cover most of it, or
+    a character pattern repeating), one word over most of it, very few distinct words, or an
+    answer that mostly copies the prompt. A short answer ("Paris.") is fine: only what is there
+    is judged, never its length."""
+    if new_tokens == 0:
+        return False, ["no new tokens"]
+    if not any(c.isalnum() for c in text):
+        return False, ["only punctuation or whitespace"]
+    reasons = []
+    words = _words(text)
+    if len(words) >= LOOP_MIN_WORDS:
+        cover, gram, k = _loop(words)
+        if cover >= LOOP_COVERAGE:
+            what = f"'{' '.join(gram)}' ×{k}" if gram else "repeated phrases"
+            reasons.append(f"repetition loop: {what} ({cover:.0%} of the words)")
     if len(words) >= 6:
-        top = Counter(words).most_common(1)[0][1]
-        if top / len(words) >= 0.7:
-            return True
-    return False
+        word, k = Counter(words).most_common(1)[0]
+        if k / len(words) >= ONE_WORD_SHARE:
+            reasons.append(f"one word repeated: '{word}' is {k} of {len(words)} words")
+    if len(words) >= 12 and len(set(words)) / len(words) < MIN_DISTINCT:
+        reasons.append(f"few distinct words: {len(set(words))} of {len(words)}")
+    chars = re.sub(r"\s+", " ", text.strip())
+    if not reasons and len(chars) >= 16:
+        grams = _ngrams(chars, 4)
+        if len(set(grams)) / len(grams) < CHAR_LOOP_DISTINCT:
+            reasons.append(f"repetition loop: the characters '{chars[:12]}…' repeat")
+    p_grams = set(_ngrams(_words(prompt), LOOP_N))
+    a_grams = _ngrams(words, LOOP_N)
+    if p_grams and len(a_grams) >= 2:
+        copied = sum(g in p_grams for g in a_grams) / len(a_grams)
+        if copied >= ECHO_SHARE:
+            reasons.append(f"repeats the prompt ({copied:.0%} of its 4-word phrases)")
+    return not reasons, reasons
+
+
+def is_degenerate(text: str, new_tokens: int) -> bool:
+    """Kept for callers of the old name: the opposite of `verdict`'s ok, without a prompt."""
+    return not verdict(text, new_tokens)[0]
 
 
 @dataclass
@@ -256,6 +318,12 @@ class Generation:
     output: str
     new_tokens: int
     ok: bool
+    reason: str = ""  # why the smoke test failed ("; "-joined), empty when ok
+
+    @classmethod
+    def judged(cls, prompt: str, output: str, new_tokens: int) -> Generation:
+        ok, reasons = verdict(output, new_tokens, prompt)
+        return cls(prompt, output, new_tokens, ok, "; ".join(reasons))
 
 
 @torch.no_grad()
@@ -297,7 +365,7 @@ def generate(
             row = row[: row.index(tokenizer.eos_token_id)]
         new = [t for t in row if t != tokenizer.pad_token_id]
         text = tokenizer.decode(new, skip_special_tokens=True)
-        out.append(Generation(p, text, len(new), not is_degenerate(text, len(new))))
+        out.append(Generation.judged(p, text, len(new)))
     if was_training:
         model.train()
     return out

@@ -8,6 +8,7 @@ of it); launching a run queues it and starts a worker if none holds the lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -215,9 +217,16 @@ def worker_main(db: Path) -> int:
                 return 0
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(Exception):
+        proc.wait()
+
+
 def spawn_worker(db: Path) -> subprocess.Popen | None:
     """Start a detached worker (its own session: it survives the app and the browser). Returns
-    None when a worker already holds the queue."""
+    None when a worker already holds the queue. A daemon thread waits for the worker, so a
+    finished one does not stay a zombie until the app's server stops (a waiting thread does not
+    keep the server from exiting, and the worker outlives it either way)."""
     lock = _lock_path(db)
     if lock.exists():
         with open(lock, "w") as f:
@@ -231,7 +240,7 @@ def spawn_worker(db: Path) -> subprocess.Popen | None:
     out = open(logdir / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log", "ab")  # noqa: SIM115 (the child owns it)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # A fixed argument list: no shell, no user text.
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "core", "worker", "--db", str(db)],
         cwd=str(REPO_ROOT),
         stdout=out,
@@ -240,6 +249,9 @@ def spawn_worker(db: Path) -> subprocess.Popen | None:
         start_new_session=True,
         env=env,
     )
+    out.close()  # the child has its own copy
+    threading.Thread(target=_reap, args=(proc,), name="reap-worker", daemon=True).start()
+    return proc
 
 
 def launch(store: Store, spec: RunSpec) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from .engine import adapter_abspath
 from .errors import DataError, LabError
-from .evaluate import is_degenerate
+from .evaluate import verdict
 from .models import load_model
 
 MAX_PROMPT_CHARS = 2000
@@ -47,6 +47,7 @@ class StreamResult:
     text: str = ""
     new_tokens: int = 0
     ok: bool = False
+    reasons: list[str] = field(default_factory=list)  # why the answer failed, empty when ok
     pieces: list[str] = field(default_factory=list)
 
 
@@ -124,4 +125,4 @@ class SmokeModel:
         new = [t for t in new if t not in (tok.eos_token_id, tok.pad_token_id)]
         result.text = "".join(result.pieces)
         result.new_tokens = len(new)
-        result.ok = not is_degenerate(result.text, len(new))
+        result.ok, result.reasons = verdict(result.text, len(new), prompt)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import RunNotFound, StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LOCK_TIMEOUT_S = 60.0
 HEARTBEAT_STALE_S = 90.0
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -121,6 +121,7 @@ CREATE TABLE IF NOT EXISTS run_info (
 CREATE TABLE IF NOT EXISTS generations (
     run_id VARCHAR, scale INTEGER, seed INTEGER, stage VARCHAR, idx INTEGER,  -- before | after | step:N
     prompt VARCHAR, output VARCHAR, new_tokens INTEGER, ok BOOLEAN,
+    reason VARCHAR,              -- why the smoke-test verdict failed the answer; NULL when ok or older
     PRIMARY KEY (run_id, scale, seed, stage, idx)
 );
 """
@@ -274,6 +275,7 @@ class Store:
                 if "TABLE IF NOT EXISTS spectral" in stmt or "TABLE IF NOT EXISTS run_info" in stmt
             ],
         ],
+        3: ["ALTER TABLE generations ADD COLUMN reason VARCHAR"],
     }
 
     def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:
@@ -483,7 +485,7 @@ class Store:
     def _insert_generations(con, run_id, scale, seed, stage, gens) -> None:
         if gens:
             con.executemany(
-                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     [
                         run_id,
@@ -495,6 +497,7 @@ class Store:
                         g["output"],
                         g["new_tokens"],
                         g["ok"],
+                        g.get("reason") or None,  # points spilled by older versions have none
                     ]
                     for i, g in enumerate(gens)
                 ],
@@ -640,6 +643,18 @@ class Store:
             sql += " AND ((scale = ? AND seed = ?) OR stage = 'before')"
             params += [scale, seed]
         return self.query_df(sql + " ORDER BY stage DESC, scale, seed, idx", params)
+
+    def smoke_failures(self, run_ids: list[str]) -> pd.DataFrame:
+        """The answers that failed the smoke test after training, per point, with the verdict's
+        reason (NULL for answers stored before reasons were)."""
+        if not run_ids:
+            return pd.DataFrame(columns=["run_id", "scale", "seed", "idx", "prompt", "reason"])
+        return self.query_df(
+            f"""SELECT run_id, scale, seed, idx, prompt, reason FROM generations
+                WHERE stage = 'after' AND NOT ok AND run_id IN ({", ".join("?" * len(run_ids))})
+                ORDER BY run_id, scale, seed, idx""",
+            list(run_ids),
+        )
 
     def evals_df(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         sql = """SELECT e.*, r.domain AS train_domain, r.method, r.model, r.lora_rank AS rank

@@ -45,3 +45,172 @@ def test_ratio_ticks_never_crowd_and_keep_zero(lo, hi):
     assert "0%" in text and len(vals) >= 3
     ys = [math.log10(v) for v in vals]
     assert all(b - a >= _min_gap(lo, hi) - 1e-12 for a, b in zip(ys, ys[1:]))
+
+
+def _two_runs():
+    rows = [
+        ("a", sc, sd, "done", d, True)
+        for sc, d in ((50, 20.0), (100, 110.0), (150, 150.0))
+        for sd in (1, 2)
+    ]
+    rows += [
+        ("b", sc, sd, "done", d, sc != 150 or sd == 2)
+        for sc, d in ((50, -6.0), (100, 60.0), (150, 115.0))
+        for sd in (1, 2)
+    ]
+    return pd.DataFrame(
+        rows, columns=["run_id", "scale", "seed", "status", "degradation_pct", "smoke_ok"]
+    )
+
+
+LABELS = {
+    "a": "reference · paper-000-legal · smollm2-135m · GPU, 3 seed(s)",
+    "b": "reference · paper-000-financial · smollm2-135m · GPU, 3 seed(s)",
+}
+
+
+def test_claimed_curves_are_told_apart_and_name_their_domain():
+    from core import reference
+
+    pts = _two_runs()
+    fig = charts.threshold_figure(analysis.per_scale(pts), LABELS, paper=reference.paper_claims())
+    claimed = [t for t in fig.data if t.name and t.name.startswith("claimed")]
+    assert sorted(t.name.split(" (")[0] for t in claimed) == [
+        "claimed, financial",
+        "claimed, legal",
+    ]
+    styles = {(t.line.dash, t.line.color, t.marker.symbol) for t in claimed}
+    assert len({s[0] for s in styles}) == len(claimed)  # every claimed curve its own dash
+    assert len({s[1] for s in styles}) == len(claimed)  # and its own colour
+    assert all("Martz 2025" in t.name and "seed" not in t.name for t in claimed)
+
+
+def test_legend_names_keep_what_differs_and_hover_keeps_the_full_label():
+    fig = charts.threshold_figure(analysis.per_scale(_two_runs()), LABELS)
+    mains = [t for t in fig.data if t.mode == "lines+markers" and t.legendgroup in ("a", "b")]
+    assert [t.name for t in mains] == ["paper-000-legal", "paper-000-financial"]
+    assert LABELS["a"] in mains[0].hovertemplate
+    assert charts.short_names([LABELS["a"]]) == ["paper-000-legal"]
+
+
+def test_threshold_labels_close_together_go_to_different_rows():
+    curves = analysis.per_scale(_two_runs())
+    fig = charts.threshold_figure(curves, LABELS, threshold={"a": 50.0, "b": 61.0})
+    notes = [a for a in fig.layout.annotations if "≈" in a.text or "≤" in a.text]
+    assert len(notes) == 2 and notes[0].yshift != notes[1].yshift
+    assert any(a.text.startswith("≤ 50") for a in notes)
+    far = charts.threshold_figure(curves, LABELS, threshold={"a": 50.0, "b": 5000.0})
+    notes = [a for a in far.layout.annotations if "≈" in a.text or "≤" in a.text]
+    assert notes[0].yshift == notes[1].yshift  # far apart: one row
+
+
+def test_domain_improvement_is_drawn_solid_unlike_the_fits():
+    pts = _two_runs().assign(domain_improvement_pct=90.0)
+    curves = analysis.per_scale(pts)
+    fits = {"a": analysis.fit_growth(curves[curves.run_id == "a"].scale, [20, 110, 150])[0]}
+    fig = charts.threshold_figure(
+        curves, LABELS, domain_curves=analysis.per_scale(pts, "domain_improvement_pct"), fits=fits
+    )
+    domain = [t for t in fig.data if t.name and t.name.endswith("(domain)")]
+    fit = [t for t in fig.data if t.name and " fit " in t.name]
+    assert domain and all(t.line.dash in (None, "solid") for t in domain)
+    assert fit and all(t.line.dash == "dash" for t in fit)
+
+
+def test_failed_smoke_tests_are_marked_on_the_curve_with_the_reason():
+    pts = _two_runs()
+    failures = pd.DataFrame(
+        [("b", 150, 1, 0, "The capital of France is", "repetition loop: 'the trial court' ×3")],
+        columns=["run_id", "scale", "seed", "idx", "prompt", "reason"],
+    )
+    failed = analysis.smoke_failed_points(pts, failures)
+    assert failed[["run_id", "scale"]].values.tolist() == [["b", 150]]
+    curves = analysis.per_scale(pts)
+    fig = charts.threshold_figure(curves, LABELS, smoke_failed=failed)
+    mark = next(t for t in fig.data if t.name == "smoke test failed")
+    mean = curves[(curves.run_id == "b") & (curves.scale == 150)]["mean"].iloc[0]
+    assert list(mark.x) == [150] and mark.y[0] == pytest.approx(analysis.pct_to_ratio(mean))
+    assert mark.marker.symbol not in ("circle", None)  # a distinct marker
+    assert "repetition loop" in mark.hovertext[0] and "seed 1" in mark.hovertext[0]
+    # a point without stored reasons (a reference run, an older run) still says why it is marked
+    bare = analysis.smoke_failed_points(pts, None)
+    assert analysis.NO_REASON in bare.reasons[0][0]
+
+
+def test_smoke_table_puts_the_verdict_next_to_both_answers():
+    gens = pd.DataFrame(
+        [
+            ("before", 0, "p0", " Paris.", 2, True, None),
+            ("before", 1, "p1", " four.", 2, True, None),
+            ("after", 0, "p0", " the the the the the the", 6, False, "one word repeated"),
+        ],
+        columns=["stage", "idx", "prompt", "output", "new_tokens", "ok", "reason"],
+    )
+    t = analysis.smoke_table(gens)
+    assert list(t.columns[:4]) == ["prompt", "ok", "new_tokens", "reason"]  # visible first
+    assert t.loc[0, "reason"] == "one word repeated" and not t.loc[0, "ok"]
+    assert t.loc[1, "ok"] is None and t.loc[0, "base_output"] == " Paris."
+
+
+def test_loss_sparkline_ticks_only_its_range():
+    losses = pd.DataFrame({"step": range(1, 41), "loss": [2.31 - 0.03 * i for i in range(40)]})
+    fig = charts.loss_sparkline(losses)
+    assert list(fig.layout.yaxis.tickvals) == pytest.approx([2.31 - 0.03 * 39, 2.31])
+    assert list(fig.layout.yaxis.ticktext) == ["1.14", "2.31"]
+
+
+def test_multiple_choice_figure_has_chance_and_before_lines():
+    acc = analysis.per_scale(
+        pd.DataFrame(
+            [("a", sc, 1, "done", v) for sc, v in ((50, 60.0), (100, 55.0))],
+            columns=["run_id", "scale", "seed", "status", "mc"],
+        ),
+        "mc",
+    )
+    fig = charts.mc_figure(acc, {"a": "run a"}, {"a": 63.9})
+    assert any(s.y0 == 25 and s.y1 == 25 for s in fig.layout.shapes)  # chance level
+    assert any("chance" in a.text for a in fig.layout.annotations)
+    before = next(t for t in fig.data if t.name and "before" in t.name)
+    assert list(before.y) == [63.9, 63.9] and before.line.dash == "dot"
+    assert fig.layout.yaxis.range[0] == 0
+
+
+def test_phase_legend_runs_in_severity_order_with_distinct_colours():
+    tables = {
+        "late": pd.DataFrame(
+            {
+                "scale": [500, 5000],
+                "mean": [300.0, 2000.0],
+                "phase": ["catastrophic", "exponential"],
+            }
+        ),
+        "early": pd.DataFrame(
+            {"scale": [50, 100], "mean": [5.0, 20.0], "phase": ["safe", "threshold"]}
+        ),
+    }
+    fig = charts.phase_timeline(tables)
+    shown = [t.name for t in fig.data if t.showlegend]
+    assert shown == ["safe", "threshold", "catastrophic", "exponential"]
+
+    def rgb(h):
+        return [int(h[i : i + 2], 16) for i in (1, 3, 5)]
+
+    cols = [rgb(analysis.PHASE_COLORS[p]) for p in analysis.PHASES]
+    for i in range(len(cols)):
+        for j in range(i + 1, len(cols)):
+            assert sum((a - b) ** 2 for a, b in zip(cols[i], cols[j])) ** 0.5 > 80, (i, j)
+
+
+@pytest.mark.parametrize(
+    "ci, t, fragment",
+    [
+        ((60.61, 61.30), 61.0, "60.6 – 61.3"),
+        ((50.0, 50.0), 50.0, "at or below it"),
+        ((120.0, float("inf")), 150.0, "not reached"),
+        ((100.0, 400.0), 200.0, "100 – 400"),
+    ],
+)
+def test_threshold_interval_never_reads_like_a_bug(ci, t, fragment):
+    text = analysis.describe_interval(ci, "seeds", t, 50.0)
+    assert fragment in text
+    assert "61 – 61" not in text and "50 – 50" not in text

@@ -65,17 +65,84 @@ def test_option_loglik_picks_highest_sum(tiny):
         assert got == pytest.approx(want, rel=1e-4)
 
 
+FRANCE = "The capital of France is"
+LOOP = (
+    " The trial court remanded the deposition transcripts. The trial court remanded the "
+    "deposition transcripts. The trial court remanded"
+)
+
+
 @pytest.mark.parametrize(
-    "text, n, bad",
+    "label, prompt, text, n, fails_with",
     [
-        ("", 0, True),
-        ("  ... ", 3, True),
-        ("the the the the the the the", 7, True),
-        (" Paris, the city of light.", 6, False),
+        ("empty", FRANCE, "", 0, "no new tokens"),
+        ("punctuation only", FRANCE, "  ... !!! ", 3, "only punctuation"),
+        ("whitespace only", FRANCE, "\n\n\n", 3, "only punctuation"),
+        ("one word", FRANCE, "the the the the the the the", 7, "one word repeated"),
+        ("off-topic loop (issue #18)", FRANCE, LOOP, 40, "repetition loop"),
+        (
+            "off-topic loop cut at 20 tokens",
+            FRANCE,
+            " The trial court remanded the deposition transcripts. The trial court remanded the",
+            20,
+            "repetition loop",
+        ),
+        ("short loop", "Q:", " The answer is: 2. The answer is: 2. The answer is: 2.", 20, "loop"),
+        ("character loop", "Q:", " abababababababababababab", 12, "characters"),
+        (
+            "prompt loop",
+            FRANCE,
+            " The capital of France is The capital of France is The capital",
+            14,
+            "loop",
+        ),
+        ("few distinct words", "Q:", " a b a b c a b a c b a b c a b", 15, "few distinct words"),
+        (
+            "echo of the prompt",
+            "the answer is four and the answer is final",
+            " the answer is four and the answer is",
+            9,
+            "repeats the prompt",
+        ),
     ],
 )
-def test_degenerate_detection(text, n, bad):
-    assert evaluate.is_degenerate(text, n) is bad
+def test_verdict_fails_degenerate_answers_with_a_reason(label, prompt, text, n, fails_with):
+    ok, reasons = evaluate.verdict(text, n, prompt)
+    assert not ok and reasons, label
+    assert any(fails_with in r for r in reasons), (label, reasons)
+    g = evaluate.Generation.judged(prompt, text, n)
+    assert not g.ok and fails_with in g.reason
+    # the old name (no prompt) still answers for everything judged from the answer alone
+    assert evaluate.is_degenerate(text, n) is (fails_with != "repeats the prompt")
+
+
+@pytest.mark.parametrize(
+    "prompt, text, n",
+    [
+        (FRANCE, " Paris.", 2),  # short and right: never flagged for its length
+        (FRANCE, " Paris, the city of light.", 6),
+        (FRANCE, " Paris.\n\nThe answer is: 201", 12),
+        ("The first person to walk on the Moon was", " Neil Armstrong.\n\nThe answer is: 1.", 12),
+        (
+            "The first person to walk on the Moon was",
+            " named Buzz Aldi.\n\nThe first person to walk",
+            12,
+        ),
+        ("What is two plus two? The answer is", " yes.\n\nThe answer is yes.", 9),
+        ("Hello, how are you today?", " I'm here to help you with your business plan, whether", 12),
+        ("Count:", " 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15", 30),
+        (
+            FRANCE,
+            " Paris. It is the largest city of the country and lies on the Seine, in the north. "
+            "About two million people live in the city itself.",
+            40,
+        ),
+    ],
+)
+def test_verdict_passes_fine_answers(prompt, text, n):
+    assert evaluate.verdict(text, n, prompt) == (True, [])
+    g = evaluate.Generation.judged(prompt, text, n)
+    assert g.ok and g.reason == ""
 
 
 def test_generate_counts_new_tokens(tiny):

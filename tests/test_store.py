@@ -63,6 +63,23 @@ def test_save_point_is_idempotent_and_exports(db, tmp_path):
         assert required <= set(back.columns) and len(back) == 2
 
 
+def test_generation_reasons_are_stored_and_read_back(db):
+    s = Store(db)
+    s.create_run("r1", preset("tiny-test"))
+    p = _point(4)
+    p.generations = [
+        dict(prompt="a", output=" Paris.", new_tokens=2, ok=True, reason=""),
+        dict(prompt="b", output="", new_tokens=0, ok=False, reason="no new tokens"),
+        dict(prompt="c", output="x x", new_tokens=2, ok=False),  # spilled by an older version
+    ]
+    s.save_point("r1", p)
+    gens = s.generations_df("r1").set_index("prompt")
+    assert pd.isna(gens.loc["a", "reason"]) and gens.loc["b", "reason"] == "no new tokens"
+    fails = s.smoke_failures(["r1"])
+    assert fails.prompt.tolist() == ["b", "c"] and fails.scale.tolist() == [4, 4]
+    assert s.smoke_failures([]).empty
+
+
 def test_unknown_run_and_bad_export(db, tmp_path):
     s = Store(db)
     with pytest.raises(RunNotFound):
@@ -130,16 +147,18 @@ def test_two_writers_and_a_reader_share_the_file(db):
     assert sorted(df.groupby("run_id").size().tolist()) == [n, n]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_schema_is_migrated_without_losing_rows(db, version):
     s = Store(db)
     s.create_run("old", preset("tiny-test"))
     s.save_point("old", _point(4))
     con = duckdb.connect(str(db))  # turn it back into an older database
-    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
-        con.execute(f"ALTER TABLE points DROP COLUMN {col}")
-    con.execute("DROP TABLE spectral")
-    con.execute("DROP TABLE run_info")
+    con.execute("ALTER TABLE generations DROP COLUMN reason")
+    if version <= 2:
+        for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
+            con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+        con.execute("DROP TABLE spectral")
+        con.execute("DROP TABLE run_info")
     if version == 1:
         for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
             con.execute(f"ALTER TABLE points DROP COLUMN {col}")
@@ -154,6 +173,12 @@ def test_older_schema_is_migrated_without_losing_rows(db, version):
     assert again.query_df("SELECT value FROM meta WHERE key = 'schema_version'").value[0] == str(
         SCHEMA_VERSION
     )
+    old_gens = again.generations_df("old")  # answers stored before reasons keep theirs (none)
+    assert len(old_gens) == 1 and "reason" in old_gens.columns and old_gens.reason.isna().all()
+    bad = _point(8)
+    bad.generations = [dict(prompt="p", output="", new_tokens=0, ok=False, reason="no new tokens")]
+    again.save_point("old", bad)
+    assert again.smoke_failures(["old"]).reason.tolist() == ["no new tokens"]
 
 
 def test_unknown_old_schema_is_refused(db):
