@@ -239,3 +239,23 @@ def sidebar() -> None:
             return
         active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
         st.fragment(run_every=2.0 if active else None)(_sidebar_runs)()
+
+
+def timed_fragment(fn):
+    """st.fragment that also records how long its last run took on the server, in
+    st.session_state["_fragment_ms"][name]: what a widget inside it costs per interaction
+    (bench/app_latency.py reads it)."""
+    import functools
+    import time
+
+    @functools.wraps(fn)
+    def run(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            st.session_state.setdefault("_fragment_ms", {})[fn.__name__] = (
+                time.perf_counter() - t
+            ) * 1000
+
+    return st.fragment(run)

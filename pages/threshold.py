@@ -12,6 +12,7 @@ from pages._ui import (
     points_for,
     read,
     runs,
+    timed_fragment,
     via_app,
 )
 
@@ -119,29 +120,6 @@ for r in chosen:
         f = results[r]["best_fit"]
         fits[r] = analysis.Fit(f["name"], f["params"], f["r2"], f["aic"])
 
-lo, hi = int(curves["scale"].min()), int(curves["scale"].max())
-marker = None
-focus = chosen[0]
-if lo < hi:
-    values = analysis.log_slider_values(lo, hi)
-    c1, c2 = st.columns([3, 1])
-    x = c1.select_slider(
-        "Dataset size (log-spaced)",
-        values,
-        value=values[len(values) // 2],
-        format_func=lambda v: f"{int(v):,}",
-        key="scale_slider",
-    )
-    focus = c2.selectbox(
-        "Read off run", [r for r in chosen if r in set(curves.run_id)], format_func=lab.get
-    )
-    c = curves[curves.run_id == focus]
-    if c["scale"].min() <= x <= c["scale"].max():
-        ip = analysis.interpolate(c["scale"], c["mean"], x)
-        marker = {"x": x, **ip}
-else:
-    x = lo
-
 paper = None
 if show_paper:
     paper = reference.paper_claims()
@@ -153,7 +131,7 @@ fig = charts.threshold_figure(
     cutoffs,
     thr,
     level,
-    marker,
+    None,  # the slider's read-off is below the chart (a fragment: moving it is cheap)
     dom,
     paper,
     guidance=(alert, rollback) if show_guidance else (),
@@ -161,16 +139,6 @@ fig = charts.threshold_figure(
     unfinished=pts[pts["status"] != "done"] if "status" in pts else None,
 )
 st.plotly_chart(fig, key="threshold_chart")
-
-if marker:
-    phase = analysis.classify(marker["value"], cutoffs)
-    kind = (
-        "measured"
-        if marker["kind"] == "measured"
-        else f"interpolated in log space between measured {marker['lo']:,.0f} and {marker['hi']:,.0f}"
-    )
-    st.metric(f"Degradation at {x:,} samples", charts.pct_label(marker["value"]), help=kind)
-    st.caption(f"**{kind}** · phase: **{phase}** · run: {lab.get(focus, focus)}")
 
 cols = st.columns(len(chosen) if len(chosen) <= 4 else 4)
 for col, r in zip(cols, chosen):
@@ -201,42 +169,84 @@ for col, r in zip(cols, chosen):
     else:
         col.caption(res.get("fit_note", ""))
 
-nearest = analysis.nearest_scale(curves[curves.run_id == focus]["scale"], x)
-st.subheader(f"Nearest measured point: {nearest:,} samples")
-near = pts[(pts.run_id == focus) & (pts.scale == nearest)]
-st.dataframe(
-    near[
-        [
-            "seed",
-            "status",
-            "general_ppl_before",
-            "general_ppl_after",
-            "degradation_pct",
-            "domain_ppl_before",
-            "domain_ppl_after",
-            "domain_improvement_pct",
-            "smoke_ok",
-        ]
-    ],
-    hide_index=True,
-)
-if focus.startswith(reference.REF_PREFIX):
-    st.caption(
-        "Generations of the reference runs are not shipped; run your own sweep to see them here."
+
+@timed_fragment
+def read_off() -> None:
+    """The slider and what it reads: only this part reruns when the slider moves (the chart,
+    the fits and the bootstrap intervals above stay as they are)."""
+    lo, hi = int(curves["scale"].min()), int(curves["scale"].max())
+    marker = None
+    focus = chosen[0]
+    if lo < hi:
+        values = analysis.log_slider_values(lo, hi)
+        c1, c2 = st.columns([3, 1])
+        x = c1.select_slider(
+            "Dataset size (log-spaced)",
+            values,
+            value=values[len(values) // 2],
+            format_func=lambda v: f"{int(v):,}",
+            key="scale_slider",
+        )
+        focus = c2.selectbox(
+            "Read off run", [r for r in chosen if r in set(curves.run_id)], format_func=lab.get
+        )
+        c = curves[curves.run_id == focus]
+        if c["scale"].min() <= x <= c["scale"].max():
+            ip = analysis.interpolate(c["scale"], c["mean"], x)
+            marker = {"x": x, **ip}
+    else:
+        x = lo
+
+    if marker:
+        phase = analysis.classify(marker["value"], cutoffs)
+        kind = (
+            "measured"
+            if marker["kind"] == "measured"
+            else f"interpolated in log space between measured {marker['lo']:,.0f} and {marker['hi']:,.0f}"
+        )
+        st.metric(f"Degradation at {x:,} samples", charts.pct_label(marker["value"]), help=kind)
+        st.caption(f"**{kind}** · phase: **{phase}** · run: {lab.get(focus, focus)}")
+
+    nearest = analysis.nearest_scale(curves[curves.run_id == focus]["scale"], x)
+    st.subheader(f"Nearest measured point: {nearest:,} samples")
+    near = pts[(pts.run_id == focus) & (pts.scale == nearest)]
+    st.dataframe(
+        near[
+            [
+                "seed",
+                "status",
+                "general_ppl_before",
+                "general_ppl_after",
+                "degradation_pct",
+                "domain_ppl_before",
+                "domain_ppl_after",
+                "domain_improvement_pct",
+                "smoke_ok",
+            ]
+        ],
+        hide_index=True,
     )
-gens = read("generations_df", focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
-if not gens.empty:
-    st.markdown("**Stored smoke-test generations** (greedy decoding)")
-    before = gens[gens.stage == "before"].set_index("idx")
-    after = gens[gens.stage == "after"].set_index("idx")
-    rows = [
-        {
-            "prompt": before.loc[i, "prompt"],
-            "base model": before.loc[i, "output"],
-            "after fine-tuning": after.loc[i, "output"] if i in after.index else "",
-            "new tokens": int(after.loc[i, "new_tokens"]) if i in after.index else None,
-            "ok": bool(after.loc[i, "ok"]) if i in after.index else None,
-        }
-        for i in before.index
-    ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if focus.startswith(reference.REF_PREFIX):
+        st.caption(
+            "Generations of the reference runs are not shipped; run your own sweep to see them here."
+        )
+    gens = read("generations_df", focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
+    if not gens.empty:
+        st.markdown("**Stored smoke-test generations** (greedy decoding)")
+        before = gens[gens.stage == "before"].set_index("idx")
+        after = gens[gens.stage == "after"].set_index("idx")
+        rows = [
+            {
+                "prompt": before.loc[i, "prompt"],
+                "base model": before.loc[i, "output"],
+                "after fine-tuning": after.loc[i, "output"] if i in after.index else "",
+                "new tokens": int(after.loc[i, "new_tokens"]) if i in after.index else None,
+                "ok": bool(after.loc[i, "ok"]) if i in after.index else None,
+            }
+            for i in before.index
+        ]
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+st.subheader("Read off any dataset size")
+read_off()
