@@ -162,6 +162,16 @@ ABLATIONS = {
     "engine default, precision bf16": (False, 16, "bf16"),
 }
 
+# The packed step's LoRA variants (PackedLoRA's switches), each compiled as the engine runs on a
+# GPU: (transposed products, grouped products, fused AdamW).
+STEP_VARIANTS = {
+    "before: h @ A^T products (leaf gradients copied), eager AdamW": (False, False, False),
+    "+ A @ h^T products (contiguous leaf gradients)": (True, False, False),
+    "+ fused (compiled) AdamW": (True, False, True),
+    "+ grouped q/k/v and gate/up products (engine default)": (True, True, True),
+    "grouped products, eager AdamW": (True, True, False),
+}
+
 
 def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
     """ms per packed step at the full grid's width for each change, measured side by side."""
@@ -182,6 +192,45 @@ def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
             PackedLoRA._slot_loss = real_loss
         out[name] = round(wall / n * 1000, 2)
         print(f"{name}: {out[name]} ms/step", flush=True)
+    return out
+
+
+def step_ablation(model, tok, spec, device, rows_list, precisions, steps, compiled) -> dict:
+    """Steady ms per packed step (median of the 16-step read-back intervals) for each step
+    variant, at each number of rows in flight and precision, side by side in one process. Every
+    run has more samples than `steps`, so the rows in flight stay constant."""
+    from core.packed import PackedLoRA
+
+    if compiled:  # every variant x precision x width is a compiled trace of the same layer
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+    saved = PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw
+    out: dict = {}
+    for precision in precisions:
+        sp = dataclasses.replace(spec, precision=precision, epochs=1)
+        for rows in rows_list:
+            runs = [
+                ((k, dom), 42, data.domain_samples(dom, steps + 8, spec.construction, 42 + k))
+                for k, dom in enumerate(("legal", "financial") * rows)
+            ][:rows]
+            for name, flags in STEP_VARIANTS.items():
+                PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = flags
+                try:
+                    t0 = time.perf_counter()
+                    bench_packed(model, tok, sp, runs, rows, device, 3, compile_step=compiled)
+                    warm = time.perf_counter() - t0
+                    wall, n, _, steady = bench_packed(
+                        model, tok, sp, runs, rows, device, steps, compile_step=compiled
+                    )
+                finally:
+                    PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = saved
+                key = f"{precision} | {rows} rows | {name}"
+                out[key] = {
+                    "steady_ms": round(steady, 2),
+                    "wall_ms": round(wall / n * 1000, 2),
+                    "warmup_s": round(warm, 1),
+                }
+                print(f"{key}: {out[key]}", flush=True)
     return out
 
 
@@ -257,6 +306,20 @@ def main() -> None:
     ap.add_argument(
         "--ablate", action="store_true", help="time each step change side by side at full width"
     )
+    ap.add_argument(
+        "--ablate-rows",
+        default="",
+        help="with --ablate: also time the step variants (STEP_VARIANTS) at these rows, e.g. 2,5,22",
+    )
+    ap.add_argument(
+        "--ablate-precisions", default="fp32", help="with --ablate-rows, e.g. fp32,bf16"
+    )
+    ap.add_argument("--ablate-steps", type=int, default=96)
+    ap.add_argument(
+        "--ablate-only",
+        action="store_true",
+        help="with --ablate-rows: only the step variants (no equivalence, naive or grid runs)",
+    )
     ap.add_argument("--profile", action="store_true", help="GPU time per kernel (eager step)")
     ap.add_argument(
         "--precision", default="fp32", choices=("fp32", "tf32", "bf16"), help="RunSpec.precision"
@@ -290,12 +353,48 @@ def main() -> None:
 
     equiv = check_equivalence(model, tok, spec, device)
     print(f"packed vs sequential, max relative adapter difference: {equiv:.2e}", flush=True)
+    compiled = device.type == "cuda" and not args.no_compile  # as the engine decides
+    step_variants = {}
+    if args.ablate and args.ablate_rows:
+        step_variants = step_ablation(
+            model,
+            tok,
+            spec,
+            device,
+            [int(x) for x in args.ablate_rows.split(",")],
+            args.ablate_precisions.split(","),
+            args.ablate_steps,
+            compiled,
+        )
+    if args.ablate_only:
+        result = {
+            "date": dt.date.today().isoformat(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "versions": {**library_versions(), "python": platform.python_version()},
+            "commit": git_commit(),
+            "command": " ".join(["python", "bench/trainer.py", *sys.argv[1:]]),
+            "model": args.model,
+            "weights": "random (timing only)" if args.model == "random-smollm2" else "real",
+            "compiled": compiled,
+            "cuda_graphs": device.type == "cuda",
+            "packed_vs_sequential_max_rel_diff": float(f"{equiv:.3g}"),
+            "step_variants": step_variants,
+            "notes": "steady_ms = median ms per packed step over the 16-step loss read-back "
+            "intervals of one call (the interval holding a new width's capture or recompile "
+            "falls out); wall_ms = that call's wall time / steps, one-time work included; "
+            "warmup_s = 3 steps on a fresh packer before it (compiling when a variant is new). "
+            "Each row: one run per slot (samples alternate legal/financial), batch 1, "
+            "widths bucketed to 16 tokens. packed_vs_sequential: engine defaults, not compiled.",
+        }
+        print(json.dumps(result, indent=2))
+        tag = "-".join(args.ablate_precisions.split(","))
+        write_result(args.out, f"{result['date']}-{device_tag(device)}-ablate-{tag}.json", result)
+        return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     naive_ms = bench_naive(model, tok, spec, runs[-1][2], args.naive_steps, device)
     naive_peak = peak_mb(device)
 
-    compiled = device.type == "cuda" and not args.no_compile  # as the engine decides
     # Warm-up: compiling (once per process) and the first CUDA-graph captures, timed apart.
     warm_s, _, _, _ = bench_packed(
         model, tok, spec, runs, len(runs), device, max_steps=3, compile_step=compiled
@@ -366,6 +465,7 @@ def main() -> None:
         "projected_full_grid_min": round(critical * wide_steady / 1000 / 60, 1),
         "projected_full_grid_naive_min": round(full_steps * naive_ms / 1000 / 60, 1),
         **extra,
+        **({"step_variants": step_variants} if step_variants else {}),
         "notes": "speedup = naive loop's projected time for the reduced grid (steps x measured ms/step) "
         "/ packed trainer's measured wall time for the same grid (speedup_steady: / its steps x "
         "steady ms per step); projected_full_grid_min = "

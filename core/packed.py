@@ -117,30 +117,107 @@ class _Ctx:
     dropout_on: bool = False
 
 
+# Sibling projections that read the same input (Llama-style names): their LoRA products can be
+# batched (`PackedLoRA.grouped`).
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class _Group:
+    """Modules that read one input (q/k/v; gate/up). The first one called in a training step
+    computes every member's update in batched products; the others pick theirs up. A (and B, when
+    every member has the same output width) are one leaf [slots, k, ...] each, contiguous in the
+    flat buffer, so the batched product needs no gather and hands back one gradient."""
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor | None):
+        self.A, self.B = A, B  # [slots, k, r, d_in], [slots, k, d_out, r] or None
+        self.members: list[PackedLoRALinear] = []
+        self.src: torch.Tensor | None = None  # the input the pending updates were computed from
+        self.pending: list[torch.Tensor] = []
+
+
 class PackedLoRALinear(nn.Module):
-    """A frozen linear layer plus one LoRA adapter per slot. A and B are leaf tensors that view
-    into the packer's flat buffer; after backward their gradients are concatenated into its flat
-    gradient buffer in one kernel."""
+    """A frozen linear layer plus one LoRA adapter per slot. A and B view into the packer's flat
+    buffer (leaf tensors, or slices of a group's leaf); after backward the leaves' gradients are
+    concatenated into its flat gradient buffer in one kernel.
+
+    The products are written as A @ h^T and B @ (A h^T) (`transposed`): autograd then hands each
+    leaf a contiguous gradient. Written as h @ A^T, the gradient comes back transposed and
+    AccumulateGrad copies it to the leaf's layout: one copy kernel per leaf, 420 per step for
+    SmolLM2."""
 
     def __init__(
-        self, base: nn.Linear, ctx: _Ctx, A: torch.Tensor, B: torch.Tensor, scaling: float, p: float
+        self,
+        base: nn.Linear,
+        ctx: _Ctx,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        scaling: float,
+        p: float,
+        transposed: bool = True,
+        group: _Group | None = None,
+        index: int = 0,
     ):
         super().__init__()
         self.base, self.ctx, self.scaling, self.p = base, ctx, scaling, p
-        self.A, self.B = A, B  # [slots, r, d_in], [slots, d_out, r]
-        self.r, self.d_in, self.d_out = A.shape[1], base.in_features, base.out_features
+        self._A, self._B = A, B  # [slots, r, d_in], [slots, d_out, r] (None: in the group's leaf)
+        self.group, self.index, self.transposed = group, index, transposed
+        self.r, self.d_in, self.d_out = self.A.shape[1], base.in_features, base.out_features
+
+    @property
+    def A(self) -> torch.Tensor:
+        return self._A if self._A is not None else self.group.A[:, self.index]
+
+    @property
+    def B(self) -> torch.Tensor:
+        return self._B if self._B is not None else self.group.B[:, self.index]
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p, training=True) if (self.ctx.dropout_on and self.p > 0) else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         s = self.ctx.slot
-        A, B = (self.A, self.B) if s is None else (self.A[s : s + 1], self.B[s : s + 1])
-        h = F.dropout(x, self.p, training=True) if (self.ctx.dropout_on and self.p > 0) else x
-        shape = h.shape
-        # Training: the batch holds each slot's rows one after the other (`rows_per_slot` each),
-        # so grouping it by slot needs only a reshape. Evaluation: every row reads one slot.
-        h3 = h.reshape(A.shape[0], -1, shape[-1])
-        upd = torch.bmm(torch.bmm(h3.to(A.dtype), A.transpose(1, 2)), B.transpose(1, 2))
+        shape = x.shape
+        if s is None and self.group is not None:
+            upd = self._grouped_update(x)
+        else:
+            A, B = (self.A, self.B) if s is None else (self.A[s : s + 1], self.B[s : s + 1])
+            # Training: the batch holds each slot's rows one after the other (`rows_per_slot`
+            # each), so grouping it by slot needs only a reshape. Evaluation: every row reads
+            # one slot.
+            h3 = self._dropout(x).reshape(A.shape[0], -1, shape[-1]).to(A.dtype)
+            if self.transposed:
+                upd = torch.bmm(B, torch.bmm(A, h3.transpose(1, 2))).transpose(1, 2)
+            else:
+                upd = torch.bmm(torch.bmm(h3, A.transpose(1, 2)), B.transpose(1, 2))
         return y + (self.scaling * upd).reshape(*shape[:-1], self.d_out).to(y.dtype)
+
+    def _grouped_update(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        if self.index > 0 and g.src is x and g.pending:
+            upd = g.pending.pop(0)
+            if not g.pending:
+                g.src = None
+            return upd
+        # The first member (or a call out of the expected order): every member's update at once.
+        # Each member keeps its own dropout mask: dropout of the input broadcast to k copies
+        # draws k independent masks, and the k products run as one batched product.
+        A = g.A
+        slots, k = A.shape[0], A.shape[1]
+        h = x.reshape(slots, 1, -1, x.shape[-1]).to(A.dtype)
+        if self.ctx.dropout_on and self.p > 0:
+            h = F.dropout(h.expand(slots, k, *h.shape[2:]), self.p, training=True)
+            hA = torch.matmul(A, h.transpose(-1, -2))  # [slots, k, r, n]
+        else:  # one input: the members' A side by side are one [k*r, d_in] matrix per slot
+            hA = torch.bmm(A.flatten(1, 2), h[:, 0].transpose(1, 2)).view(slots, k, self.r, -1)
+        if g.B is not None:
+            ups = torch.matmul(g.B, hA).transpose(-1, -2).unbind(1)
+        else:
+            ups = [torch.bmm(m._B, t).transpose(1, 2) for m, t in zip(g.members, hA.unbind(1))]
+        if self.index != 0:  # a follower called out of order: its own update, none left pending
+            return ups[self.index]
+        g.src, g.pending = x, list(ups[1:])
+        return ups[0]
 
 
 @dataclass
@@ -173,7 +250,15 @@ class Slot:
 
 
 class PackedLoRA:
-    """Inject packed LoRA into `model` (in place) for `slots` concurrent runs."""
+    """Inject packed LoRA into `model` (in place) for `slots` concurrent runs.
+
+    The class attributes below switch the step's variants (bench/trainer.py --ablate times them
+    side by side; docs/ARCHITECTURE.md has the numbers); tests/test_packed_variants.py checks each
+    against the plain expression, tests/test_packed.py the defaults against the sequential loop."""
+
+    transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
+    grouped: bool = True  # one batched LoRA product for the projections sharing an input
+    fused_adamw: bool = True  # with compile(): the optimizer as one compiled function
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -198,13 +283,40 @@ class PackedLoRA:
 
         self.peft_config = lora_config(model, spec)  # on the plain model, before injection
         r = spec.lora_rank
-        self.layout: dict[str, tuple[int, int, int]] = {}  # name -> (a offset, b offset, end)
+        mods = dict(found)
+        groups = {g[0]: g for g in self._shared_input_groups(found)} if self.grouped else {}
+        grouped = {n for g in groups.values() for n in g}
+        # name -> (A's offset, B's offset, B's end). A group's A blocks lie side by side, then its B
+        # blocks, so each is one [slots, k, ...] leaf; `spans` = every leaf in layout order.
+        self.layout: dict[str, tuple[int, int, int]] = {}
+        spans: list[tuple[int, int, tuple[int, ...]]] = []
         off = 0
-        for name, mod in found:
-            a_off, b_off = off, off + r * mod.in_features
-            off = b_off + mod.out_features * r
-            self.layout[name] = (a_off, b_off, off)
+        for name, _ in found:
+            if name in grouped and name not in groups:
+                continue  # laid out with its group
+            members = groups.get(name, (name,))
+            ms = [mods[n] for n in members]
+            a_offs = [off + i * r * ms[0].in_features for i in range(len(ms))]
+            off = a_offs[-1] + r * ms[0].in_features
+            for n, m, a_off in zip(members, ms, a_offs):
+                self.layout[n] = (a_off, off, off + m.out_features * r)
+                off += m.out_features * r
+            if len(ms) == 1:
+                spans.append((a_offs[0], self.layout[name][1], (r, ms[0].in_features)))
+            else:
+                spans.append(
+                    (a_offs[0], a_offs[-1] + r * ms[0].in_features, (len(ms), r, ms[0].in_features))
+                )
+            if len(ms) > 1 and len({m.out_features for m in ms}) == 1:
+                b0, end = self.layout[members[0]][1], self.layout[members[-1]][2]
+                spans.append((b0, end, (len(ms), ms[0].out_features, r)))
+            else:
+                spans += [
+                    (self.layout[n][1], self.layout[n][2], (m.out_features, r))
+                    for n, m in zip(members, ms)
+                ]
         self.P = off
+        self.layout_id = "grouped-v1" if groups else "per-module-v1"
         # Adapters and optimizer state stay fp32 (fp64 when the base is fp64, for exactness tests).
         self.W = torch.zeros(slots, off, device=device, dtype=dtype)
         self.G = torch.zeros_like(self.W)
@@ -213,15 +325,53 @@ class PackedLoRA:
         self.t = torch.zeros(slots, device=device, dtype=dtype)
         self.lr = torch.full((slots,), spec.learning_rate, device=device, dtype=dtype)
         self.wd = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
-        self.leaves: list[torch.Tensor] = []
-        for name, mod in found:
-            a_off, b_off, end = self.layout[name]
-            A = self.W[:, a_off:b_off].view(slots, r, mod.in_features).detach().requires_grad_()
-            B = self.W[:, b_off:end].view(slots, mod.out_features, r).detach().requires_grad_()
-            self.leaves += [A, B]  # in layout order: their gradients concatenated are G
-            pm = PackedLoRALinear(mod, self.ctx, A, B, self.scaling, spec.lora_dropout)
-            _set_module(model, name, pm)
-            self.modules[name], self._orig[name] = pm, mod
+        # in layout order: their gradients concatenated are G
+        self.leaves = [
+            self.W[:, a:b].view(slots, *shape).detach().requires_grad_() for a, b, shape in spans
+        ]
+        leaf = {a: t for (a, _, _), t in zip(spans, self.leaves)}
+        for name, _ in found:
+            if name in grouped and name not in groups:
+                continue
+            members = groups.get(name, (name,))
+            group = None
+            if len(members) > 1:
+                a0, b0, _ = self.layout[members[0]]
+                gb = leaf[b0] if leaf[b0].dim() == 4 else None
+                group = _Group(leaf[a0], gb)
+            for i, n in enumerate(members):
+                a_off, b_off, _ = self.layout[n]
+                A = None if group else leaf[a_off]
+                B = None if group and group.B is not None else leaf[b_off]
+                pm = PackedLoRALinear(
+                    mods[n],
+                    self.ctx,
+                    A,
+                    B,
+                    self.scaling,
+                    spec.lora_dropout,
+                    self.transposed,
+                    group,
+                    i,
+                )
+                if group is not None:
+                    group.members.append(pm)
+                _set_module(model, n, pm)
+                self.modules[n], self._orig[n] = pm, mods[n]
+
+    def _shared_input_groups(self, found: list[tuple[str, nn.Module]]) -> list[tuple[str, ...]]:
+        """Target modules of one parent that read the same input (`SHARED_INPUT`), in the
+        parent's call order."""
+        names = {n for n, _ in found}
+        feats = dict((n, m.in_features) for n, m in found)
+        out = []
+        for parent in {n.rpartition(".")[0] for n in names}:
+            pre = parent + "." if parent else ""
+            for sib in SHARED_INPUT:
+                g = tuple(pre + x for x in sib if pre + x in names)
+                if len(g) > 1 and len({feats[n] for n in g}) == 1:
+                    out.append(g)
+        return out
 
     # -- slot lifecycle ---------------------------------------------------------------------
     def reset_slot(self, s: int, init: torch.Tensor) -> None:
@@ -245,7 +395,8 @@ class PackedLoRA:
         named = dict(peft_model.named_modules())
         for name, (a_off, b_off, end) in self.layout.items():
             lora = named[f"base_model.model.{name}"]
-            flat[a_off:b_off] = lora.lora_A["default"].weight.detach().reshape(-1)
+            a = lora.lora_A["default"].weight.detach().reshape(-1)
+            flat[a_off : a_off + a.numel()] = a  # in a group, the next member's A follows
             flat[b_off:end] = lora.lora_B["default"].weight.detach().reshape(-1)
         return flat
 
@@ -309,10 +460,11 @@ class PackedLoRA:
         # one concatenation fills the flat gradient (instead of one add per leaf: 420 kernels for
         # SmolLM2's 210 adapted matrices)
         torch.cat([leaf.grad.view(self.slots, -1) for leaf in self.leaves], dim=1, out=self.G)
-        self._adamw(active)
+        (self._adamw_compiled or self._adamw)(active)
         return torch.where(active, slot_loss.detach(), torch.full_like(slot_loss, float("nan")))
 
     _compiled = None
+    _adamw_compiled = None
 
     def compile(self, dynamic: bool | None = None, mode: str | None = None) -> None:
         """Run every decoder layer of the training step through torch.compile: its fused kernels
@@ -324,6 +476,11 @@ class PackedLoRA:
         layers = [m for m in self.model.modules() if type(m).__name__.endswith("DecoderLayer")]
         if not layers:  # an architecture without such layers: the whole forward
             self._compiled = torch.compile(self._slot_loss, dynamic=dynamic, mode=mode)
+        if self.fused_adamw:
+            # eager, the update is a chain of elementwise kernels, each a pass over [slots, P]
+            # (P = 2.4M for SmolLM2); compiled, they fuse (2.5 ms per step at 22 rows on an H200)
+            self._adamw_compiled = torch.compile(self._adamw, dynamic=dynamic, mode=mode)
+        if not layers:
             return
         fwd = {t: _compiled_forward(t, dynamic, mode) for t in {type(m) for m in layers}}
 
@@ -491,6 +648,7 @@ class Checkpoint:
             "step": step,
             "slots": len(live),
             "P": packer.P,
+            "layout": packer.layout_id,
             "live": [
                 None
                 if x is None
@@ -575,8 +733,11 @@ def train_packed(
         slots = meta["slots"]
     sync_every = max(1, int(sync_every))
     packer = PackedLoRA(model, spec, slots, targets)
-    if meta is not None and meta["P"] != packer.P:
-        meta = None  # another adapter layout: start afresh
+    # another adapter layout (saved before grouped layouts had a name: per-module): start afresh
+    if meta is not None and (
+        meta["P"] != packer.P or meta.get("layout", "per-module-v1") != packer.layout_id
+    ):
+        meta = None
     if cuda_graphs:
         packer.enable_graphs()
     if compile_step:
