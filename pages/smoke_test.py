@@ -72,10 +72,7 @@ if go:
             res = StreamResult()
             st.write_stream(m.stream(prompt, adapted, max_new, temp, result=res))
             if res.ok:
-                st.success(
-                    f"{res.new_tokens} new tokens; no loop or degenerate text found",
-                    icon=":material/check_circle:",
-                )
+                st.success(f"{res.new_tokens} new tokens", icon=":material/check_circle:")
             else:
                 st.error(
                     f"Smoke test failed: {res.new_tokens} new tokens — " + "; ".join(res.reasons),
