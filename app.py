@@ -18,6 +18,7 @@ pages = [
     st.Page("pages/methods.py", title="Methods", icon=":material/compare_arrows:"),
     st.Page("pages/smoke_test.py", title="Smoke test", icon=":material/chat:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("pages/about.py", title="About", icon=":material/menu_book:"),
 ]
 nav = st.navigation(pages)
 st.session_state["_nav_ready"] = True

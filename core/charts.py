@@ -388,9 +388,9 @@ def threshold_figure(
                     mode="markers",
                     marker=dict(
                         symbol="circle-x-open",
-                        size=17,
+                        size=14,
                         color=SMOKE_FAIL_COLOR,
-                        line=dict(width=2, color=SMOKE_FAIL_COLOR),
+                        line=dict(width=1.5, color=SMOKE_FAIL_COLOR),
                     ),
                     name="smoke test failed",
                     hovertext=[
@@ -542,9 +542,11 @@ def compare_figure(
     curves: pd.DataFrame, labels: dict[str, str], y_title: str, ratio_axis: bool = False
 ) -> go.Figure:
     """Mean curve per run on a log x axis; `ratio_axis` puts degradation % on the same log-ratio
-    y axis as the Threshold chart."""
+    y axis as the Threshold chart. Legend names keep what differs between the labels."""
     fig = go.Figure()
     ratios = [1.0]
+    run_ids = list(curves["run_id"].unique())
+    legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
     for i, (run_id, c) in enumerate(curves.groupby("run_id", sort=False)):
         c = c.sort_values("scale")
         y = pct_to_ratio(c["mean"]) if ratio_axis else c["mean"]
@@ -556,8 +558,10 @@ def compare_figure(
                 y=y,
                 mode="lines+markers",
                 customdata=c["mean"],
-                hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra></extra>",
-                name=labels.get(run_id, run_id),
+                hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra>"
+                + str(labels.get(run_id, run_id))
+                + "</extra>",
+                name=legend[run_id],
                 line=dict(color=PALETTE[i % len(PALETTE)]),
             )
         )
@@ -592,7 +596,7 @@ def mc_figure(
     before fine-tuning as a dotted line in its colour, and the 25 % chance level."""
     run_ids = list(acc["run_id"].unique())
     legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
-    fig = compare_figure(acc, {r: legend[r] for r in run_ids}, "accuracy after fine-tuning (%)")
+    fig = compare_figure(acc, labels, "accuracy after fine-tuning (%)")
     for i, r in enumerate(run_ids):
         b = (before or {}).get(r)
         if b is None or not np.isfinite(b):

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--alpha-2r",
         action="store_true",
-        help="set LoRA alpha to 2 x rank for every rank (seed 002)",
+        help="set LoRA alpha to 2 x rank for every rank (Rathore et al. 2025)",
     )
     _add_db(run)
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         dest="ref_set",
         default=None,
-        help="which shipped set (default: seed 000's protocol); see data/reference/",
+        help="which shipped set (default: the Martz 2025 protocol); see data/reference/",
     )
     _add_db(ref)
     exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")

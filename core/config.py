@@ -47,7 +47,7 @@ class RunSpec:
     construction: str = _f(
         "varied",
         "How domain samples are built: 'varied' (slot-filled templates) or 'paper' "
-        "(seed 000: prefix + lowercased base sentence, rotated).",
+        "(Martz 2025: prefix + lowercased base sentence, rotated).",
         choices=CONSTRUCTIONS,
     )
     scales: tuple[int, ...] = _f((50, 100, 150, 250, 500), "Dataset sizes to sweep (samples).")
@@ -55,7 +55,7 @@ class RunSpec:
     epochs: int = _f(3, "Passes over each scale's data.")
     learning_rate: float = _f(5e-5, "AdamW learning rate (constant).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
-    batch_size: int = _f(1, "Samples per optimizer step (seed 000 uses 1).")
+    batch_size: int = _f(1, "Samples per optimizer step (Martz 2025 uses 1).")
     max_length: int = _f(512, "Tokens per sample after truncation.")
     grad_clip: float = _f(0.0, "Clip the gradient norm to this value; 0 turns clipping off.")
     lora_rank: int = _f(8, "LoRA rank r.")
@@ -67,12 +67,12 @@ class RunSpec:
     )
     warmup_ratio: float = _f(
         0.0,
-        "Fraction of a point's steps with a linear learning-rate warm-up (seed 001: 0.1); "
+        "Fraction of a point's steps with a linear learning-rate warm-up (ADAPT-Q paper: 0.1); "
         "constant afterwards.",
     )
     replay: float = _f(
         0.0,
-        "Mitigation (seed 003): general-text sentences mixed into training, as a fraction of the "
+        "Mitigation (Johnson 2025): general-text sentences mixed into training, as a fraction of the "
         "domain samples (0.1 adds one general sentence per ten domain ones). Never the probe.",
     )
     adaptq_fraction: float = _f(
@@ -80,12 +80,12 @@ class RunSpec:
     )
     adaptq_selection: str = _f(
         "activation",
-        "ADAPT-Q: how blocks are chosen: 'activation' (mean |hidden| on domain samples, seed "
-        "001), or the ablations 'random', 'first-k', 'last-k'.",
+        "ADAPT-Q: how blocks are chosen: 'activation' (mean |hidden| on domain samples, as in "
+        "the ADAPT-Q paper), or the ablations 'random', 'first-k', 'last-k'.",
         choices=SELECTIONS,
     )
     adaptq_profile_samples: int = _f(
-        64, "ADAPT-Q: domain samples used for activation profiling (seed 001: 50-100)."
+        64, "ADAPT-Q: domain samples used for activation profiling (ADAPT-Q paper: 50-100)."
     )
     frozen_bits: int = _f(
         4,
@@ -97,12 +97,12 @@ class RunSpec:
         "quantize-first",
         "qlora and adaptq: 'quantize-first' trains against the quantized frozen weights; "
         "'adapt-first' trains against full precision and quantizes them before measuring "
-        "(seed 001's order check).",
+        "(the ADAPT-Q paper's order check).",
         choices=QUANT_ORDERS,
     )
     smoke_every: int = _f(
         0,
-        "In-training smoke test (seed 003) every N optimizer steps and at the end of each epoch; "
+        "In-training smoke test (Johnson 2025) every N optimizer steps and at the end of each epoch; "
         "0 turns it off.",
     )
     smoke_stop: bool = _f(
@@ -112,13 +112,13 @@ class RunSpec:
     )
     spectral: bool = _f(
         True,
-        "Spectral analysis of every adapted weight (seed 002): ||dW||_F, effective rank, cosine "
+        "Spectral analysis of every adapted weight (Rathore et al. 2025): ||dW||_F, effective rank, cosine "
         "of top singular vectors. Exact SVDs; adds seconds per point.",
     )
     spectral_topk: int = _f(16, "Singular vectors compared per matrix in the spectral analysis.")
     probe: str = _f(
         "general-200",
-        "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (seed 000's eight facts).",
+        "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (Martz 2025's eight facts).",
         choices=PROBES,
     )
     domain_eval_size: int = _f(50, "Held-out domain sentences used for domain perplexity.")
@@ -143,7 +143,7 @@ class RunSpec:
     pack_slots: int = _f(8, "How many runs the packed trainer advances together.")
     precision: str = _f(
         "fp32",
-        "Arithmetic of the training steps: 'fp32' (faithful to seed 000), 'tf32' (fp32 weights, "
+        "Arithmetic of the training steps: 'fp32' (faithful to Martz 2025), 'tf32' (fp32 weights, "
         "TensorFloat-32 matrix products on NVIDIA GPUs: measured 1.4x faster per packed step on "
         "an H200 with 22 runs in flight; no effect on a CPU), 'bf16' (autocast; adapters and optimizer state stay "
         "fp32). Evaluation always runs in fp32, so every setting is measured the same way.",
@@ -209,7 +209,7 @@ def field_choices(name: str) -> tuple[str, ...] | None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Seed 000's protocol, exactly: fresh adapter per scale, bs 1, constant lr, 3 epochs.
+    # The Martz 2025 protocol, exactly: fresh adapter per scale, bs 1, constant lr, 3 epochs.
     "paper-000": dict(
         name="paper-000",
         construction="paper",
@@ -265,7 +265,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Seed 001's ADAPT-Q on seed 000's protocol: half the blocks full-rank, the rest NF4,
+# ADAPT-Q (Martz 2025) on the Martz 2025 protocol: half the blocks full-rank, the rest NF4,
 # warm-up 10 %, gradient clip 1.0, scales up to 500.
 PRESETS["adaptq-001"] = {
     **PRESETS["paper-000"],
@@ -280,13 +280,13 @@ PRESETS["adaptq-001"] = {
 }
 
 
-# FAST MODE, not seed 000's protocol: each run takes 8 samples per optimizer step (the packed
+# FAST MODE, not the Martz 2025 protocol: each run takes 8 samples per optimizer step (the packed
 # trainer gives every run its own 8 rows), so the 50K run needs 18,750 sequential steps instead
 # of 150,000; the learning rate is scaled by sqrt(8) (the usual rule for Adam). Curves from it
 # answer "where does forgetting start" faster, but they are not the paper's numbers.
 PRESETS["fast-000"] = {
     **PRESETS["paper-000"],
-    "name": "fast-000 (batch 8, not seed 000's protocol)",
+    "name": "fast-000 (batch 8, not the Martz 2025 protocol)",
     "batch_size": 8,
     "learning_rate": round(5e-5 * 8**0.5, 8),
 }
@@ -496,7 +496,7 @@ def validate(spec: RunSpec) -> RunSpec:
 
 
 def rank_series(spec: RunSpec, ranks: tuple[int, ...], alpha_2r: bool = False) -> list[RunSpec]:
-    """One spec per LoRA rank (a rank sweep); `alpha_2r` sets alpha = 2 x rank (seed 002)."""
+    """One spec per LoRA rank (a rank sweep); `alpha_2r` sets alpha = 2 x rank (Rathore et al. 2025)."""
     if not ranks:
         raise ConfigError("rank: give at least one rank")
     if len(set(ranks)) != len(ranks):

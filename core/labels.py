@@ -58,7 +58,7 @@ COLUMNS: dict[str, Col] = {
         "domain PPL drop", format=_PCT, help="fall of perplexity on the domain (positive = better)"
     ),
     "smoke_ok": Col(
-        "smoke test passed",
+        "smoke test",
         "bool",
         help="every smoke-test prompt got an answer that is not empty, not a loop, not degenerate",
     ),
@@ -133,6 +133,24 @@ def col(name: str) -> Col:
 
 def label(name: str) -> str:
     return col(name).label
+
+
+def cell(name: str, value) -> str:
+    """One value as text for a static table: '—' when missing, ✓ / ✗ for a verdict, numbers in
+    the column's printf format (Streamlit's named formats print plainly)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return MISSING
+    c = col(name)
+    if c.kind == "bool":
+        return "✓" if bool(value) else "✗"
+    if c.kind == "number" and c.format and c.format.startswith("%"):
+        try:
+            return c.format % value
+        except (TypeError, ValueError):
+            return str(value)
+    if c.kind == "number" and isinstance(value, (int, float)):
+        return f"{value:,}"
+    return str(value)
 
 
 def short_names(labels: list[str]) -> list[str]:

@@ -1,8 +1,8 @@
 """Data shipped with the app, read-only and never mixed with a user's database rows:
 
-- seed 000's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
+- Martz 2025's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
 - our *measured* reference runs, one set per file prefix with a provenance .json beside it:
-  `paper000_smollm2_h100` (seed 000's protocol on the embedded SmolLM2-135M, H100, three seeds),
+  `paper000_smollm2_h100` (the Martz 2025 protocol on the embedded SmolLM2-135M, H100, three seeds),
   `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated: the
   cross-domain matrix), `methods_smollm2_h100` (LoRA, QLoRA, full, ADAPT-Q side by side) and
   `rank_smollm2_h100` (a LoRA rank sweep), the last two with their spectral analysis.
@@ -33,7 +33,7 @@ CROSS_DOMAIN_SETS = (
 
 
 SET_TITLES = {
-    "paper000_smollm2_h100": "seed 000 protocol, legal + financial (H100; 2,500-10,000 on H200), 3 seeds",
+    "paper000_smollm2_h100": "Martz 2025 protocol, legal + financial (H100; 2,500-10,000 on H200), 3 seeds",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
     "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, reference
+from core import labels as column_labels
 from core.errors import LabError
 from core.paths import resolve_db
 from core.store import Store, effective_status
@@ -259,3 +260,42 @@ def timed_fragment(fn):
             ) * 1000
 
     return st.fragment(run)
+
+
+def column_config(columns, overrides: dict[str, str] | None = None) -> dict:
+    """Streamlit column settings from the one map of human labels (core/labels.py);
+    `overrides` renames columns whose label depends on the page (e.g. a run's name)."""
+    cfg = {}
+    for name in columns:
+        c = column_labels.col(str(name))
+        lab = (overrides or {}).get(name, c.label)
+        kw = dict(help=c.help or None, width=c.width)
+        if c.kind == "bool":
+            cfg[name] = st.column_config.CheckboxColumn(lab, **kw)
+        elif c.kind == "number":
+            cfg[name] = st.column_config.NumberColumn(lab, format=c.format, **kw)
+        elif c.kind == "time":
+            cfg[name] = st.column_config.DatetimeColumn(lab, format="YYYY-MM-DD HH:mm", **kw)
+        else:
+            cfg[name] = st.column_config.TextColumn(lab, **kw)
+    return cfg
+
+
+def table(df: pd.DataFrame, overrides: dict[str, str] | None = None, **kw) -> None:
+    """st.dataframe with human column labels, '—' for missing values and no index."""
+    kw.setdefault("hide_index", True)
+    st.dataframe(
+        df,
+        column_config=column_config(df.columns, overrides),
+        placeholder=column_labels.MISSING,
+        **kw,
+    )
+
+
+def static_table(df: pd.DataFrame) -> None:
+    """A table whose long texts wrap (st.table) with the same labels: for a few rows of prose,
+    such as smoke-test answers, that a scrolling grid would cut off."""
+    shown = pd.DataFrame(
+        {column_labels.label(c): [column_labels.cell(c, v) for v in df[c]] for c in df.columns}
+    )
+    st.table(shown.set_index(shown.columns[0]))

@@ -204,7 +204,7 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             precision = choice(c1, "Training arithmetic", "precision")
             name = c2.text_input("Name", base.name, help=field_help("name"))
             c1, c2 = st.columns([1, 2])
-            alpha_2r = c1.checkbox("alpha = 2 × rank (seed 002)", value=False)
+            alpha_2r = c1.checkbox("alpha = 2 × rank (Rathore et al. 2025)", value=False)
             compile_step = c2.checkbox(
                 "Compile the packed training step (CUDA)",
                 base.compile_step,
@@ -242,7 +242,7 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             )
         with st.expander("ADAPT-Q and quantization (methods adaptq, qlora)"):
             st.caption(
-                "ADAPT-Q (seed 001) trains the K = ⌊fraction × L⌋ blocks chosen below in full "
+                "ADAPT-Q (Martz 2025) trains the K = ⌊fraction × L⌋ blocks chosen below in full "
                 "rank and keeps the others frozen at the chosen precision. 2-bit is not offered: "
                 "bitsandbytes has no 2-bit layers."
             )

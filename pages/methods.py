@@ -1,10 +1,11 @@
 """Compare fine-tuning methods on the same forgetting axes: curves, cost, spectral analysis of the
-weight update (seed 002) and ADAPT-Q's block selection (seed 001)."""
+weight update (Rathore et al. 2025) and ADAPT-Q's block selection (Martz 2025, ADAPT-Q)."""
 
 import pandas as pd
 import streamlit as st
 
-from core import analysis, charts
+from core import analysis, charts, sources
+from core.labels import short_names
 from pages._ui import (
     all_labels,
     no_results,
@@ -13,6 +14,7 @@ from pages._ui import (
     run_info_for,
     runs,
     spectral_for,
+    table,
     via_app,
 )
 
@@ -29,7 +31,7 @@ shown = st.radio(
     ("methods_smollm2_h100", "rank_smollm2_h100"),
     format_func={
         "methods_smollm2_h100": "methods (LoRA, QLoRA, ADAPT-Q, full)",
-        "rank_smollm2_h100": "LoRA ranks r = 8-128 (seed 002)",
+        "rank_smollm2_h100": "LoRA ranks r = 8-128 (Rathore et al. 2025)",
     }.get,
     horizontal=True,
     help="Which shipped reference runs are preselected when you have no runs of your own.",
@@ -40,6 +42,7 @@ if not chosen:
     st.stop()
 lab = all_labels(df)
 pts = points_for(chosen)
+short = dict(zip(chosen, short_names([lab.get(r, r) for r in chosen])))
 
 c1, c2 = st.columns(2)
 deg = analysis.per_scale(pts)
@@ -54,31 +57,24 @@ c2.plotly_chart(charts.compare_figure(gain, lab, "domain PPL improvement"), key=
 
 st.subheader("Cost per run")
 summary = analysis.method_summary(pts)
-summary.insert(0, "run", summary["run_id"].map(lambda r: lab.get(r, r)))
-st.dataframe(
-    summary.drop(columns=["run_id"]),
-    hide_index=True,
-    column_config={
-        "trainable_params": st.column_config.NumberColumn("trainable params", format="%,d"),
-        "trainable_pct": st.column_config.NumberColumn("trainable %", format="%.3f"),
-        "model_mem_mb": st.column_config.NumberColumn("model in memory (MB)", format="%.1f"),
-        "disk_mb": st.column_config.NumberColumn("saved per point (MB)", format="%.2f"),
-        "peak_mem_mb": st.column_config.NumberColumn(
-            "peak memory (MB)",
-            format="%.0f",
-            help="CUDA max allocated on a GPU; peak resident set size of the process on a CPU",
-        ),
-        "ms_per_step": st.column_config.NumberColumn("ms / step", format="%.1f"),
-        "gen_tokens_per_s": st.column_config.NumberColumn("generation tokens/s", format="%.1f"),
-        "largest_scale": st.column_config.NumberColumn("largest size", format="%,d"),
-        "degradation_at_largest": st.column_config.NumberColumn(
-            "general PPL change there", format="%+.1f%%"
-        ),
-        "domain_gain_at_largest": st.column_config.NumberColumn(
-            "domain gain there", format="%+.1f%%"
-        ),
-    },
+summary.insert(0, "run", summary["run_id"].map(lambda r: short.get(r, lab.get(r, r))))
+# two narrow tables rather than one that scrolls: the cost figures are what this one compares
+table(
+    summary[
+        [
+            "run",
+            "peak_mem_mb",
+            "ms_per_step",
+            "gen_tokens_per_s",
+            "model_mem_mb",
+            "disk_mb",
+            "trainable_pct",
+            "trainable_params",
+        ]
+    ]
 )
+st.markdown("**What it did at its largest dataset size**")
+table(summary[["run", "largest_scale", "degradation_at_largest", "domain_gain_at_largest"]])
 st.caption(
     "Medians over finished points. Memory counts the measured model's tensors (4-bit weights at "
     "their packed size plus quantization constants). Step times of the shipped H100 reference "
@@ -86,7 +82,7 @@ st.caption(
 )
 
 spec = spectral_for(chosen)
-st.subheader("Spectral analysis of the weight update (seed 002)")
+st.subheader("Spectral analysis of the weight update")
 if spec.empty:
     st.info(
         "No spectral rows in the selected runs: they come from runs of this version with "
@@ -98,8 +94,9 @@ else:
     st.caption(
         "Exact SVDs of every adapted matrix. ||ΔW||_F: size of the update; effective rank: "
         "exp(entropy) of ΔW's singular values; top-k cosine: how well the base weights' leading "
-        "singular directions survive (1 = kept). Seed 002 reports LoRA keeps them better than "
-        "full fine-tuning and that ||ΔW||_F grows roughly logarithmically with rank."
+        "singular directions survive (1 = kept). Rathore et al. 2025 (LoRA rank trade-offs) "
+        "report that LoRA keeps them better than full fine-tuning and that ||ΔW||_F grows "
+        "roughly logarithmically with rank."
     )
     lora_ranks = totals[totals["method"].isin(["lora", "qlora"])]["rank"].nunique()
     if lora_ranks > 1:
@@ -110,16 +107,8 @@ else:
             "||ΔW||_F against rank."
         )
     t = totals.copy()
-    t.insert(0, "run", t["run_id"].map(lambda r: lab.get(r, r)))
-    st.dataframe(
-        t.drop(columns=["run_id"]),
-        hide_index=True,
-        column_config={
-            "fro_norm": st.column_config.NumberColumn("||ΔW||_F", format="%.4g"),
-            "eff_rank": st.column_config.NumberColumn("effective rank (mean)", format="%.2f"),
-            "topk_cos": st.column_config.NumberColumn("top-k cosine (mean)", format="%.4f"),
-        },
-    )
+    t.insert(0, "run", t["run_id"].map(lambda r: short.get(r, lab.get(r, r))))
+    table(t.drop(columns=["run_id"]))
     c1, c2, c3 = st.columns(3)
     run_sel = c1.selectbox(
         "Run", list(spec["run_id"].unique()), format_func=lambda r: lab.get(r, r), key="m_srun"
@@ -142,7 +131,7 @@ else:
 
 adapt = [r for r in chosen if run_info_for(r).get("profile")]
 if adapt:
-    st.subheader("ADAPT-Q: which blocks train (seed 001)")
+    st.subheader(f"ADAPT-Q: which blocks train ({sources.cite('001')})")
     r = st.selectbox("ADAPT-Q run", adapt, format_func=lambda x: lab.get(x, x), key="m_arun")
     info = run_info_for(r)
     st.plotly_chart(charts.profile_figure(info["profile"], info["selected"]), key="m_prof")

@@ -3,16 +3,17 @@
 import pandas as pd
 import streamlit as st
 
-from core import analysis, charts
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, via_app
+from core import analysis, charts, sources
+from core.labels import short_names
+from pages._ui import all_labels, no_results, pick_runs, points_for, runs, table, via_app
 
 via_app(__file__)
 
 st.title("Phases")
 st.caption(
     "Phases by general-knowledge degradation: safe < 10 %, threshold 10–50 %, catastrophic "
-    "50–1,000 %, exponential 1,000–10,000 %, collapse above (defaults from our reading of seed 000; "
-    "change them on the Threshold page's sidebar)."
+    "50–1,000 %, exponential 1,000–10,000 %, collapse above (defaults from our reading of "
+    f"{sources.cite('000')}; change them on the Threshold page's sidebar)."
 )
 df = runs()
 chosen = pick_runs(df, "phase_runs")
@@ -29,27 +30,23 @@ if curves.empty:
     st.warning("No finished points in the selected runs.")
     st.stop()
 lab = all_labels(df)
+ids = list(curves["run_id"].unique())
+short = dict(zip(ids, short_names([lab.get(r, r) for r in ids])))
 tables = {
-    lab.get(r, r): analysis.phase_table(c, cutoffs) for r, c in curves.groupby("run_id", sort=False)
+    short[r]: analysis.phase_table(c, cutoffs) for r, c in curves.groupby("run_id", sort=False)
 }
 st.plotly_chart(charts.phase_timeline(tables), key="phase_timeline")
 
 entries = []
 for r, c in curves.groupby("run_id", sort=False):
-    row = {"run": lab.get(r, r)}
+    row = {"run": short[r]}
     for e in analysis.phase_entries(c, cutoffs):
-        row[e.phase] = f"{e.first_scale:,.0f}" if e.first_scale else "—"
+        row[f"first_{e.phase}"] = e.first_scale or None
     entries.append(row)
 st.subheader("Smallest measured dataset size in each phase")
-st.dataframe(pd.DataFrame(entries), hide_index=True)
+table(pd.DataFrame(entries))
 
 st.subheader("Per point")
 for name, t in tables.items():
     st.markdown(f"**{name}**")
-    st.dataframe(
-        t.rename(columns={"mean": "degradation % (mean over seeds)"}),
-        hide_index=True,
-        column_config={
-            "degradation % (mean over seeds)": st.column_config.NumberColumn(format="%+.1f")
-        },
-    )
+    table(t)

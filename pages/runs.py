@@ -4,8 +4,19 @@ import streamlit as st
 
 from core import analysis, charts
 from core.errors import LabError
+from core.labels import short_names
 from core.paths import discard_run_files
-from pages._ui import changed, export_bytes, labels, no_results, read, runs, store, via_app
+from pages._ui import (
+    changed,
+    export_bytes,
+    labels,
+    no_results,
+    read,
+    runs,
+    store,
+    table,
+    via_app,
+)
 
 via_app(__file__)
 
@@ -28,9 +39,8 @@ for col, sel in (
 ):
     if sel:
         view = view[view[col].isin(sel)]
-table = view[
+run_table = view[
     [
-        "run_id",
         "name",
         "status_effective",
         "points_done",
@@ -42,16 +52,10 @@ table = view[
         "device",
         "created_at",
         "error",
+        "run_id",
     ]
 ].rename(columns={"status_effective": "status"})
-st.dataframe(
-    table,
-    hide_index=True,
-    column_config={
-        "points_done": st.column_config.NumberColumn("points done"),
-        "n_points": st.column_config.NumberColumn("points planned"),
-    },
-)
+table(run_table)
 
 lab = labels(view)
 st.subheader("Compare")
@@ -64,6 +68,7 @@ if chosen:
             charts.compare_figure(curves, lab, "general PPL change", ratio_axis=True), key="cmp"
         )
         st.caption("Use the camera icon on any chart to download it as PNG.")
+    short = dict(zip(chosen, short_names([lab.get(r, r) for r in chosen])))
     agg = pts.groupby("run_id").agg(
         points=("scale", "size"),
         max_degradation=("degradation_pct", "max"),
@@ -72,24 +77,21 @@ if chosen:
         peak_mem_mb=("peak_mem_mb", "max"),
     )
     cost = analysis.method_summary(pts)
+    cols = ["model_mem_mb", "disk_mb", "trainable_pct", "ms_per_step", "gen_tokens_per_s"]
     if not cost.empty:
-        cols = ["trainable_pct", "model_mem_mb", "disk_mb", "ms_per_step", "gen_tokens_per_s"]
         agg = agg.join(cost.set_index("run_id")[cols])
-    st.dataframe(
-        agg.rename(index=lab),
-        column_config={
-            "max_degradation": st.column_config.NumberColumn(
-                "max general PPL change", format="%+.1f%%"
-            ),
-            "smoke_failures": st.column_config.NumberColumn("smoke-test failures"),
-            "train_seconds": st.column_config.NumberColumn("training s", format="%.1f"),
-            "peak_mem_mb": st.column_config.NumberColumn("peak memory MB", format="%.0f"),
-            "trainable_pct": st.column_config.NumberColumn("trainable %", format="%.3f"),
-            "model_mem_mb": st.column_config.NumberColumn("model MB", format="%.1f"),
-            "disk_mb": st.column_config.NumberColumn("saved MB / point", format="%.2f"),
-            "ms_per_step": st.column_config.NumberColumn("ms / step", format="%.1f"),
-            "gen_tokens_per_s": st.column_config.NumberColumn("gen tokens/s", format="%.1f"),
-        },
+    agg = agg.reset_index()
+    agg.insert(0, "run", agg.pop("run_id").map(lambda r: short.get(r, r)))
+    # two narrow tables rather than one that scrolls past its cost figures
+    table(agg[["run", "points", "max_degradation", "smoke_failures", "train_seconds"]])
+    table(
+        agg[
+            [
+                c
+                for c in ("run", "peak_mem_mb", "ms_per_step", "gen_tokens_per_s", *cols[:3])
+                if c in agg
+            ]
+        ]
     )
     if len(chosen) == 2:
         a, b = (pts[pts.run_id == r] for r in chosen)
@@ -100,17 +102,11 @@ if chosen:
         if w.empty:
             st.caption("No dataset size with at least two seeds in both runs.")
         else:
-            st.dataframe(
+            table(
                 w,
-                hide_index=True,
-                column_config={
-                    "mean_a": st.column_config.NumberColumn(
-                        f"mean {lab[chosen[0]][:30]}", format="%+.1f"
-                    ),
-                    "mean_b": st.column_config.NumberColumn(
-                        f"mean {lab[chosen[1]][:30]}", format="%+.1f"
-                    ),
-                    "p": st.column_config.NumberColumn("p", format="%.3g"),
+                overrides={
+                    "mean_a": f"mean change, {short[chosen[0]]}",
+                    "mean_b": f"mean change, {short[chosen[1]]}",
                 },
             )
 

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core import sources
 from core.errors import LabError
 from core.smoke import MAX_NEW_TOKENS, SmokeModel, StreamResult, check_settings, clean_prompt
 from pages._ui import labels, no_results, runs, store, via_app
@@ -10,8 +11,10 @@ via_app(__file__)
 
 st.title("Smoke test")
 st.caption(
-    "Seed 003's check: a fine-tuned model can look fine on metrics and still return nothing. "
-    "Zero new tokens, or a degenerate answer, is flagged as a failure."
+    f"The check of {sources.cite('003')}: a fine-tuned model can look fine on metrics and "
+    "still return nothing, or loop. An answer fails with no new tokens, only punctuation, a "
+    "repetition loop, one word over most of it, few distinct words, or a copy of the prompt; "
+    "the reasons are shown under it."
 )
 
 
@@ -72,7 +75,6 @@ if go:
                 st.success(f"{res.new_tokens} new tokens", icon=":material/check_circle:")
             else:
                 st.error(
-                    f"Smoke test failed: {res.new_tokens} new tokens"
-                    + ("" if res.new_tokens == 0 else " (degenerate answer)"),
+                    f"Smoke test failed: {res.new_tokens} new tokens — " + "; ".join(res.reasons),
                     icon=":material/error:",
                 )

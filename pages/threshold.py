@@ -1,9 +1,8 @@
 """Degradation vs dataset size, the threshold, phase bands, and a slider to read any scale."""
 
-import pandas as pd
 import streamlit as st
 
-from core import analysis, charts, reference
+from core import analysis, charts, reference, sources
 from pages._ui import (
     all_labels,
     analysis_for,
@@ -12,6 +11,8 @@ from pages._ui import (
     points_for,
     read,
     runs,
+    static_table,
+    table,
     timed_fragment,
     via_app,
 )
@@ -38,23 +39,29 @@ with st.sidebar:
         help="The threshold is where degradation first rises above this level.",
     )
     with st.expander("Phase cut-offs (%)"):
-        st.caption("Defaults: our reading of seed 000's phases.")
+        st.caption(f"Defaults: our reading of the phases in {sources.cite('000')}.")
         cuts = [
             st.number_input(f"{a} → {b}", value=v, key=f"cut{i}")
             for i, (a, b, v) in enumerate(
                 zip(analysis.PHASES, analysis.PHASES[1:], analysis.DEFAULT_CUTOFFS)
             )
         ]
-    show_guidance = st.checkbox("Deployment guidance lines (seed 000: alert, rollback)", value=True)
+    show_guidance = st.checkbox(
+        "Deployment guidance lines (alert, rollback)",
+        value=True,
+        help=f"The guidance of {sources.cite('000')}: alert above 20 %, consider a rollback "
+        "above 50 %.",
+    )
     g1, g2 = st.columns(2)
     alert = g1.number_input("alert above %", 0.0, 1e6, analysis.ALERT_PCT, key="alert_pct")
     rollback = g2.number_input(
         "rollback above %", 0.0, 1e6, analysis.ROLLBACK_PCT, key="rollback_pct"
     )
     show_paper = st.checkbox(
-        "Overlay seed 000's claimed curve",
+        "Overlay the claimed curves (Martz 2025)",
         value=bool(set(chosen)) and all(r.startswith(reference.REF_PREFIX) for r in chosen),
-        help="Numbers the paper reports for GPT-2; not measured here.",
+        help=f"Numbers printed in {sources.cite('000')} for GPT-2 124M, one curve per domain; "
+        "not measured here.",
     )
 try:
     cutoffs = analysis.validate_cutoffs(cuts)
@@ -88,15 +95,17 @@ if metric == "multiple choice":
         )
         st.stop()
     lab = all_labels(df)
-    st.plotly_chart(
-        charts.compare_figure(acc, lab, "accuracy after fine-tuning (%)"), key="mc_chart"
+    base = mc.groupby("run_id")["mc_acc_before"].first().mul(100)
+    st.plotly_chart(charts.mc_figure(acc, lab, base.dropna().to_dict()), key="mc_chart")
+    table(
+        base.rename("accuracy_before")
+        .reset_index()
+        .assign(run=lambda d: d["run_id"].map(lambda r: lab.get(r, r)))[["run", "accuracy_before"]]
     )
-    base = mc.groupby("run_id")["mc_acc_before"].first().mul(100).rename("accuracy before %")
-    st.dataframe(
-        base.rename(index=lab),
-        column_config={"accuracy before %": st.column_config.NumberColumn(format="%.1f")},
+    st.caption(
+        "Dotted lines: accuracy before fine-tuning; dashed grey: chance level (25 %, four "
+        "options). Threshold, phases and the slider use the perplexity metric."
     )
-    st.caption("Chance level is 25 %. Threshold, phases and the slider use the perplexity metric.")
     st.stop()
 curves = analysis.per_scale(pts, "degradation_pct")
 dom = analysis.per_scale(pts, "domain_improvement_pct")
@@ -120,6 +129,8 @@ for r in chosen:
         f = results[r]["best_fit"]
         fits[r] = analysis.Fit(f["name"], f["params"], f["r2"], f["aic"])
 
+own = [r for r in chosen if not r.startswith(reference.REF_PREFIX)]
+smoke_failed = analysis.smoke_failed_points(pts, read("smoke_failures", tuple(own)))
 paper = None
 if show_paper:
     paper = reference.paper_claims()
@@ -137,6 +148,7 @@ fig = charts.threshold_figure(
     guidance=(alert, rollback) if show_guidance else (),
     fits=fits,
     unfinished=pts[pts["status"] != "done"] if "status" in pts else None,
+    smoke_failed=smoke_failed,
 )
 st.plotly_chart(fig, key="threshold_chart")
 
@@ -154,8 +166,10 @@ for col, r in zip(cols, chosen):
     else:
         col.write(f"threshold ({level:g} %): **{t:,.0f}** samples")
     if ci:
-        hi = "not reached" if ci[1] == float("inf") else f"{ci[1]:,.0f}"
-        col.caption(f"95 % bootstrap interval over {res['threshold_ci_over']}: {ci[0]:,.0f} – {hi}")
+        smallest = min(p["scale"] for p in res["points"])
+        col.caption(
+            analysis.describe_interval(ci, res["threshold_ci_over"], t or smallest, smallest)
+        )
     else:
         col.caption(res.get("threshold_ci_note", ""))
     col.write(
@@ -210,21 +224,20 @@ def read_off() -> None:
     nearest = analysis.nearest_scale(curves[curves.run_id == focus]["scale"], x)
     st.subheader(f"Nearest measured point: {nearest:,} samples")
     near = pts[(pts.run_id == focus) & (pts.scale == nearest)]
-    st.dataframe(
+    table(
         near[
             [
                 "seed",
                 "status",
-                "general_ppl_before",
-                "general_ppl_after",
                 "degradation_pct",
-                "domain_ppl_before",
-                "domain_ppl_after",
                 "domain_improvement_pct",
                 "smoke_ok",
+                "general_ppl_before",
+                "general_ppl_after",
+                "domain_ppl_before",
+                "domain_ppl_after",
             ]
-        ],
-        hide_index=True,
+        ]
     )
     if focus.startswith(reference.REF_PREFIX):
         st.caption(
@@ -233,19 +246,12 @@ def read_off() -> None:
     gens = read("generations_df", focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
     if not gens.empty:
         st.markdown("**Stored smoke-test generations** (greedy decoding)")
-        before = gens[gens.stage == "before"].set_index("idx")
-        after = gens[gens.stage == "after"].set_index("idx")
-        rows = [
-            {
-                "prompt": before.loc[i, "prompt"],
-                "base model": before.loc[i, "output"],
-                "after fine-tuning": after.loc[i, "output"] if i in after.index else "",
-                "new tokens": int(after.loc[i, "new_tokens"]) if i in after.index else None,
-                "ok": bool(after.loc[i, "ok"]) if i in after.index else None,
-            }
-            for i in before.index
-        ]
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        static_table(analysis.smoke_table(gens))
+        st.caption(
+            "The verdict (ok, why it failed) judges the answer after fine-tuning: no new tokens, "
+            "only punctuation, a repetition loop, one word over most of it, few distinct words, or "
+            "a copy of the prompt fail it."
+        )
 
 
 st.subheader("Read off any dataset size")

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import Store
 from tests.conftest import ROOT
 
-PAGES = ["launch", "threshold", "phases", "cross_domain", "methods", "smoke_test", "runs"]
+PAGES = ["launch", "threshold", "phases", "cross_domain", "methods", "smoke_test", "runs", "about"]
 
 
 def _app(page: str, db, monkeypatch) -> AppTest:
@@ -36,6 +36,8 @@ def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
         assert len(chosen) == 4 and all(r.startswith("ref:") for r in chosen)
         assert len(at.get("plotly_chart")) == 4  # curves x2, layer heatmap, profile (one rank)
         assert "blocks trained" in at.table[0].value.index
+    elif page == "about":
+        assert len(at.subheader) == 4
     elif page != "launch":
         assert "No " in text
 
@@ -256,3 +258,82 @@ def test_methods_page_switches_to_the_shipped_rank_sweep(tmp_path, monkeypatch):
     assert len(chosen) >= 5 and all(r.startswith("ref:") for r in chosen)
     assert all("rank-002 r" in x for x in labels), labels
     assert len(at.get("plotly_chart")) >= 3  # curves x2 and ||dW|| against rank
+
+
+# "seed 000", "Seed 001's", "seed-000 grid"; file names such as seed000_claims.csv may stay
+SOURCE_NUMBER = __import__("re").compile(r"\bseeds?[ -]00\d", __import__("re").I)
+
+
+def _shown_text(at: AppTest) -> str:
+    """Every string the rendered page holds (labels, help, options, markdown, captions)."""
+    out = []
+
+    def walk(node):
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_cite_sources_by_author_not_by_number(page, tmp_path, monkeypatch):
+    """The sources are 'Martz 2025, ...', never 'seed 000' (which also reads like a random seed)."""
+    at = _app(page, tmp_path / "empty.duckdb", monkeypatch)
+    text = _shown_text(at)
+    assert len(text) > 200 and not SOURCE_NUMBER.search(text), SOURCE_NUMBER.search(text)
+
+
+def test_help_texts_and_docs_cite_sources_by_author_not_by_number():
+    import dataclasses
+
+    from core import cli, config, reference, sources
+
+    texts = [f.metadata.get("help", "") for f in dataclasses.fields(config.RunSpec)]
+    texts += [str(p.get("name", "")) for p in config.PRESETS.values()]
+    parser = cli.build_parser()
+    texts.append(parser.format_help())
+    for action in parser._subparsers._group_actions:
+        texts += [sp.format_help() for sp in action.choices.values()]
+    texts += list(reference.SET_TITLES.values())
+    texts += [f"{s.cite} {s.title} {s.reproduces} {s.differs}" for s in sources.SOURCES]
+    for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), ROOT / "README.md"]:
+        texts.append(path.read_text())
+    texts += [p.read_text() for p in (ROOT / "docs").glob("*.md")]
+    for t in texts:
+        assert not SOURCE_NUMBER.search(t), (SOURCE_NUMBER.search(t), t[:200])
+
+
+def test_about_page_lists_the_four_sources_with_what_differs(tmp_path, monkeypatch):
+    at = _app("about", tmp_path / "empty.duckdb", monkeypatch)
+    assert not at.exception, at.exception
+    heads = [h.value for h in at.subheader]
+    assert heads == [
+        "Martz 2025, scale-dependent forgetting",
+        "Martz 2025, ADAPT-Q",
+        "Rathore et al. 2025, LoRA rank trade-offs",
+        "Johnson 2025, silent forgetting",
+    ]
+    body = " ".join(m.value for m in at.markdown)
+    for title in ("Scale-Dependent Catastrophic Forgetting", "ADAPT-Q: Addressing", "How Much is"):
+        assert title in body
+    assert body.count("Where our numbers differ") == 4 and "+1,581 %" in body
+
+
+def test_every_table_column_has_a_human_label(tiny_run, monkeypatch):
+    """No table shows a raw column name such as general_ppl_before or smoke_ok."""
+    import json
+    import re
+
+    db, _ = tiny_run
+    for page in ("threshold", "phases", "methods", "runs"):
+        at = _app(page, db, monkeypatch)
+        assert at.dataframe, page
+        for df in at.dataframe:
+            cfg = json.loads(df.proto.columns)
+            for col in df.value.columns:
+                label = cfg.get(f"col:{col}", cfg.get(col, {})).get("label")
+                assert label and not re.search(r"[a-z]_[a-z]", label), (page, col, cfg.get(col))
