@@ -227,9 +227,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         probe="paper-8",
         domain_eval_size=50,
     ),
-    # The embedded model's first curve on two CPU cores in about two minutes (measured: see
+    # The embedded model's first curve on two CPU cores in about three minutes (measured: see
     # README). It trades fidelity for speed: one epoch, a 20x larger learning rate, 48-token
-    # samples, sizes 4-64 (training is about 0.4 s per sample there, so the sizes set the wait)
+    # samples, sizes 4-64 (training is about 0.6 s per sample there, so the sizes set the wait)
     # and no spectral analysis (about 6 s per point); the general probe and the multiple-choice
     # set stay whole, so its forgetting numbers are measured as in every other run.
     "quick-cpu": dict(

@@ -3,6 +3,7 @@ generation from prompts. Before- and after-training numbers go through the same 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +128,8 @@ def _mc_rows(tokenizer, items) -> list[tuple[list[int], list[list[int]]]]:
     for it in items:
         ctx = tokenizer(it.question, add_special_tokens=True)["input_ids"]
         opts = [tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in it.options]
+        if not ctx or not all(opts):
+            raise ValueError(f"multiple-choice item with an empty question or option: {it}")
         rows.append((ctx, opts))
     return rows
 
@@ -221,10 +226,15 @@ def mc_scores(model, tokenizer, items, batch_size: int = 32) -> list[list[float]
     model.eval()
     try:
         check = _mc_scores_separate(model, rows[:1], 4, pad, device)[0]
-        shared = _mc_scores_shared(model, rows, batch_size, pad, device)
-        if max(abs(a - b) for a, b in zip(check, shared[0])) > 1e-3 * max(1.0, *map(abs, check)):
+        first = _mc_scores_shared(model, rows[:1], 1, pad, device)[0]
+        if max(abs(a - b) for a, b in zip(check, first)) > 1e-3 * max(1.0, *map(abs, check)):
+            log.warning(
+                "%s ignores the block attention mask; multiple choice is scored one option "
+                "sequence at a time",
+                type(model).__name__,
+            )
             return _mc_scores_separate(model, rows, batch_size, pad, device)
-        return shared
+        return _mc_scores_shared(model, rows, batch_size, pad, device)
     finally:
         if was_training:
             model.train()

@@ -233,7 +233,7 @@ def ensure_embedded_cache() -> Path:
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors (one time, 10-20 s on 2 CPU cores)", gguf.name)
+    log.info("converting %s to safetensors (one time, about 15 s on 2 CPU cores)", gguf.name)
     with _gguf_parsed_once():
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -282,8 +282,9 @@ def skeleton(name: str) -> nn.Module | None:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not read model '{name}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # any failure to read the config is the user's model, not a crash
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"could not read model '{name}': {msg}") from None
 
 
 def load_model(

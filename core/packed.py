@@ -132,7 +132,7 @@ class _Group:
         self.A, self.B = A, B  # [slots, k, r, d_in], [slots, k, d_out, r] or None
         self.members: list[PackedLoRALinear] = []
         self.src: torch.Tensor | None = None  # the input the pending updates were computed from
-        self.pending: list[torch.Tensor] = []
+        self.pending: dict[int, torch.Tensor] = {}  # member index -> its update
 
 
 class PackedLoRALinear(nn.Module):
@@ -194,8 +194,8 @@ class PackedLoRALinear(nn.Module):
 
     def _grouped_update(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
-        if self.index > 0 and g.src is x and g.pending:
-            upd = g.pending.pop(0)
+        if self.index > 0 and g.src is x and self.index in g.pending:
+            upd = g.pending.pop(self.index)  # by member, whatever order the model calls them in
             if not g.pending:
                 g.src = None
             return upd
@@ -216,7 +216,8 @@ class PackedLoRALinear(nn.Module):
             ups = [torch.bmm(m._B, t).transpose(1, 2) for m, t in zip(g.members, hA.unbind(1))]
         if self.index != 0:  # a follower called out of order: its own update, none left pending
             return ups[self.index]
-        g.src, g.pending = x, list(ups[1:])
+        g.src, g.pending = x, dict(enumerate(ups))
+        del g.pending[0]
         return ups[0]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import pandas as pd
 
@@ -54,8 +53,6 @@ def run_progress(
     points: pd.DataFrame,
     progress: pd.DataFrame,
     info: dict,
-    started_at: datetime | None,
-    now: datetime,
 ) -> RunProgress:
     """The run's progress and ETA. `points`: its stored points; `progress`: its progress rows;
     `info`: its run facts (`stage`, `timing` written by the runner)."""
@@ -115,11 +112,17 @@ def run_progress(
         together = sum(p.phase == "training" for p in live) > 1
         steps = max(train_left, default=0) if together else sum(train_left)
         eta = steps * step_s + len(todo) * eval_s
-    elapsed = _seconds(started_at, now) if started_at is not None else 0.0
+    # Work done, in the same measured seconds as the ETA (not the wall clock since the run
+    # started: a resumed run may have waited for days in between).
+    worked = 0.0
+    if not ended.empty:
+        worked = float(ended.train_seconds.fillna(0).sum() + ended.eval_seconds.fillna(0).sum())
+    if step_s is not None:
+        worked += sum(p.step for p in live if p.phase == "training") * step_s
     if status == "done":
         fraction = 1.0
-    elif eta is not None and elapsed + eta > 0:
-        fraction = elapsed / (elapsed + eta)
+    elif eta is not None and worked + eta > 0:
+        fraction = worked / (worked + eta)
     else:
         fraction = done / max(total, 1)
     return RunProgress(stage, done, total, min(max(fraction, 0.0), 1.0), eta, live)

@@ -97,13 +97,9 @@ class StoreSink:
             p["step"], p["total"], p["loss"] = ev["step"], ev["total"], ev["loss"]
             if time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
                 self._flush()
-        elif t == "phase" and key in self._pts:
-            same_kind = self._pts[key]["phase"].split(":")[0] == ev["phase"].split(":")[0]
+        elif t == "phase" and key in self._pts:  # a few per point: written at once
             self._pts[key]["phase"] = ev["phase"]
-            # A new kind of work (training -> evaluating) is written at once; the parts of an
-            # evaluation at most once a second, like steps (each write is a transaction).
-            if not same_kind or time.monotonic() - self._last_write >= PROGRESS_EVERY_S:
-                self._flush(key)
+            self._flush(key)
         elif t == "point_done" and key in self._pts:
             self._pts[key]["phase"] = ev["status"]
             self._flush(key)
@@ -134,7 +130,8 @@ class StoreSink:
                 log.warning("progress not recorded: %s", e)
         for k in keys:
             self._pts[k]["buf"] = []
-        self._last_write = time.monotonic()
+        if only is None:  # one point's phase change does not postpone the others' steps
+            self._last_write = time.monotonic()
 
     def should_cancel(self) -> bool:
         if _signalled:

@@ -217,6 +217,9 @@ def _sidebar_runs() -> None:
         st.error(str(e))
         return
     active = df[df["status_effective"].isin(ACTIVE)] if not df.empty else df
+    if st.session_state.get("_sidebar_active") and active.empty:
+        st.session_state["_sidebar_active"] = False
+        st.rerun()  # the whole page once: the refresh stops with the last active run
     if not active.empty:
         st.markdown(f"**{len(active)} run(s) active**")
         for r in active.to_dict("records"):
@@ -239,6 +242,7 @@ def sidebar() -> None:
             st.error(str(e))
             return
         active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
+        st.session_state["_sidebar_active"] = active
         st.fragment(run_every=2.0 if active else None)(_sidebar_runs)()
 
 

@@ -19,8 +19,8 @@ from core.config import (
 from core.engine import preflight
 from core.errors import LabError
 from core.progress import format_eta, run_progress
-from core.store import POINT_SUMMARY, effective_status, now
-from pages._ui import ACTIVE, changed, label, read, runs, store, via_app
+from core.store import POINT_SUMMARY, effective_status
+from pages._ui import ACTIVE, changed, label, read, runs, store, table, via_app
 
 via_app(__file__)
 
@@ -342,7 +342,7 @@ def panel() -> None:
     pts = read("points_df", (run_id,))
     prog = read("progress_df", run_id)
     status = run["status_effective"]
-    rp = run_progress(spec, status, pts, prog, read("run_info", run_id), run["started_at"], now())
+    rp = run_progress(spec, status, pts, prog, read("run_info", run_id))
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )
@@ -364,6 +364,7 @@ def panel() -> None:
             runner.resume_background(store(), run_id)
             changed()
             st.toast("queued again; finished points are kept")
+            st.rerun()  # the whole page: the panel refreshes itself again while it runs
         except LabError as e:
             st.error(str(e))
     eta = format_eta(rp.eta_s) if status == "running" else status
@@ -396,26 +397,7 @@ def panel() -> None:
         c2.page_link("pages/phases.py", label="Phases", icon=":material/timeline:")
         c3.page_link("pages/smoke_test.py", label="Smoke test", icon=":material/chat:")
     if not pts.empty:
-        show = pts[[*POINT_SUMMARY, "train_seconds", "eval_seconds"]]
-        st.dataframe(
-            show,
-            hide_index=True,
-            column_config={
-                "degradation_pct": st.column_config.NumberColumn("degradation %", format="%+.1f"),
-                "domain_improvement_pct": st.column_config.NumberColumn(
-                    "domain better %", format="%+.1f"
-                ),
-                "general_ppl_before": st.column_config.NumberColumn(
-                    "general PPL before", format="%.2f"
-                ),
-                "general_ppl_after": st.column_config.NumberColumn(
-                    "general PPL after", format="%.2f"
-                ),
-                "train_seconds": st.column_config.NumberColumn("train s", format="%.1f"),
-                "eval_seconds": st.column_config.NumberColumn("eval s", format="%.1f"),
-                "smoke_ok": st.column_config.CheckboxColumn("smoke ok"),
-            },
-        )
+        table(pts[[*POINT_SUMMARY, "train_seconds", "eval_seconds"]])
 
 
 # The panel refreshes itself every 2 s while a run is queued or running (a fragment: the rest of

@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
 SHOTS = ROOT / "test-output" / "screenshots"
+DATABASES: dict = {}  # app url -> the database its server reads
 
 
 def _chromium() -> str:
@@ -57,6 +58,7 @@ def app_url(lab_home, tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    DATABASES[url] = db
     for _ in range(120):
         try:
             urllib.request.urlopen(url + "/_stcore/health", timeout=1)
@@ -129,8 +131,17 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     time.sleep(1)  # the rerun that rebuilt the form has settled
     page.get_by_role("button", name="Queue run").click()
     page.get_by_text(re.compile(r"^Queued 1 run")).wait_for()
-    page.get_by_text("3 of 3 points finished").wait_for(timeout=180_000)
+    # The run's progress comes first: above the (now folded) form, with one ETA for the run.
+    progress = page.get_by_role("heading", name="Progress", exact=True)
+    progress.wait_for()
+    form = page.get_by_text("New run", exact=True).first
+    assert progress.bounding_box()["y"] < form.bounding_box()["y"]
+    page.get_by_text(re.compile(r"^Whole run: \d+ of 3 points finished")).first.wait_for()
+    _shot(page, "02a-launch-started")
+    page.get_by_text("Whole run: 3 of 3 points finished").wait_for(timeout=180_000)
     page.get_by_text("Status: done").wait_for()
+    # The sidebar's run list agrees with the panel (it refreshes with it).
+    page.get_by_test_id("stSidebar").get_by_text("none active").wait_for(timeout=10_000)
     _shot(page, "02-launch-done")
 
 
@@ -179,3 +190,39 @@ def test_other_pages_render(page, app_url, name):
     page.locator(".js-plotly-plot, [data-testid='stDataFrame']").first.wait_for()
     assert page.get_by_text("Traceback").count() == 0
     _shot(page, f"06-{name}")
+
+
+def test_a_looping_answer_is_flagged_with_its_reason(page, app_url):
+    """A stored answer that loops off-topic (issue 18's 'The trial court remanded ...') is shown
+    failed, with the verdict's reason, next to the base model's answer."""
+    from core import evaluate, runner
+    from core.config import preset
+    from core.store import PointResult, Store
+
+    store = Store(DATABASES[app_url])
+    run_id = runner.create_run(store, preset("tiny-test", scales=(4,), seeds=(0,)), "done")
+    prompt = "The capital of France is"
+    loop = " The trial court remanded the deposition transcripts." * 4
+    base = evaluate.Generation.judged(prompt, " Paris.", 3)
+    bad = evaluate.Generation.judged(prompt, loop, 40)
+    assert base.ok and not bad.ok
+    store.save_base_generations(run_id, [base.__dict__])
+    metrics = dict(
+        general_ppl_before=10.0,
+        general_ppl_after=30.0,
+        degradation_pct=200.0,
+        domain_ppl_before=50.0,
+        domain_ppl_after=5.0,
+        domain_improvement_pct=90.0,
+        smoke_ok=False,
+        steps=4,
+    )
+    store.save_point(run_id, PointResult(4, 0, "done", metrics, [], [], [bad.__dict__]))
+    store.set_status(run_id, "done")
+    try:
+        page.goto(app_url + "/threshold")
+        page.get_by_text("Stored smoke-test generations").wait_for()
+        page.get_by_text(re.compile("repetition loop")).first.wait_for()
+        _shot(page, "04b-threshold-loop-flagged")
+    finally:
+        store.delete_run(run_id)  # the other tests' run pickers see the database as before

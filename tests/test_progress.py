@@ -24,7 +24,7 @@ def _progress(rows):
 
 
 def test_no_eta_before_any_rate_is_measured():
-    rp = run_progress(SPEC, "running", _points([]), _progress([]), {}, T0, T0)
+    rp = run_progress(SPEC, "running", _points([]), _progress([]), {})
     assert rp.eta_s is None and rp.points_done == 0 and rp.points_total == 3
     assert "first measured steps" in format_eta(rp.eta_s)
 
@@ -34,7 +34,7 @@ def test_eta_from_the_point_in_flight_and_the_base_measurement():
     evaluation, the base model's measurement (the same evaluation, run once)."""
     prog = _progress([(10, 0, "training", 4, 10, 2.5, T0, T0 + timedelta(seconds=2))])
     info = {"timing": {"base_s": 3.0}, "stage": {"phase": "measuring the base model"}}
-    rp = run_progress(SPEC, "running", _points([]), prog, info, T0, T0 + timedelta(seconds=10))
+    rp = run_progress(SPEC, "running", _points([]), prog, info)
     # 0.5 s per step; left: 6 + 20 + 40 steps and three evaluations of 3 s
     assert rp.eta_s == pytest.approx(66 * 0.5 + 3 * 3.0)
     assert rp.live[0].step == 4 and "training" in rp.stage
@@ -44,7 +44,7 @@ def test_eta_from_the_point_in_flight_and_the_base_measurement():
 def test_eta_uses_finished_points_once_there_are_some():
     pts = _points([(10, 0, "done", 10, 4.0, 2.0)])
     prog = _progress([(20, 0, "evaluating: perplexity (1/3)", 20, 20, 1.0, T0, T0)])
-    rp = run_progress(SPEC, "running", pts, prog, {"timing": {"base_s": 99.0}}, T0, T0)
+    rp = run_progress(SPEC, "running", pts, prog, {"timing": {"base_s": 99.0}})
     # 0.4 s per step from the finished point; the evaluating point has no steps left
     assert rp.eta_s == pytest.approx(40 * 0.4 + 2 * 2.0)
     assert rp.points_done == 1 and "evaluating" in rp.stage
@@ -58,13 +58,13 @@ def test_points_training_together_share_their_steps():
             (40, 0, "training", 5, 40, 1.0, T0, T0 + timedelta(seconds=5)),
         ]
     )
-    rp = run_progress(SPEC, "running", _points([]), prog, {"timing": {"base_s": 1.0}}, T0, T0)
+    rp = run_progress(SPEC, "running", _points([]), prog, {"timing": {"base_s": 1.0}})
     assert rp.eta_s == pytest.approx(35 * 1.0 + 3 * 1.0)  # the longest, not the sum
 
 
 def test_a_finished_run_is_complete():
     pts = _points([(s, 0, "done", s, 1.0, 1.0) for s in (10, 20, 40)])
-    rp = run_progress(SPEC, "done", pts, _progress([]), {}, T0, T0)
+    rp = run_progress(SPEC, "done", pts, _progress([]), {})
     assert rp.fraction == 1.0 and rp.points_done == 3 and rp.eta_s is None
 
 
@@ -78,3 +78,12 @@ def test_a_real_run_records_its_stages_and_base_timing(tiny_run):
     info = Store(path).run_info(run_id)
     assert info["timing"]["base_s"] > 0
     assert info["stage"]["phase"]  # the last run-level stage the engine announced
+
+
+def test_a_resumed_run_counts_work_not_the_days_it_waited():
+    """The bar is work done / (work done + ETA) in measured seconds: a run resumed after days
+    is not shown nearly complete."""
+    pts = _points([(10, 0, "done", 10, 4.0, 2.0)])
+    rp = run_progress(SPEC, "running", pts, _progress([]), {})
+    # done: 6 s of work; left: 20 + 40 steps at 0.4 s and two evaluations of 2 s
+    assert rp.fraction == pytest.approx(6.0 / (6.0 + 60 * 0.4 + 2 * 2.0))
