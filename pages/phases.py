@@ -47,6 +47,6 @@ st.subheader("Smallest measured dataset size in each phase")
 table(pd.DataFrame(entries))
 
 st.subheader("Per point")
-for name, t in tables.items():
-    st.markdown(f"**{name}**")
+for r, (name, t) in zip(ids, tables.items()):
+    st.markdown(f"**{lab.get(r, name)}**")
     table(t)

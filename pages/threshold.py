@@ -103,8 +103,8 @@ if metric == "multiple choice":
         .assign(run=lambda d: d["run_id"].map(lambda r: lab.get(r, r)))[["run", "accuracy_before"]]
     )
     st.caption(
-        "Dotted lines: accuracy before fine-tuning; dashed grey: chance level (25 %, four "
-        "options). Threshold, phases and the slider use the perplexity metric."
+        "Chance level is 25 % (four options; the dashed grey line). Dotted lines: accuracy "
+        "before fine-tuning. Threshold, phases and the slider use the perplexity metric."
     )
     st.stop()
 curves = analysis.per_scale(pts, "degradation_pct")
