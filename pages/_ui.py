@@ -14,6 +14,9 @@ from core.paths import resolve_db
 from core.store import Store, effective_status
 
 ACTIVE = ("queued", "running")
+# How often live parts (the Launch page's panel, the sidebar's run list) refresh while a run is
+# active: each refresh costs the server and the browser CPU that a run on a small machine shares.
+REFRESH_S = 5.0
 
 
 def via_app(page_file: str) -> None:
@@ -233,7 +236,7 @@ def _sidebar_runs() -> None:
 
 def sidebar() -> None:
     """The database and the active runs; while a run is active the list refreshes itself with
-    the Launch page's panel (every 2 s), so the two never disagree for long."""
+    the Launch page's panel (every REFRESH_S), so the two never disagree for long."""
     with st.sidebar:
         st.caption(f"Database: `{resolve_db(None).name}` in the lab home")
         try:
@@ -243,7 +246,7 @@ def sidebar() -> None:
             return
         active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
         st.session_state["_sidebar_active"] = active
-        st.fragment(run_every=2.0 if active else None)(_sidebar_runs)()
+        st.fragment(run_every=REFRESH_S if active else None)(_sidebar_runs)()
 
 
 def timed_fragment(fn):

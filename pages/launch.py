@@ -20,7 +20,7 @@ from core.engine import preflight
 from core.errors import LabError
 from core.progress import format_eta, run_progress
 from core.store import POINT_SUMMARY, effective_status
-from pages._ui import ACTIVE, changed, label, read, runs, store, table, via_app
+from pages._ui import ACTIVE, REFRESH_S, changed, label, read, runs, store, table, via_app
 
 via_app(__file__)
 
@@ -382,7 +382,9 @@ def panel() -> None:
                     text=f"{p.scale:,} samples, seed {p.seed}: training step {p.step}/{p.total}{loss}",
                 )
         training = [p for p in rp.live if p.phase == "training"]
-        if training:
+        # The loss curve on demand: redrawn at every refresh it costs the server and the
+        # browser CPU that the training shares on a small machine (bench/app_overhead.py).
+        if training and st.toggle("Show the loss curve", key="show_loss", value=False):
             p = training[-1]
             losses = read("losses_df", run_id)
             cur = losses[(losses.scale == p.scale) & (losses.seed == p.seed)]
@@ -400,10 +402,10 @@ def panel() -> None:
         table(pts[[*POINT_SUMMARY, "train_seconds", "eval_seconds"]])
 
 
-# The panel refreshes itself every 2 s while a run is queued or running (a fragment: the rest of
+# The panel refreshes itself every REFRESH_S while a run is queued or running (a fragment: the rest of
 # the page is not rerun), and reruns the page once when the run ends so the refresh stops.
 st.session_state["_panel_active"] = any_active
-live_panel = st.fragment(run_every=2.0 if any_active else None)(panel)
+live_panel = st.fragment(run_every=REFRESH_S if any_active else None)(panel)
 if progress_slot is not None:
     with progress_slot:
         live_panel()

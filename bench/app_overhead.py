@@ -1,0 +1,156 @@
+"""What a browser tab costs a run: the quick-cpu preset from the CLI, then the same preset started
+from the app (as `make app` serves it: `streamlit run app.py` with the shipped
+.streamlit/config.toml) with a headless Chromium tab left open on the Launch page until the run
+is done. Writes bench/results/<date>-app-overhead-cpu.json with `cli_s`, `app_watched_s`,
+`ratio` and `server_cpu_pct` (the Streamlit server's mean CPU while the tab watched).
+
+    python bench/app_overhead.py [--file-watcher auto]   # override to compare a watcher setting
+
+Both runs use the same lab home with the model cache prepared first (so neither pays the one-time
+GGUF conversion) and a database of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.paths import git_commit  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def chromium() -> str:
+    path = os.environ.get("FORGETTING_LAB_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        sys.exit("error: Chromium is not installed (make test installs Debian's chromium)")
+    return path
+
+
+def run_cli(env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "core", "run", "--preset", "quick-cpu"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - t
+
+
+def run_app(env: dict, watcher: str | None, timeout_s: float) -> dict:
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    if watcher:
+        cmd += ["--server.fileWatcherType", watcher]
+    server = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://localhost:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            button = page.get_by_role("button", name="Start quick-cpu now")
+            button.wait_for()
+            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+            button.click()
+            page.get_by_text("Status: done").wait_for(timeout=timeout_s * 1000)
+            wall = time.perf_counter() - t0
+            cpu = cpu_seconds(server.pid) - cpu0
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"app_watched_s": round(wall, 1), "server_cpu_pct": round(100 * cpu / wall, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--file-watcher", default=None, help="override server.fileWatcherType")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the app run")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="lab-overhead-"))
+    env = dict(os.environ, FORGETTING_LAB_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.pop("FORGETTING_LAB_DB", None)
+    subprocess.run([sys.executable, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
+
+    cli_s = run_cli(dict(env, FORGETTING_LAB_DB=str(home / "cli.duckdb")))
+    print(f"cli: {cli_s:.1f} s", flush=True)
+    app = run_app(
+        dict(env, FORGETTING_LAB_DB=str(home / "app.duckdb")), args.file_watcher, args.timeout
+    )
+    print(
+        f"app, watched: {app['app_watched_s']} s, server CPU {app['server_cpu_pct']} %", flush=True
+    )
+
+    result = {
+        "date": dt.date.today().isoformat(),
+        "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "commit": git_commit(),
+        "command": "python bench/app_overhead.py"
+        + (f" --file-watcher {args.file_watcher}" if args.file_watcher else ""),
+        "what": "quick-cpu from the CLI vs started from the app's Launch page with a headless "
+        "Chromium tab open on it until 'Status: done' (the page refreshes every 2 s); model "
+        "cache prepared before both",
+        "file_watcher": args.file_watcher or "shipped config",
+        "cli_s": round(cli_s, 1),
+        **app,
+        "ratio": round(app["app_watched_s"] / cli_s, 3),
+        "goal": "issue 18: ratio <= 1.15 on the 2-core machine",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = f"-watcher-{args.file_watcher}" if args.file_watcher else ""
+    path = out / f"{result['date']}-app-overhead-cpu{suffix}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
