@@ -134,7 +134,7 @@ def main() -> None:
         "command": "python bench/app_overhead.py"
         + (f" --file-watcher {args.file_watcher}" if args.file_watcher else ""),
         "what": "quick-cpu from the CLI vs started from the app's Launch page with a headless "
-        "Chromium tab open on it until 'Status: done' (the page refreshes every 2 s); model "
+        "Chromium tab open on it until 'Status: done' (the live panel refreshes itself); model "
         "cache prepared before both",
         "file_watcher": args.file_watcher or "shipped config",
         "cli_s": round(cli_s, 1),
