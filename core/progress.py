@@ -7,12 +7,12 @@ runs the same evaluation once). No rate measured yet means no ETA, said as such.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from .config import RunSpec
+from .train import total_steps
 
 ENDED = ("done", "failed", "diverged", "stopped")
 
@@ -38,9 +38,9 @@ class RunProgress:
 
 
 def point_steps(spec: RunSpec, scale: int) -> int:
-    """Optimizer steps of one point: its samples (with replay) in batches, times the epochs."""
-    n = scale + round(spec.replay * scale)
-    return math.ceil(n / spec.batch_size) * spec.epochs
+    """Optimizer steps of one point: its samples with replay (as `data.training_samples` draws
+    them), counted by the training loop's own rule."""
+    return total_steps(scale + round(spec.replay * scale), spec)
 
 
 def _seconds(a, b) -> float:
