@@ -127,7 +127,11 @@ def threshold_figure(
     left out of the curves and marked along the bottom edge at their size, with the reason on
     hover. `smoke_failed` (run_id, scale, seeds, reasons: `analysis.smoke_failed_points`) rings the
     curve's points whose smoke test failed, with the reasons on hover. Legend names keep only what
-    differs between the runs' labels; hovers carry the full label."""
+    differs between the runs' labels; hovers carry the full label.
+
+    Drawn in layers, bottom to top, one helper each: per run its curve with band, growth fit,
+    threshold line and domain curve; the claimed curves; phase bands; guidance and level lines;
+    the slider marker; unfinished points; threshold labels; failed smoke tests; the axes."""
     two = domain_curves is not None and not domain_curves.empty
     fig = make_subplots(
         rows=2 if two else 1,
@@ -142,7 +146,7 @@ def threshold_figure(
         if two
         else None,
     )
-    all_ratios = [1.0]
+    ratios = [1.0]  # every ratio drawn: the y range
     run_ids = list(curves["run_id"].unique())
     legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
     thr_labels: list[tuple[float, str, str]] = []  # (log10 x, text, colour)
@@ -151,112 +155,165 @@ def threshold_figure(
         color = PALETTE[i % len(PALETTE)]
         name = labels.get(run_id, run_id)
         short = legend.get(run_id, name)
-        r_mean = pct_to_ratio(c["mean"])
-        all_ratios += list(r_mean)
-        if (c["n"] > 1).any():
-            lo, hi = (
-                pct_to_ratio(c["ci_low"]).clip(min=1e-3),
-                pct_to_ratio(c["ci_high"]).clip(min=1e-3),
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=list(c["scale"]) + list(c["scale"])[::-1],
-                    y=list(hi) + list(lo)[::-1],
-                    fill="toself",
-                    fillcolor=color,
-                    opacity=0.18,
-                    line=dict(width=0),
-                    hoverinfo="skip",
-                    showlegend=False,
-                    name=f"{name} 95% CI",
-                ),
-                row=1,
-                col=1,
-            )
-            all_ratios += list(hi) + list(lo)
+        ratios += _curve_layer(fig, c, run_id, name, short, color)
+        f = (fits or {}).get(run_id)
+        if f is not None:
+            _fit_layer(fig, c, f, run_id, short, color)
+        t = (threshold or {}).get(run_id)
+        if t:
+            thr_labels.append(_threshold_line(fig, t, c["scale"].min(), color))
+        if two:
+            _domain_layer(fig, domain_curves[domain_curves.run_id == run_id], short, color)
+    if paper is not None and not paper.empty:
+        ratios += _claimed_layer(fig, paper)
+    lo_r, hi_r = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
+    _phase_bands(fig, cutoffs, lo_r, hi_r)
+    _guidance_lines(fig, guidance, lo_r, hi_r)
+    fig.add_hline(y=pct_to_ratio(level), line=dict(color="#424242", width=1), row=1, col=1)
+    if marker:
+        _slider_marker(fig, marker)
+    colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
+    if unfinished is None:
+        unfinished = curves.iloc[0:0]
+    if not unfinished.empty:
+        _unfinished_layer(fig, unfinished, colors, labels, lo_r)
+    xs = list(curves["scale"]) + (
+        list(paper["scale"]) if paper is not None and not paper.empty else []
+    )
+    xs += list(unfinished["scale"])
+    if thr_labels:
+        _threshold_labels(fig, thr_labels, xs)
+    if smoke_failed is not None and not smoke_failed.empty:
+        _smoke_failed_layer(fig, smoke_failed, curves, labels)
+    _threshold_axes(fig, lo_r, hi_r, xs, two)
+    return fig
+
+
+def _curve_layer(fig, c: pd.DataFrame, run_id, name: str, short: str, color: str) -> list:
+    """One run's mean curve, with its 95 % band over seeds when it has several; returns the
+    ratios drawn."""
+    r_mean = pct_to_ratio(c["mean"])
+    drawn = list(r_mean)
+    if (c["n"] > 1).any():
+        lo, hi = (
+            pct_to_ratio(c["ci_low"]).clip(min=1e-3),
+            pct_to_ratio(c["ci_high"]).clip(min=1e-3),
+        )
         fig.add_trace(
             go.Scatter(
-                x=c["scale"],
-                y=r_mean,
-                mode="lines+markers",
-                name=short,
-                legendgroup=run_id,
-                line=dict(color=color, width=2.5),
-                customdata=np.stack([c["mean"], c["n"]], axis=1),
-                hovertemplate="n=%{x:,}<br>degradation %{customdata[0]:+,.1f}%<br>seeds %{customdata[1]}<extra>"
-                + name
-                + "</extra>",
+                x=list(c["scale"]) + list(c["scale"])[::-1],
+                y=list(hi) + list(lo)[::-1],
+                fill="toself",
+                fillcolor=color,
+                opacity=0.18,
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                name=f"{name} 95% CI",
             ),
             row=1,
             col=1,
         )
-        f = (fits or {}).get(run_id)
-        if f is not None:
-            xs = np.geomspace(c["scale"].min(), c["scale"].max(), 60)
-            yr = np.clip(pct_to_ratio(f.predict(xs)), 1e-3, None)
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=yr,
-                    mode="lines",
-                    line=dict(color=color, dash="dash", width=1),
-                    name=f"{short}: {f.name} fit (R² {f.r2:.2f})",
-                    legendgroup=run_id,
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=1,
-            )
-        t = (threshold or {}).get(run_id)
-        if t:
-            fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)
-            text = (
-                f"threshold ≈ {t:,.0f}"
-                if t > c["scale"].min()
-                else f"≤ {t:,.0f}: above the level from the first point"
-            )
-            thr_labels.append((math.log10(t), text, color))
-        if two:
-            d = domain_curves[domain_curves.run_id == run_id].sort_values("scale")
-            fig.add_trace(
-                go.Scatter(
-                    x=d["scale"],
-                    y=d["mean"],
-                    mode="lines+markers",
-                    line=dict(color=color, width=1.5),  # measured: solid (dashes are fits)
-                    marker=dict(size=5),
-                    name=f"{short} (domain)",
-                    showlegend=False,
-                    hovertemplate="n=%{x:,}<br>domain ppl %{y:+.1f}% better<extra></extra>",
-                ),
-                row=2,
-                col=1,
-            )
-    if paper is not None and not paper.empty:
-        extra = ["longdash", "dashdot", "dot"]
-        for k, (dom, p) in enumerate(paper.groupby("domain")):
-            r = pct_to_ratio(p["degradation_pct"])
-            all_ratios += list(r)
-            style = CLAIMED_STYLES.get(
-                dom, dict(color="#757575", dash=extra[k % len(extra)], symbol="diamond")
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=p["scale"],
-                    y=r,
-                    mode="lines+markers",
-                    name=f"claimed, {dom} ({CLAIMED_SOURCE}, GPT-2)",
-                    line=dict(color=style["color"], dash=style["dash"], width=1.5),
-                    marker=dict(symbol=style["symbol"], size=7, color=style["color"]),
-                    hovertemplate="n=%{x:,}<br>"
-                    + f"{dom}: claimed %{{customdata:+,.1f}}%<extra>{CLAIMED_SOURCE} (GPT-2 124M)</extra>",
-                    customdata=p["degradation_pct"],
-                ),
-                row=1,
-                col=1,
-            )
-    lo_r, hi_r = max(min(all_ratios) * 0.8, 1e-3), max(all_ratios) * 1.25
-    # Phase bands, clipped to what is on screen.
+        drawn += list(hi) + list(lo)
+    fig.add_trace(
+        go.Scatter(
+            x=c["scale"],
+            y=r_mean,
+            mode="lines+markers",
+            name=short,
+            legendgroup=run_id,
+            line=dict(color=color, width=2.5),
+            customdata=np.stack([c["mean"], c["n"]], axis=1),
+            hovertemplate="n=%{x:,}<br>degradation %{customdata[0]:+,.1f}%<br>seeds %{customdata[1]}<extra>"
+            + name
+            + "</extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    return drawn
+
+
+def _fit_layer(fig, c: pd.DataFrame, f, run_id, short: str, color: str) -> None:
+    """The run's best growth fit, dashed, over its measured range."""
+    xs = np.geomspace(c["scale"].min(), c["scale"].max(), 60)
+    yr = np.clip(pct_to_ratio(f.predict(xs)), 1e-3, None)
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=yr,
+            mode="lines",
+            line=dict(color=color, dash="dash", width=1),
+            name=f"{short}: {f.name} fit (R² {f.r2:.2f})",
+            legendgroup=run_id,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+
+
+def _threshold_line(fig, t: float, smallest: float, color: str) -> tuple[float, str, str]:
+    """A dotted vertical line at the run's threshold; returns its label (placed later, in
+    rows that do not overlap)."""
+    fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)
+    text = (
+        f"threshold ≈ {t:,.0f}"
+        if t > smallest
+        else f"≤ {t:,.0f}: above the level from the first point"
+    )
+    return math.log10(t), text, color
+
+
+def _domain_layer(fig, d: pd.DataFrame, short: str, color: str) -> None:
+    """The run's domain improvement in the lower panel."""
+    d = d.sort_values("scale")
+    fig.add_trace(
+        go.Scatter(
+            x=d["scale"],
+            y=d["mean"],
+            mode="lines+markers",
+            line=dict(color=color, width=1.5),  # measured: solid (dashes are fits)
+            marker=dict(size=5),
+            name=f"{short} (domain)",
+            showlegend=False,
+            hovertemplate="n=%{x:,}<br>domain ppl %{y:+.1f}% better<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+
+
+def _claimed_layer(fig, paper: pd.DataFrame) -> list:
+    """The curves claimed by Martz 2025, one style per domain; returns the ratios drawn."""
+    drawn: list = []
+    extra = ["longdash", "dashdot", "dot"]
+    for k, (dom, p) in enumerate(paper.groupby("domain")):
+        r = pct_to_ratio(p["degradation_pct"])
+        drawn += list(r)
+        style = CLAIMED_STYLES.get(
+            dom, dict(color="#757575", dash=extra[k % len(extra)], symbol="diamond")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=p["scale"],
+                y=r,
+                mode="lines+markers",
+                name=f"claimed, {dom} ({CLAIMED_SOURCE}, GPT-2)",
+                line=dict(color=style["color"], dash=style["dash"], width=1.5),
+                marker=dict(symbol=style["symbol"], size=7, color=style["color"]),
+                hovertemplate="n=%{x:,}<br>"
+                + f"{dom}: claimed %{{customdata:+,.1f}}%<extra>{CLAIMED_SOURCE} (GPT-2 124M)</extra>",
+                customdata=p["degradation_pct"],
+            ),
+            row=1,
+            col=1,
+        )
+    return drawn
+
+
+def _phase_bands(fig, cutoffs, lo_r: float, hi_r: float) -> None:
+    """One tinted band per phase, clipped to what is on screen, named at the right edge."""
     edges = [0.0, *(pct_to_ratio(c) for c in cutoffs), float("inf")]
     for name, a, b in zip(PHASES, edges[:-1], edges[1:]):
         a_, b_ = max(a, lo_r), min(b, hi_r)
@@ -275,7 +332,11 @@ def threshold_figure(
                 row=1,
                 col=1,
             )
-    # guidance lines closer than a label's height share one label ("+20% / +50% guidance")
+
+
+def _guidance_lines(fig, guidance, lo_r: float, hi_r: float) -> None:
+    """Deployment guidance levels as dash-dotted lines; lines closer than a label's height
+    share one label ("+20% / +50% guidance")."""
     named: list[list[float]] = []
     for g in sorted(guidance):
         y = math.log10(pct_to_ratio(g))
@@ -300,110 +361,119 @@ def threshold_figure(
             row=1,
             col=1,
         )
-    fig.add_hline(y=pct_to_ratio(level), line=dict(color="#424242", width=1), row=1, col=1)
-    if marker:
+
+
+def _slider_marker(fig, marker: dict) -> None:
+    fig.add_trace(
+        go.Scatter(
+            x=[marker["x"]],
+            y=[pct_to_ratio(marker["value"])],
+            mode="markers+text",
+            marker=dict(size=16, color="#000", symbol="diamond-open", line=dict(width=3)),
+            text=[f"{pct_label(marker['value'])} ({marker['kind']})"],
+            textposition="top center",
+            name="slider",
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+
+
+def _unfinished_layer(fig, unfinished: pd.DataFrame, colors: dict, labels: dict, lo_r) -> None:
+    """Points left out of the curves (stopped, diverged, failed), one row of markers per status
+    near the bottom edge, the reason on hover."""
+    symbols = {"stopped": "triangle-down", "diverged": "x", "failed": "circle-x"}
+    for k, (status, u) in enumerate(unfinished.groupby("status", sort=True)):
         fig.add_trace(
             go.Scatter(
-                x=[marker["x"]],
-                y=[pct_to_ratio(marker["value"])],
-                mode="markers+text",
-                marker=dict(size=16, color="#000", symbol="diamond-open", line=dict(width=3)),
-                text=[f"{pct_label(marker['value'])} ({marker['kind']})"],
-                textposition="top center",
-                name="slider",
-                showlegend=False,
-                hoverinfo="skip",
+                x=u["scale"],
+                y=[lo_r * 1.12 * 1.18**k] * len(u),  # one row per status, near the bottom
+                mode="markers",
+                marker=dict(
+                    symbol=symbols.get(status, "square-x"),
+                    size=11,
+                    color=[colors.get(r, "#616161") for r in u["run_id"]],
+                    line=dict(width=1.5, color="#212121"),
+                ),
+                name=f"{status}: not in the curve",
+                hovertext=[
+                    f"{labels.get(r, r)}<br>n={sc:,}, seed {sd}: {status}"
+                    + (f"<br>{str(e)[:160]}" if isinstance(e, str) and e else "")
+                    for r, sc, sd, e in zip(
+                        u["run_id"], u["scale"], u["seed"], u.get("error", [None] * len(u))
+                    )
+                ],
+                hoverinfo="text",
             ),
             row=1,
             col=1,
         )
-    colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
-    if unfinished is None:
-        unfinished = curves.iloc[0:0]
-    if not unfinished.empty:
-        symbols = {"stopped": "triangle-down", "diverged": "x", "failed": "circle-x"}
-        for k, (status, u) in enumerate(unfinished.groupby("status", sort=True)):
-            fig.add_trace(
-                go.Scatter(
-                    x=u["scale"],
-                    y=[lo_r * 1.12 * 1.18**k] * len(u),  # one row per status, near the bottom
-                    mode="markers",
-                    marker=dict(
-                        symbol=symbols.get(status, "square-x"),
-                        size=11,
-                        color=[colors.get(r, "#616161") for r in u["run_id"]],
-                        line=dict(width=1.5, color="#212121"),
-                    ),
-                    name=f"{status}: not in the curve",
-                    hovertext=[
-                        f"{labels.get(r, r)}<br>n={sc:,}, seed {sd}: {status}"
-                        + (f"<br>{str(e)[:160]}" if isinstance(e, str) and e else "")
-                        for r, sc, sd, e in zip(
-                            u["run_id"], u["scale"], u["seed"], u.get("error", [None] * len(u))
-                        )
-                    ],
-                    hoverinfo="text",
-                ),
-                row=1,
-                col=1,
-            )
-    xs = list(curves["scale"]) + (
-        list(paper["scale"]) if paper is not None and not paper.empty else []
+
+
+def _threshold_labels(fig, thr_labels: list[tuple[float, str, str]], xs: list) -> None:
+    """The thresholds' labels along the top, in as many rows as needed not to overlap."""
+    span = math.log10(max(xs)) - math.log10(min(xs)) if xs else 1.0
+    rows = _label_rows([x for x, _, _ in thr_labels], [t for _, t, _ in thr_labels], span)
+    for (x, text, color), row in zip(thr_labels, rows):
+        fig.add_annotation(
+            x=x,
+            y=1,
+            yref="y domain",
+            yanchor="top",
+            text=text,
+            showarrow=False,
+            font=dict(color=color, size=11),
+            bgcolor="rgba(255,255,255,0.85)",
+            yshift=-2 - 17 * row,
+            row=1,
+            col=1,
+        )
+
+
+def _smoke_failed_layer(fig, smoke_failed: pd.DataFrame, curves: pd.DataFrame, labels) -> None:
+    """A ring around each curve point whose smoke test failed, the reasons on hover."""
+    at = {(r, s): m for r, s, m in zip(curves["run_id"], curves["scale"], curves["mean"])}
+    rows = [
+        (r, s, at[(r, s)], seeds, reasons)
+        for r, s, seeds, reasons in zip(
+            smoke_failed["run_id"],
+            smoke_failed["scale"],
+            smoke_failed["seeds"],
+            smoke_failed["reasons"],
+        )
+        if (r, s) in at
+    ]
+    if not rows:
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[r[1] for r in rows],
+            y=[pct_to_ratio(r[2]) for r in rows],
+            mode="markers",
+            marker=dict(
+                symbol="circle-x-open",
+                size=14,
+                color=SMOKE_FAIL_COLOR,
+                line=dict(width=1.5, color=SMOKE_FAIL_COLOR),
+            ),
+            name="smoke test failed",
+            hovertext=[
+                f"<b>smoke test failed</b> · {labels.get(r, r)}<br>n={s:,}: "
+                + "<br>".join(reasons[:6])
+                + (f"<br>… {len(reasons) - 6} more" if len(reasons) > 6 else "")
+                for r, s, _, _, reasons in rows
+            ],
+            hoverinfo="text",
+        ),
+        row=1,
+        col=1,
     )
-    xs += list(unfinished["scale"])
-    if thr_labels:
-        span = math.log10(max(xs)) - math.log10(min(xs)) if xs else 1.0
-        rows = _label_rows([x for x, _, _ in thr_labels], [t for _, t, _ in thr_labels], span)
-        for (x, text, color), row in zip(thr_labels, rows):
-            fig.add_annotation(
-                x=x,
-                y=1,
-                yref="y domain",
-                yanchor="top",
-                text=text,
-                showarrow=False,
-                font=dict(color=color, size=11),
-                bgcolor="rgba(255,255,255,0.85)",
-                yshift=-2 - 17 * row,
-                row=1,
-                col=1,
-            )
-    if smoke_failed is not None and not smoke_failed.empty:
-        at = {(r, s): m for r, s, m in zip(curves["run_id"], curves["scale"], curves["mean"])}
-        rows = [
-            (r, s, at[(r, s)], seeds, reasons)
-            for r, s, seeds, reasons in zip(
-                smoke_failed["run_id"],
-                smoke_failed["scale"],
-                smoke_failed["seeds"],
-                smoke_failed["reasons"],
-            )
-            if (r, s) in at
-        ]
-        if rows:
-            fig.add_trace(
-                go.Scatter(
-                    x=[r[1] for r in rows],
-                    y=[pct_to_ratio(r[2]) for r in rows],
-                    mode="markers",
-                    marker=dict(
-                        symbol="circle-x-open",
-                        size=14,
-                        color=SMOKE_FAIL_COLOR,
-                        line=dict(width=1.5, color=SMOKE_FAIL_COLOR),
-                    ),
-                    name="smoke test failed",
-                    hovertext=[
-                        f"<b>smoke test failed</b> · {labels.get(r, r)}<br>n={s:,}: "
-                        + "<br>".join(reasons[:6])
-                        + (f"<br>… {len(reasons) - 6} more" if len(reasons) > 6 else "")
-                        for r, s, _, _, reasons in rows
-                    ],
-                    hoverinfo="text",
-                ),
-                row=1,
-                col=1,
-            )
+
+
+def _threshold_axes(fig, lo_r: float, hi_r: float, xs: list, two: bool) -> None:
+    """Log axes: the y axis in perplexity ratio labelled in %, the x axis in samples."""
     tv, tt = _ratio_ticks(lo_r, hi_r)
     fig.update_yaxes(
         type="log",
@@ -425,7 +495,6 @@ def threshold_figure(
         hovermode="closest",
         template="plotly_white",
     )
-    return fig
 
 
 def loss_sparkline(losses: pd.DataFrame, height: int = 120) -> go.Figure:
