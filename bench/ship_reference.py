@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.reference import REF_DIR
+from core.runner import effective_status
 from core.store import Store
 
 
@@ -59,7 +60,7 @@ def main() -> None:
                 dict(
                     run_id=r["run_id"],
                     name=r["name"],
-                    status=r["status_effective"],
+                    status=effective_status(r),
                     points_done=int(r["points_done"]),
                     points_planned=int(r["n_points"]),
                     wall_seconds=round((end - r["started_at"]).total_seconds(), 1),

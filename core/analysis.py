@@ -51,6 +51,9 @@ def validate_cutoffs(cutoffs) -> tuple[float, ...]:
     return c
 
 
+PER_SCALE_COLUMNS = ["run_id", "scale", "mean", "std", "n", "min", "max", "ci_low", "ci_high"]
+
+
 def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """Mean, std, n, min, max and a 95 % t-interval of `metric` per (run, scale), over seeds.
     Only finished points count."""
@@ -58,9 +61,7 @@ def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataF
 
     ok = points[(points["status"] == "done") & points[metric].notna()]
     if ok.empty:
-        return pd.DataFrame(
-            columns=["run_id", "scale", "mean", "std", "n", "min", "max", "ci_low", "ci_high"]
-        )
+        return pd.DataFrame(columns=PER_SCALE_COLUMNS)
     g = ok.groupby(["run_id", "scale"])[metric]
     out = g.agg(["mean", "std", "count", "min", "max"]).reset_index().rename(columns={"count": "n"})
     out["std"] = out["std"].fillna(0.0)
@@ -297,7 +298,8 @@ def analyze(
     cutoffs=DEFAULT_CUTOFFS,
     n_boot: int = 1000,
 ) -> dict:
-    """Everything the Threshold page and `python -m core analyze` report for one run."""
+    """Everything reported about one run's threshold, as a dictionary (`python -m core analyze
+    --json`); `threshold_report` is the typed form the page and the CLI's text use."""
     curve = per_scale(points)
     if curve.empty:
         raise ValueError("the run has no finished points")
@@ -371,15 +373,15 @@ def method_summary(points: pd.DataFrame) -> pd.DataFrame:
     return out.join(big).reset_index()
 
 
-def spectral_totals(spec: pd.DataFrame) -> pd.DataFrame:
+def spectral_totals(spectral: pd.DataFrame) -> pd.DataFrame:
     """Per (run, scale): the whole update's ||dW||_F (root of the sum of squares over matrices),
     the mean effective rank and the mean top-k cosine, averaged over seeds."""
-    if spec.empty:
+    if spectral.empty:
         return pd.DataFrame(
             columns=["run_id", "scale", "method", "rank", "fro_norm", "eff_rank", "topk_cos"]
         )
     per_point = (
-        spec.assign(fro2=spec["fro_norm"] ** 2)
+        spectral.assign(fro2=spectral["fro_norm"] ** 2)
         .groupby(["run_id", "scale", "seed"], sort=False)
         .agg(
             method=("method", "first"),
@@ -404,11 +406,11 @@ def spectral_totals(spec: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def layer_matrix(spec: pd.DataFrame, value: str = "topk_cos") -> pd.DataFrame:
+def layer_matrix(spectral: pd.DataFrame, value: str = "topk_cos") -> pd.DataFrame:
     """Layer x module-type table of `value` (mean over seeds) for one run and scale."""
-    if spec.empty:
+    if spectral.empty:
         return pd.DataFrame()
-    return spec.pivot_table(index="layer", columns="module", values=value, aggfunc="mean")
+    return spectral.pivot_table(index="layer", columns="module", values=value, aggfunc="mean")
 
 
 # -- smoke tests ------------------------------------------------------------------------------
@@ -504,3 +506,160 @@ def describe_interval(
     if hi - lo < 0.02 * threshold:
         text += " (resampling hardly moves it: the seeds agree where the curve crosses the level)"
     return text
+
+
+# -- what the pages and the CLI report -----------------------------------------------------------
+def threshold_verdict(threshold: float | None, smallest: float, level: float, strong="") -> str:
+    """The threshold in one sentence: never crossed, crossed already at the smallest measured
+    size, or where. `strong` wraps the number (the app passes '**' for bold)."""
+    if threshold is None:
+        return f"never crosses {level:g} % in the measured range"
+    if threshold <= smallest:
+        return f"already above {level:g} % at the smallest measured size ({threshold:,.0f})"
+    return f"threshold ({level:g} %): {strong}{threshold:,.0f}{strong} samples"
+
+
+@dataclass
+class ThresholdReport:
+    """Everything said about one run's threshold at one level: the Threshold page's card and
+    `python -m core analyze` print the same sentences from it."""
+
+    level: float
+    threshold: float | None
+    largest_safe: float | None
+    smallest_scale: float
+    points: list[dict]  # scale, mean_degradation_pct, seeds, phase
+    interval: tuple[float, float] | None  # 95 % bootstrap interval of the threshold
+    interval_over: str  # what was resampled ("seeds", "probe items")
+    interval_note: str  # why there is no interval
+    fit: Fit | None  # best growth fit (lowest AIC)
+    fit_note: str  # why there is no fit
+    fits: list[Fit]
+    raw: dict  # `analyze`'s dictionary (the CLI's --json)
+
+    def verdict(self, strong: str = "") -> str:
+        return threshold_verdict(self.threshold, self.smallest_scale, self.level, strong)
+
+    def interval_text(self) -> str:
+        if not self.interval:
+            return self.interval_note
+        return describe_interval(
+            self.interval,
+            self.interval_over,
+            self.threshold or self.smallest_scale,
+            self.smallest_scale,
+        )
+
+    def safe_text(self, strong: str = "") -> str:
+        if not self.largest_safe:
+            return "no measured size below the level"
+        return f"largest measured size below it: {strong}{self.largest_safe:,.0f}{strong}"
+
+    def fit_text(self, r2_digits: int = 2) -> str:
+        f = self.fit
+        if f is None:
+            return self.fit_note
+        return f"best growth fit: {f.name} (R² {f.r2:.{r2_digits}f}, AIC {f.aic:.1f})"
+
+
+def threshold_report(
+    points: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    level: float = 10.0,
+    cutoffs=DEFAULT_CUTOFFS,
+    n_boot: int = 1000,
+) -> ThresholdReport:
+    """`analyze` of one run as a typed result. Raises ValueError without finished points."""
+    res = analyze(points, items, level, cutoffs, n_boot)
+    fits = [Fit(f["name"], f["params"], f["r2"], f["aic"]) for f in res.get("fits", [])]
+    ci = res.get("threshold_ci")
+    return ThresholdReport(
+        level=level,
+        threshold=res["threshold_scale"],
+        largest_safe=res["largest_safe_scale"],
+        smallest_scale=float(min(p["scale"] for p in res["points"])),
+        points=res["points"],
+        interval=(float(ci[0]), float(ci[1])) if ci else None,
+        interval_over=res.get("threshold_ci_over", ""),
+        interval_note=res.get("threshold_ci_note", ""),
+        fit=fits[0] if fits else None,
+        fit_note=res.get("fit_note", ""),
+        fits=fits,
+        raw=res,
+    )
+
+
+def curve_verdicts(curves: pd.DataFrame, by: str, level: float = 10.0) -> dict[str, str]:
+    """One threshold sentence per curve of a per-scale table (`by`: its run column, `mean`: the
+    mean degradation per scale), e.g. for the shipped reference sets."""
+    out = {}
+    for r, t in curves.groupby(by, sort=False):
+        t = t.sort_values("scale")
+        thr = threshold_scale(t["scale"], t["mean"], level)
+        out[r] = threshold_verdict(thr, float(t["scale"].iloc[0]), level)
+    return out
+
+
+@dataclass
+class McCurves:
+    """Multiple-choice accuracy (%) per run and scale, and each run's accuracy before training."""
+
+    per_scale: pd.DataFrame  # `per_scale` of accuracy in %
+    before: pd.Series  # run_id -> accuracy before fine-tuning, %
+
+    @property
+    def empty(self) -> bool:
+        return self.per_scale.empty
+
+
+def mc_curves(points: pd.DataFrame) -> McCurves:
+    """Accuracy on the multiple-choice questions in percent, over seeds, for every run that has
+    it (runs without the metric contribute nothing)."""
+    if "mc_acc_after" not in points:
+        return McCurves(pd.DataFrame(columns=PER_SCALE_COLUMNS), pd.Series(dtype=float))
+    mc = points.assign(mc_acc_pct=points["mc_acc_after"] * 100)
+    before = mc.groupby("run_id")["mc_acc_before"].first().mul(100)
+    return McCurves(per_scale(mc, "mc_acc_pct"), before.dropna())
+
+
+def cross_domain_matrix(evals: pd.DataFrame, scale: int) -> pd.DataFrame:
+    """Training domain × evaluation set: mean perplexity change (%) at one dataset size, over
+    runs and seeds; the general probe first, then the domains alphabetically."""
+    sub = evals[evals["scale"] == scale].copy()
+    sub["eval"] = sub["eval_set"].str.replace("domain:", "", regex=False)
+    m = sub.pivot_table(index="train_domain", columns="eval", values="change_pct", aggfunc="mean")
+    cols = ["general"] + sorted(c for c in m.columns if c != "general")
+    return m[[c for c in cols if c in m.columns]]
+
+
+def run_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per run for the Runs page: points stored, worst degradation, failed smoke tests,
+    training time, and `method_summary`'s cost figures where the run has finished points."""
+    if points.empty:
+        return pd.DataFrame(
+            columns=[
+                "run_id",
+                "points",
+                "max_degradation",
+                "smoke_failures",
+                "train_seconds",
+                "peak_mem_mb",
+            ]
+        )
+    out = points.groupby("run_id").agg(
+        points=("scale", "size"),
+        max_degradation=("degradation_pct", "max"),
+        smoke_failures=("smoke_ok", lambda s: int((s == False).sum())),  # noqa: E712
+        train_seconds=("train_seconds", "sum"),
+        peak_mem_mb=("peak_mem_mb", "max"),
+    )
+    cost = method_summary(points)
+    cols = ["model_mem_mb", "disk_mb", "trainable_pct", "ms_per_step", "gen_tokens_per_s"]
+    if not cost.empty:
+        out = out.join(cost.set_index("run_id")[cols])
+    return out.reset_index()
+
+
+def percent_change(before: float, after: float) -> float:
+    """(after - before) / before in percent."""
+    return 100 * (after / before - 1)

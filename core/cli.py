@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, rank_series
 from .errors import LabError
+from .labels import POINT_SUMMARY
 from .paths import resolve_db
-from .store import POINT_SUMMARY, Store
+from .store import Store
 
 
 def quiet_libraries() -> None:
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output file")
     exp.add_argument("--run", action="append", dest="runs", help="only this run (repeatable)")
     _add_db(exp)
+    for name, parser in sub.choices.items():  # each subcommand runs its own function
+        parser.set_defaults(func=COMMANDS[name])
     return ap
 
 
@@ -337,154 +340,197 @@ def _dispatch(a: argparse.Namespace) -> int:
     store = Store(resolve_db(a.db))
     if a.cmd in ("worker", "run", "resume"):
         runner.install_stop_signals()
-    if a.cmd == "worker":
-        return runner.worker_main(store.path)
-    if a.cmd == "analyze":
-        from . import analysis
+    return a.func(store, a)
 
-        store.get_run(a.run_id)
-        try:
-            res = analysis.analyze(
-                store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level
-            )
-        except ValueError as e:
-            raise LabError(f"cannot analyze run {a.run_id}: {e}") from None
-        if a.json:
-            print(json.dumps(res, indent=2, default=float))
-            return 0
-        t, ci = res["threshold_scale"], res.get("threshold_ci")
+
+def cmd_worker(store: Store, a: argparse.Namespace) -> int:
+    """`worker`: drain the queue (used by the app)."""
+    from . import runner
+
+    return runner.worker_main(store.path)
+
+
+def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
+    """`analyze`: threshold with its interval, phases and growth fits."""
+    from . import analysis
+
+    store.get_run(a.run_id)
+    try:
+        rep = analysis.threshold_report(
+            store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level
+        )
+    except ValueError as e:
+        raise LabError(f"cannot analyze run {a.run_id}: {e}") from None
+    if a.json:
+        print(json.dumps(rep.raw, indent=2, default=float))
+        return 0
+    print(rep.verdict())
+    print(rep.interval_text())
+    if rep.fit is not None:
+        print(rep.fit_text(r2_digits=3))
+    for p in rep.points:
+        print(f"  {p['scale']:>7,}  {p['mean_degradation_pct']:+10.1f} %  {p['phase']}")
+    return 0
+
+
+def cmd_reference(store: Store, a: argparse.Namespace) -> int:
+    """`reference`: re-derive the shipped reference results."""
+    from . import analysis, reference
+
+    name = a.ref_set or reference.REF_NAME
+    table = reference.summary(name)
+    thr = {
+        r: analysis.threshold_scale(t["scale"], t["mean"], 10.0)
+        for r, t in table.groupby("run", sort=False)
+    }
+    prov = reference.provenance(name)
+    if a.json:
         print(
-            f"threshold ({a.level:g} %): "
-            + (f"{t:,.0f} samples" if t else "not reached")
-            + (
-                f", 95 % CI {ci[0]:,.0f}-{ci[1]:,.0f} (bootstrap over {res['threshold_ci_over']})"
-                if ci
-                else ""
+            json.dumps(
+                {
+                    "set": name,
+                    "provenance": prov,
+                    "threshold_10pct": thr,
+                    "points": json.loads(table.to_json(orient="records")),
+                },
+                indent=2,
             )
         )
-        if res["best_fit"]:
-            f = res["best_fit"]
-            print(f"best growth fit: {f['name']} (R² {f['r2']:.3f}, AIC {f['aic']:.1f})")
-        for p in res["points"]:
-            print(f"  {p['scale']:>7,}  {p['mean_degradation_pct']:+10.1f} %  {p['phase']}")
         return 0
-    if a.cmd == "reference":
-        from . import analysis, reference
+    print(f"{name}: {prov.get('what', '')}")
+    print(table.round(1).to_string(index=False))
+    for r, verdict in analysis.curve_verdicts(table, "run", 10.0).items():
+        print(f"{r}: {verdict}")
+    return 0
 
-        name = a.ref_set or reference.REF_NAME
-        table = reference.summary(name)
-        thr = {
-            r: analysis.threshold_scale(t["scale"], t["mean"], 10.0)
-            for r, t in table.groupby("run", sort=False)
-        }
-        prov = reference.provenance(name)
-        if a.json:
-            print(
-                json.dumps(
-                    {
-                        "set": name,
-                        "provenance": prov,
-                        "threshold_10pct": thr,
-                        "points": json.loads(table.to_json(orient="records")),
-                    },
-                    indent=2,
-                )
-            )
-            return 0
-        print(f"{name}: {prov.get('what', '')}")
-        print(table.round(1).to_string(index=False))
-        for r, t in table.groupby("run", sort=False):
-            first = t.sort_values("scale").iloc[0]
-            if first["mean"] >= 10.0:
-                print(f"{r}: already above 10 % at the smallest measured size ({first['scale']:,})")
-            elif thr[r]:
-                print(f"{r}: degradation first exceeds 10 % at about {thr[r]:,.0f} samples")
-            else:
-                print(f"{r}: stays below 10 % at every measured size")
-        return 0
-    if a.cmd == "prepare":
-        from .models import ensure_embedded_cache
 
-        print(f"embedded model cache: {ensure_embedded_cache()}")
-        print(f"database: {store.path} ({len(store.list_runs())} runs)")
-        return 0
-    if a.cmd == "run":
-        from .engine import preflight
+def cmd_prepare(store: Store, a: argparse.Namespace) -> int:
+    """`prepare`: the embedded model cache and the database."""
+    from .models import ensure_embedded_cache
 
-        specs = _specs_from_args(a)
-        for spec in specs:  # every series is checked before any is stored
-            preflight(spec)
-        if a.detach:
-            for spec in specs:
-                print(runner.launch(store, spec))
-            return 0
-        worst = 0
+    print(f"embedded model cache: {ensure_embedded_cache()}")
+    print(f"database: {store.path} ({len(store.list_runs())} runs)")
+    return 0
+
+
+def cmd_run(store: Store, a: argparse.Namespace) -> int:
+    """`run`: train one series per rank in the foreground, or queue them (--detach)."""
+    from . import runner
+
+    specs = _specs_from_args(a)
+    for spec in specs:  # every series is checked before any is stored
+        runner.preflight(spec)
+    if a.detach:
         for spec in specs:
-            worst = max(worst, _run_one(store, spec))
-        return worst
-    if a.cmd == "list":
-        df = store.list_runs()
-        if not df.empty:
-            df["points"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
-            df["created"] = df["created_at"].astype(str).str[:19]
-        _print_table(
-            df,
-            [
-                "run_id",
-                "status_effective",
-                "points",
-                "model",
-                "method",
-                "domain",
-                "name",
-                "created",
-            ],
-        )
+            print(runner.launch(store, spec))
         return 0
-    if a.cmd == "show":
-        run = store.get_run(a.run_id)
-        pts = store.points_df([a.run_id])
-        if a.json:
-            print(
-                json.dumps(
-                    {
-                        "run": {k: (str(v) if v is not None else None) for k, v in run.items()},
-                        "points": json.loads(pts.to_json(orient="records")),
-                    },
-                    indent=2,
-                )
-            )
-            return 0
-        print(f"run {run['run_id']} [{run['status_effective']}] {run['name']}")
-        print(
-            f"  model {run['model']}  method {run['method']}  domain {run['domain']}  device {run['device']}"
-        )
-        if run["error"]:
-            print(f"  note: {run['error']}")
-        _print_table(pts, POINT_SUMMARY)
-        return 0
-    if a.cmd == "cancel":
-        print(f"run {a.run_id}: {runner.cancel(store, a.run_id)}")
-        return 0
-    if a.cmd == "resume":
-        if a.detach:
-            runner.resume_background(store, a.run_id)
-            print(f"run {a.run_id}: queued")
-            return 0
-        runner.prepare_resume(store, a.run_id)
-        spec = RunSpec.from_dict(json.loads(store.get_run(a.run_id)["spec_json"]))
-        status = runner.run_foreground(store, a.run_id, _Progress(len(spec.points())))
-        print(f"run {a.run_id} {store.get_run(a.run_id)['status']}")
-        return 0 if status == "done" else 1
-    if a.cmd == "delete":
-        store.delete_run(a.run_id)
-        from .paths import discard_run_files
+    worst = 0
+    for spec in specs:
+        worst = max(worst, _run_one(store, spec))
+    return worst
 
-        discard_run_files(a.run_id)
-        print(f"deleted {a.run_id} (its points, saved adapters and checkpoints)")
+
+def cmd_list(store: Store, a: argparse.Namespace) -> int:
+    """`list`: list runs."""
+    from . import runner
+
+    df = runner.runs_with_status(store.list_runs())
+    if not df.empty:
+        df["points"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
+        df["created"] = df["created_at"].astype(str).str[:19]
+    _print_table(
+        df,
+        [
+            "run_id",
+            "status_effective",
+            "points",
+            "model",
+            "method",
+            "domain",
+            "name",
+            "created",
+        ],
+    )
+    return 0
+
+
+def cmd_show(store: Store, a: argparse.Namespace) -> int:
+    """`show`: a run and its points."""
+    from . import runner
+
+    run = runner.with_status(store.get_run(a.run_id))
+    pts = store.points_df([a.run_id])
+    if a.json:
+        print(
+            json.dumps(
+                {
+                    "run": {k: (str(v) if v is not None else None) for k, v in run.items()},
+                    "points": json.loads(pts.to_json(orient="records")),
+                },
+                indent=2,
+            )
+        )
         return 0
-    if a.cmd == "export":
-        n = store.export(Path(a.out), a.format, a.runs)
-        print(f"wrote {n} rows to {a.out}")
+    print(f"run {run['run_id']} [{run['status_effective']}] {run['name']}")
+    print(
+        f"  model {run['model']}  method {run['method']}  domain {run['domain']}  device {run['device']}"
+    )
+    if run["error"]:
+        print(f"  note: {run['error']}")
+    _print_table(pts, POINT_SUMMARY)
+    return 0
+
+
+def cmd_cancel(store: Store, a: argparse.Namespace) -> int:
+    """`cancel`: cancel a queued or running run."""
+    from . import runner
+
+    print(f"run {a.run_id}: {runner.cancel(store, a.run_id)}")
+    return 0
+
+
+def cmd_resume(store: Store, a: argparse.Namespace) -> int:
+    """`resume`: continue a stopped run, skipping finished points."""
+    from . import runner
+
+    if a.detach:
+        runner.resume_background(store, a.run_id)
+        print(f"run {a.run_id}: queued")
         return 0
-    raise LabError(f"unknown command {a.cmd}")
+    runner.prepare_resume(store, a.run_id)
+    spec = store.get_spec(a.run_id)
+    status = runner.run_foreground(store, a.run_id, _Progress(len(spec.points())))
+    print(f"run {a.run_id} {store.get_run(a.run_id)['status']}")
+    return 0 if status == "done" else 1
+
+
+def cmd_delete(store: Store, a: argparse.Namespace) -> int:
+    """`delete`: a run, its points, adapters and checkpoints."""
+    store.delete_run(a.run_id)
+    from .paths import discard_run_files
+
+    discard_run_files(a.run_id)
+    print(f"deleted {a.run_id} (its points, saved adapters and checkpoints)")
+    return 0
+
+
+def cmd_export(store: Store, a: argparse.Namespace) -> int:
+    """`export`: per-point results as CSV or Parquet."""
+    n = store.export(Path(a.out), a.format, a.runs)
+    print(f"wrote {n} rows to {a.out}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "show": cmd_show,
+    "cancel": cmd_cancel,
+    "resume": cmd_resume,
+    "delete": cmd_delete,
+    "export": cmd_export,
+    "analyze": cmd_analyze,
+    "reference": cmd_reference,
+    "prepare": cmd_prepare,
+    "worker": cmd_worker,
+}

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 
 from .config import RunSpec
-from .engine import Event, PointWriter
 from .errors import ConfigError
+from .outbox import Event, PointWriter
 from .paths import lab_home
 from .store import PointResult, Store
 
@@ -80,7 +80,7 @@ class _Board:
         return set(self.done)
 
 
-class _Outbox:
+class _BoardStore:
     """What a worker's engine sees as its store: reads come from the board, writes go to it."""
 
     def __init__(self, board, ray):
@@ -128,7 +128,7 @@ def _unit(spec_dict: dict, run_id: str, points: list, board, env: dict) -> int:
     from .engine import run_sweep
 
     spec = RunSpec.from_dict(spec_dict)
-    out = _Outbox(board, ray)
+    out = _BoardStore(board, ray)
     try:
         run_sweep(spec, run_id, out, out.event, only=[tuple(p) for p in points])
     finally:

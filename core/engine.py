@@ -1,5 +1,6 @@
-"""Run a sweep: load the model once, measure the base once, then for every (scale, seed) point
-train a fresh adapter, measure again and hand the result to the store.
+"""Run a sweep: load the model once, measure the base once (`Baseline`), then for every
+(scale, seed) point train a fresh adapter, measure it (`measure_point` -> `PointResult`, which
+writes no database) and hand the result to the outbox (`outbox.PointWriter` -> the store).
 
 Events go to a callback as small dicts ({"type": "step", ...}); the runner turns them into
 database progress rows and the CLI into a progress bar. No SQL here.
@@ -23,77 +24,16 @@ from .config import RunSpec
 from .errors import StoreError
 from .methods import get_method
 from .models import pick_device
+from .outbox import Event, PointWriter
 from .paths import adapters_dir, checkpoints_dir, lab_home
 from .quant import model_bytes
 from .spectral import analyse
 from .store import PointResult, Store
 from .train import train_point
 
-Event = dict
 GENERAL = "general"
-STORE_RETRY_S = 600.0  # how long a run waits for an unwritable database before spilling
 CHECKPOINT_EVERY_S = 600.0  # the packed trainer saves its state this often (resume continues)
 CHECKPOINT_EVERY_STEPS = 0  # and every N packed steps (0: time only; tests set it)
-
-
-def spill_dir() -> Path:
-    return lab_home() / "pending"
-
-
-def spill_points(run_id: str, results: list[PointResult]) -> Path:
-    """Write finished points the database did not take to a JSON file (imported on resume)."""
-    import dataclasses
-    import json
-
-    spill_dir().mkdir(parents=True, exist_ok=True)
-    path = spill_dir() / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([dataclasses.asdict(r) for r in results]))
-    tmp.replace(path)
-    return path
-
-
-def import_spilled(store: Store, run_id: str) -> int:
-    """Store points an earlier attempt had to spill; returns how many. A file is removed only
-    after all its points are in the database."""
-    import json
-
-    n = 0
-    for path in sorted(spill_dir().glob(f"{run_id}-*.json")):
-        for d in json.loads(path.read_text()):
-            d["checks"] = [tuple(c) for c in d.get("checks", [])]
-            store.save_point(run_id, PointResult(**d))
-            n += 1
-        path.unlink()
-    return n
-
-
-def preflight(spec: RunSpec) -> None:
-    """Cheap checks that need no weights: the domain, the probe and the model exist, and the
-    LoRA rank and target modules fit the model's shapes (read from its config). Called before a
-    run is stored, so bad input leaves the database unchanged."""
-    from .models import describe_source
-
-    data.load_domain(spec.domain)
-    data.load_probe(spec.probe)
-    describe_source(spec.model)
-    if spec.method in ("lora", "qlora"):  # rank and target modules against the model's shapes
-        from .methods.lora import lora_config
-        from .models import skeleton
-
-        model = skeleton(spec.model)
-        if model is not None:
-            lora_config(model, spec)
-    if spec.backend == "ray":
-        from .distributed import require_ray
-
-        require_ray()
-    if spec.device == "mps" and (
-        spec.method == "qlora" or (spec.method == "adaptq" and spec.frozen_bits < 16)
-    ):
-        from .errors import ConfigError
-
-        raise ConfigError(f"method: {spec.method} needs bitsandbytes, which does not run on mps")
 
 
 def eval_sets(spec: RunSpec) -> dict[str, list[str]]:
@@ -134,62 +74,9 @@ def _gens(gens: list[evaluate.Generation]) -> list[dict]:
     ]
 
 
-class PointWriter:
-    """Stores finished points; when the database cannot be written (disk full, file
-    unwritable), keeps them in memory and tries again with the next point and at the end."""
-
-    def __init__(self, store, run_id: str, events: Callable[[Event], None]):
-        self.store, self.run_id, self.events = store, run_id, events
-        self.pending: list[PointResult] = []
-
-    def save(self, result: PointResult) -> None:
-        self.pending.append(result)
-        self.flush()
-
-    def flush(self) -> bool:
-        while self.pending:
-            try:
-                self.store.save_point(self.run_id, self.pending[0])
-            except StoreError as e:
-                self.events(
-                    {"type": "storage_error", "message": str(e), "pending": len(self.pending)}
-                )
-                return False
-            self.pending.pop(0)
-        return True
-
-    def close(self) -> None:
-        """Write what is still buffered: retry for up to STORE_RETRY_S (the run pauses, e.g.
-        while disk space is freed), then spill it to a JSON file that `resume` imports, and
-        fail with one clear sentence. Finished points are never dropped silently."""
-        deadline = time.monotonic() + STORE_RETRY_S
-        delay = 1.0
-        while not self.flush():
-            if time.monotonic() >= deadline:
-                break
-            self.events({"type": "phase", "phase": "paused: the database cannot be written"})
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 30.0)
-        if not self.pending:
-            return
-        n = len(self.pending)
-        try:
-            path = spill_points(self.run_id, self.pending)
-        except OSError as e:
-            raise StoreError(
-                f"the database cannot be written and {n} finished point(s) could not be saved "
-                f"anywhere ({e.strerror or e}); they are lost"
-            ) from None
-        self.pending = []
-        raise StoreError(
-            f"the database cannot be written: {n} finished point(s) are kept in {path}; free "
-            "space or fix the file, then `resume` the run: it imports them first"
-        )
-
-
 @dataclass
-class Trained:
-    """What training a point produced, handed to `_Sweep.finish`."""
+class TrainedPoint:
+    """What training one point produced, before it is measured (`measure_point`)."""
 
     scale: int
     seed: int
@@ -207,27 +94,135 @@ class Trained:
     extra_bytes: int = 0  # adapter tensors not registered in the model (packed trainer)
 
 
+@dataclass
+class Baseline:
+    """What every point of a sweep is measured with and against: the evaluation inputs and the
+    base model's numbers, measured once per sweep."""
+
+    spec: RunSpec
+    run_id: str
+    device: torch.device
+    tok: object
+    sets: dict[str, list[str]]  # evaluation texts by name (`eval_sets`)
+    before: dict[str, evaluate.PerplexityResult]  # the base model on every set
+    prompts: list[str]  # smoke-test prompts
+    mc_items: list = field(default_factory=list)  # multiple-choice questions (empty: off)
+    mc_before: float | None = None
+    base_vectors: dict = field(default_factory=dict)  # spectral: the base's singular vectors
+
+
 def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-class _Sweep:
-    """State shared by the sequential and the packed path of one sweep."""
+def _eval_rows(base: Baseline, after: dict) -> tuple[list[dict], list[dict]]:
+    """The point's perplexity on every evaluation set, and the general probe per item."""
+    before = base.before
+    evals = [
+        dict(
+            eval_set=k,
+            ppl_before=before[k].ppl,
+            ppl_after=after[k].ppl,
+            change_pct=evaluate.change_pct(before[k].ppl, after[k].ppl),
+        )
+        for k in base.sets
+    ]
+    b, a = before[GENERAL], after[GENERAL]
+    items = [
+        dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
+        for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
+    ]
+    return evals, items
 
-    def __init__(self, spec, run_id, store, events, device, tok, sets, before, prompts):
-        self.spec, self.run_id, self.store, self.events = spec, run_id, store, events
-        self.device, self.tok, self.sets, self.before = device, tok, sets, before
-        self.prompts = prompts
-        self.mc_items = data.load_mc() if spec.mc_eval else []
-        self.mc_before = None
-        self.base_vectors: dict = {}  # spectral: top singular vectors of the base, per matrix
-        self.writer = PointWriter(store, run_id, events)
 
-    def measure_base(self, base) -> None:
-        if self.mc_items:
-            self.mc_before = evaluate.mc_accuracy(
-                base, self.tok, self.mc_items, self.spec.eval_batch_size
-            )[0]
+def measure_point(
+    base: Baseline, model, t: TrainedPoint, events: Callable[[Event], None] = lambda e: None
+) -> PointResult:
+    """Measure a trained point the way the base was measured (perplexities, smoke test,
+    multiple choice, spectral analysis), save its adapter, and return everything as one
+    `PointResult`. Writes nothing to the database; `events` hears which part runs."""
+    spec, before = base.spec, base.before
+    dom = f"domain:{spec.domain}"
+    metrics = dict(
+        steps=t.steps,
+        final_loss=t.losses[-1] if t.losses else None,
+        train_seconds=t.seconds,
+        trainable_params=t.n_train,
+        total_params=t.n_all,
+        general_ppl_before=before[GENERAL].ppl,
+        domain_ppl_before=before[dom].ppl,
+        stop_step=t.stop_step,
+        error=t.message or None,
+    )
+    if t.status == "diverged":
+        metrics.update(peak_mem_mb=_peak_mem_mb(base.device))
+        return PointResult(t.scale, t.seed, "diverged", metrics, [], [], [], t.checks)
+    parts = ["perplexity", "smoke test"]
+    parts += ["multiple choice"] * bool(base.mc_items)
+    parts += ["spectral analysis"] * bool(spec.spectral and t.deltas is not None)
+
+    def part(name: str) -> None:
+        where = f"{parts.index(name) + 1}/{len(parts)}"
+        events(
+            {
+                "type": "phase",
+                "scale": t.scale,
+                "seed": t.seed,
+                "phase": f"evaluating: {name} ({where})",
+            }
+        )
+
+    part("perplexity")
+    t_eval = time.perf_counter()
+    after = measure(model, base.tok, spec, base.sets)
+    part("smoke test")
+    t_gen = time.perf_counter()
+    gens = evaluate.generate(model, base.tok, base.prompts, spec.smoke_max_new_tokens)
+    gen_s = time.perf_counter() - t_gen
+    adapter, disk = None, None
+    if spec.save_adapters and t.save is not None:
+        out = adapters_dir() / base.run_id / f"scale{t.scale}_seed{t.seed}"
+        t.save(out)
+        adapter, disk = str(out.relative_to(lab_home())), _dir_mb(out)
+    if base.mc_items:
+        part("multiple choice")
+        acc = evaluate.mc_accuracy(model, base.tok, base.mc_items, spec.eval_batch_size)[0]
+        metrics.update(
+            mc_acc_before=base.mc_before, mc_acc_after=acc, mc_drop_pts=(base.mc_before - acc) * 100
+        )
+    spectral = []
+    if spec.spectral and t.deltas is not None:
+        part("spectral analysis")
+        spectral = analyse(t.deltas(), spec.spectral_topk, base.base_vectors)
+    g, d = after[GENERAL].ppl, after[dom].ppl
+    metrics.update(
+        general_ppl_after=g,
+        degradation_pct=evaluate.degradation_pct(before[GENERAL].ppl, g),
+        domain_ppl_after=d,
+        domain_improvement_pct=evaluate.improvement_pct(before[dom].ppl, d),
+        smoke_ok=all(x.ok for x in gens),
+        smoke_min_new_tokens=min(x.new_tokens for x in gens),
+        gen_tokens_per_s=sum(x.new_tokens for x in gens) / max(gen_s, 1e-9),
+        eval_seconds=time.perf_counter() - t_eval,
+        peak_mem_mb=_peak_mem_mb(base.device),
+        model_mem_mb=(model_bytes(model) + t.extra_bytes) / 2**20,
+        disk_mb=disk,
+        adapter_path=adapter,
+    )
+    evals, items = _eval_rows(base, after)
+    return PointResult(
+        t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
+    )
+
+
+class Sweep:
+    """One sweep's points on their way out: measured (`measure_point`), handed to the
+    `PointWriter` and announced as events. Shared by the sequential and the packed path."""
+
+    def __init__(self, base: Baseline, store, events: Callable[[Event], None]):
+        self.base, self.spec, self.events = base, base.spec, events
+        self.tok, self.device = base.tok, base.device
+        self.writer = PointWriter(store, base.run_id, events)
 
     def smoke_check(
         self, model, scale: int, seed: int, checks: list
@@ -236,7 +231,9 @@ class _Sweep:
         return why the model failed or None."""
 
         def check(step: int) -> str | None:
-            gens = evaluate.generate(model, self.tok, self.prompts, self.spec.smoke_max_new_tokens)
+            gens = evaluate.generate(
+                model, self.tok, self.base.prompts, self.spec.smoke_max_new_tokens
+            )
             checks.append((f"step:{step}", _gens(gens)))
             bad = next((g for g in gens if not g.ok), None)
             reason = None
@@ -255,120 +252,27 @@ class _Sweep:
 
         return check
 
-    def finish(self, model, t: Trained) -> None:
-        """Measure a trained point, save its adapter, store everything."""
-        spec, before = self.spec, self.before
-        dom = f"domain:{spec.domain}"
-        metrics = dict(
-            steps=t.steps,
-            final_loss=t.losses[-1] if t.losses else None,
-            train_seconds=t.seconds,
-            trainable_params=t.n_train,
-            total_params=t.n_all,
-            general_ppl_before=before[GENERAL].ppl,
-            domain_ppl_before=before[dom].ppl,
-            stop_step=t.stop_step,
-            error=t.message or None,
-        )
-        if t.status == "diverged":
-            metrics.update(peak_mem_mb=_peak_mem_mb(self.device))
-            result = PointResult(t.scale, t.seed, "diverged", metrics, [], [], [], t.checks)
-        else:
-            parts = ["perplexity", "smoke test"]
-            parts += ["multiple choice"] * bool(self.mc_items)
-            parts += ["spectral analysis"] * bool(spec.spectral and t.deltas is not None)
-
-            def part(name: str) -> None:
-                self.events(
-                    {
-                        "type": "phase",
-                        "scale": t.scale,
-                        "seed": t.seed,
-                        "phase": f"evaluating: {name} ({parts.index(name) + 1}/{len(parts)})",
-                    }
-                )
-
-            part("perplexity")
-            t_eval = time.perf_counter()
-            after = measure(model, self.tok, spec, self.sets)
-            part("smoke test")
-            t_gen = time.perf_counter()
-            gens = evaluate.generate(model, self.tok, self.prompts, spec.smoke_max_new_tokens)
-            gen_s = time.perf_counter() - t_gen
-            adapter, disk = None, None
-            if spec.save_adapters and t.save is not None:
-                out = adapters_dir() / self.run_id / f"scale{t.scale}_seed{t.seed}"
-                t.save(out)
-                adapter, disk = str(out.relative_to(lab_home())), _dir_mb(out)
-            if self.mc_items:
-                part("multiple choice")
-                acc = evaluate.mc_accuracy(model, self.tok, self.mc_items, spec.eval_batch_size)[0]
-                metrics.update(
-                    mc_acc_before=self.mc_before,
-                    mc_acc_after=acc,
-                    mc_drop_pts=(self.mc_before - acc) * 100,
-                )
-            spectral = []
-            if spec.spectral and t.deltas is not None:
-                part("spectral analysis")
-                spectral = analyse(t.deltas(), spec.spectral_topk, self.base_vectors)
-            g, d = after[GENERAL].ppl, after[dom].ppl
-            metrics.update(
-                general_ppl_after=g,
-                degradation_pct=evaluate.degradation_pct(before[GENERAL].ppl, g),
-                domain_ppl_after=d,
-                domain_improvement_pct=evaluate.improvement_pct(before[dom].ppl, d),
-                smoke_ok=all(x.ok for x in gens),
-                smoke_min_new_tokens=min(x.new_tokens for x in gens),
-                gen_tokens_per_s=sum(x.new_tokens for x in gens) / max(gen_s, 1e-9),
-                eval_seconds=time.perf_counter() - t_eval,
-                peak_mem_mb=_peak_mem_mb(self.device),
-                model_mem_mb=(model_bytes(model) + t.extra_bytes) / 2**20,
-                disk_mb=disk,
-                adapter_path=adapter,
-            )
-            evals = [
-                dict(
-                    eval_set=k,
-                    ppl_before=before[k].ppl,
-                    ppl_after=after[k].ppl,
-                    change_pct=evaluate.change_pct(before[k].ppl, after[k].ppl),
-                )
-                for k in self.sets
-            ]
-            b, a = before[GENERAL], after[GENERAL]
-            items = [
-                dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
-                for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
-            ]
-            result = PointResult(
-                t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
-            )
+    def _done(self, result: PointResult, seconds: float) -> None:
         self.writer.save(result)
         self.events(
             {
                 "type": "point_done",
-                "scale": t.scale,
-                "seed": t.seed,
+                "scale": result.scale,
+                "seed": result.seed,
                 "status": result.status,
                 "metrics": result.metrics,
-                "seconds": t.seconds + metrics.get("eval_seconds", 0.0),
+                "seconds": seconds,
             }
         )
 
+    def finish(self, model, t: TrainedPoint) -> None:
+        """Measure a trained point, save its adapter, store everything."""
+        result = measure_point(self.base, model, t, self.events)
+        self._done(result, t.seconds + result.metrics.get("eval_seconds", 0.0))
+
     def fail(self, scale, seed, err: Exception) -> None:
         msg = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
-        self.writer.save(PointResult(scale, seed, "failed", {"error": msg}, [], [], []))
-        self.events(
-            {
-                "type": "point_done",
-                "scale": scale,
-                "seed": seed,
-                "status": "failed",
-                "metrics": {"error": msg},
-                "seconds": 0.0,
-            }
-        )
+        self._done(PointResult(scale, seed, "failed", {"error": msg}, [], [], []), 0.0)
 
 
 def use_packed(spec: RunSpec, device: torch.device) -> bool:
@@ -407,8 +311,13 @@ def run_sweep(
     prompts = data.smoke_prompts()
     base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
     store.save_base_generations(run_id, _gens(base_gens))
-    sweep = _Sweep(spec, run_id, store, events, device, tok, sets, before, prompts)
-    sweep.measure_base(base)
+    baseline = Baseline(spec, run_id, device, tok, sets, before, prompts)
+    baseline.mc_items = data.load_mc() if spec.mc_eval else []
+    if baseline.mc_items:
+        baseline.mc_before = evaluate.mc_accuracy(
+            base, tok, baseline.mc_items, spec.eval_batch_size
+        )[0]
+    sweep = Sweep(baseline, store, events)
     # The base goes through the same evaluation as every point: its time is the first estimate
     # of a point's evaluation (the whole-run ETA uses it until a point has been measured).
     events({"type": "base_done", "seconds": time.perf_counter() - t_base})
@@ -431,7 +340,7 @@ def run_sweep(
     return status
 
 
-def _run_sequential(sweep: _Sweep, method, base, todo, should_cancel) -> str:
+def _run_sequential(sweep: Sweep, method, base, todo, should_cancel) -> str:
     """One point after another: prepare -> train -> measure -> save -> release."""
     spec, tok, events, device = sweep.spec, sweep.tok, sweep.events, sweep.device
     for scale, seed in todo:
@@ -466,7 +375,7 @@ def _run_sequential(sweep: _Sweep, method, base, todo, should_cancel) -> str:
             method.before_eval(model)
             sweep.finish(
                 model,
-                Trained(
+                TrainedPoint(
                     scale,
                     seed,
                     tr.status,
@@ -523,7 +432,7 @@ def _checkpoint(run_id: str, only: list[tuple[int, int]] | None):
     return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
 
 
-def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
+def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
     """All points of the sweep share each forward/backward (see core/packed.py); the trainer
     saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
     from it."""
@@ -571,7 +480,7 @@ def _run_packed(sweep: _Sweep, base, todo, should_cancel, checkpoint) -> str:
         try:
             sweep.finish(
                 base,
-                Trained(
+                TrainedPoint(
                     scale,
                     seed,
                     status,

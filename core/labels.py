@@ -21,6 +21,19 @@ class Col:
     width: str | None = None  # "small" | "medium" | "large"; None lets the table decide
 
 
+# The columns a short per-point summary shows (CLI `show`, the app's progress panel).
+POINT_SUMMARY = [
+    "scale",
+    "seed",
+    "status",
+    "general_ppl_before",
+    "general_ppl_after",
+    "degradation_pct",
+    "domain_improvement_pct",
+    "smoke_ok",
+]
+
+
 _PCT = "%+.1f%%"
 COLUMNS: dict[str, Col] = {
     # runs

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import RunSpec
+from .store import ENDED
 from .train import total_steps
-
-ENDED = ("done", "failed", "diverged", "stopped")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -24,17 +23,20 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
+from . import data
 from .config import RunSpec
-from .engine import Event, import_spilled, preflight, run_sweep
 from .errors import ConfigError, LabError, StoreError
-from .models import library_versions
+from .outbox import Event, import_spilled
 from .paths import REPO_ROOT, git_commit
-from .store import Store
+from .store import Store, now, spec_of
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 SETTINGS_ERROR = "settings: "  # the start of a failed run's error when its settings were wrong
 CANCEL_POLL_S = 1.0
+HEARTBEAT_STALE_S = 90.0  # a running run on another host without a heartbeat this long is gone
 
 
 _signalled: list[str] = []  # the name of a stop signal received, if any
@@ -55,11 +57,86 @@ def stop_signalled() -> str | None:
     return _signalled[-1] if _signalled else None
 
 
+# -- liveness: is a run's worker still there? -------------------------------------------------------
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this machine (a zombie does not count)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished child not yet reaped) still answers signal 0.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def effective_status(run: dict) -> str:
+    """'running' in the table but the worker is gone (killed, machine rebooted) -> 'interrupted'."""
+    status = run.get("status")
+    if status != "running":
+        return status
+    if run.get("host") == socket.gethostname() and run.get("pid") and not pd.isna(run.get("pid")):
+        return "running" if pid_alive(int(run["pid"])) else "interrupted"
+    hb = run.get("heartbeat_at")
+    if hb is None or pd.isna(hb):
+        return "interrupted"
+    age = (now() - pd.Timestamp(hb).to_pydatetime()).total_seconds()
+    return "running" if age < HEARTBEAT_STALE_S else "interrupted"
+
+
+def with_status(run: dict) -> dict:
+    """A row of the runs table with its `status_effective` (liveness checked now)."""
+    return {**run, "status_effective": effective_status(run)}
+
+
+def runs_with_status(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table with `status_effective` (liveness checked now, for every row)."""
+    runs = runs.copy()
+    runs["status_effective"] = (
+        [effective_status(r) for r in runs.to_dict("records")] if not runs.empty else []
+    )
+    return runs
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def preflight(spec: RunSpec) -> None:
+    """Cheap checks that need no weights: the domain, the probe and the model exist, and the
+    LoRA rank and target modules fit the model's shapes (read from its config). Called before a
+    run is stored, so bad input leaves the database unchanged."""
+    from .models import describe_source
+
+    data.load_domain(spec.domain)
+    data.load_probe(spec.probe)
+    describe_source(spec.model)
+    if spec.method in ("lora", "qlora"):  # rank and target modules against the model's shapes
+        from .methods.lora import lora_config
+        from .models import skeleton
+
+        model = skeleton(spec.model)
+        if model is not None:
+            lora_config(model, spec)
+    if spec.backend == "ray":
+        from .distributed import require_ray
+
+        require_ray()
+    if spec.device == "mps" and (
+        spec.method == "qlora" or (spec.method == "adaptq" and spec.frozen_bits < 16)
+    ):
+        raise ConfigError(f"method: {spec.method} needs bitsandbytes, which does not run on mps")
+
+
 def create_run(store: Store, spec: RunSpec, status: str = "queued") -> str:
+    from .models import library_versions
+
     preflight(spec)
     run_id = new_run_id()
     store.create_run(
@@ -145,7 +222,7 @@ class StoreSink:
 def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None = None) -> str:
     """Run (or continue) a run that is already marked running; record how it ended."""
     run = store.get_run(run_id)
-    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
+    spec = spec_of(run)
     sink = StoreSink(store, run_id, forward)
     try:
         imported = import_spilled(store, run_id)  # points an earlier attempt could not store
@@ -156,7 +233,9 @@ def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None =
 
             status = run_ray(spec, run_id, store, sink, sink.should_cancel)
         else:
-            status = run_sweep(spec, run_id, store, sink, sink.should_cancel)
+            from . import engine  # torch: imported only where a run executes
+
+            status = engine.run_sweep(spec, run_id, store, sink, sink.should_cancel)
     except KeyboardInterrupt:
         store.set_status(run_id, "cancelled", error="stopped from the keyboard")
         raise
@@ -260,8 +339,7 @@ def launch(store: Store, spec: RunSpec) -> str:
 
 def cancel(store: Store, run_id: str) -> str:
     """Cancel a queued or running run; returns the resulting status."""
-    run = store.get_run(run_id)
-    st = run["status_effective"]
+    st = effective_status(store.get_run(run_id))
     if st in ("done", "failed", "cancelled"):
         raise LabError(f"run {run_id} already ended ({st}); nothing to cancel")
     if st in ("queued", "interrupted"):
@@ -273,14 +351,14 @@ def cancel(store: Store, run_id: str) -> str:
 
 def can_resume(run: dict) -> bool:
     """Failed, cancelled or interrupted runs can continue, except those whose settings failed."""
-    return run["status_effective"] in ("failed", "cancelled", "interrupted") and not str(
+    return effective_status(run) in ("failed", "cancelled", "interrupted") and not str(
         run.get("error") or ""
     ).startswith(SETTINGS_ERROR)
 
 
 def prepare_resume(store: Store, run_id: str) -> None:
     run = store.get_run(run_id)
-    st = run["status_effective"]
+    st = effective_status(run)
     if str(run.get("error") or "").startswith(SETTINGS_ERROR):
         raise LabError(
             f"run {run_id} failed on its settings ({run['error'][len(SETTINGS_ERROR) :]}); "
@@ -289,7 +367,7 @@ def prepare_resume(store: Store, run_id: str) -> None:
     if st in ("running", "queued"):
         raise LabError(f"run {run_id} is {st}; it does not need resuming")
     n_done = len(store.finished_points(run_id))
-    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
+    spec = spec_of(run)
     if st == "done" and n_done >= len(spec.points()):
         raise LabError(f"run {run_id} is complete ({n_done} points); nothing to resume")
     # Failed points are retried; finished ones are kept and skipped.

@@ -4,7 +4,6 @@ One model in memory serves both: peft's `disable_adapter()` gives the base's ans
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -73,8 +72,7 @@ class SmokeModel:
 
     @classmethod
     def for_point(cls, run: dict, adapter_rel: str | None) -> SmokeModel:
-        spec = json.loads(run["spec_json"])
-        return cls(spec["model"], adapter_rel, "cuda" if torch.cuda.is_available() else "cpu")
+        return cls(run["model"], adapter_rel, "cuda" if torch.cuda.is_available() else "cpu")
 
     def stream(
         self,

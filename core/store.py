@@ -30,8 +30,12 @@ from .errors import RunNotFound, StoreError
 
 SCHEMA_VERSION = 4
 LOCK_TIMEOUT_S = 60.0
-HEARTBEAT_STALE_S = 90.0
-FINAL_STATES = ("done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")  # of a run
+# Of a point (points.status): done | failed | diverged | stopped. The one definition of which
+# point counts as what:
+DONE = "done"  # measured in full: has results to show
+FINISHED = (DONE, "diverged", "stopped")  # kept for good: resume never trains these again
+ENDED = (*FINISHED, "failed")  # no longer in flight (a failed point is retried on resume)
 _process_lock = threading.RLock()
 
 SCHEMA = """
@@ -139,19 +143,6 @@ FROM points p JOIN runs r USING (run_id)
 """
 
 
-# The columns a short per-point summary shows (CLI `show`, the app's progress panel).
-POINT_SUMMARY = [
-    "scale",
-    "seed",
-    "status",
-    "general_ppl_before",
-    "general_ppl_after",
-    "degradation_pct",
-    "domain_improvement_pct",
-    "smoke_ok",
-]
-
-
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -257,7 +248,9 @@ class Store:
             )
         self._ready = True
 
-    # version -> statements that bring a database from that version to the next one
+    # version -> statements that bring a database from that version to the next one. Frozen as
+    # written: a migration never reads SCHEMA, so a later edit of the schema cannot change what
+    # an old migration does (a change to the schema is a new version with its own statements).
     MIGRATIONS = {
         1: [
             "ALTER TABLE points ADD COLUMN mc_acc_before DOUBLE",
@@ -269,11 +262,15 @@ class Store:
             "ALTER TABLE points ADD COLUMN disk_mb DOUBLE",
             "ALTER TABLE points ADD COLUMN gen_tokens_per_s DOUBLE",
             "ALTER TABLE points ADD COLUMN stop_step INTEGER",
-            *[
-                stmt.strip() + ";"
-                for stmt in SCHEMA.split(";")
-                if "TABLE IF NOT EXISTS spectral" in stmt or "TABLE IF NOT EXISTS run_info" in stmt
-            ],
+            """CREATE TABLE IF NOT EXISTS spectral (
+                run_id VARCHAR, scale INTEGER, seed INTEGER, name VARCHAR, layer INTEGER,
+                module VARCHAR, fro_norm DOUBLE, eff_rank DOUBLE, topk_cos DOUBLE, k INTEGER,
+                PRIMARY KEY (run_id, scale, seed, name)
+            )""",
+            """CREATE TABLE IF NOT EXISTS run_info (
+                run_id VARCHAR, key VARCHAR, value_json VARCHAR,
+                PRIMARY KEY (run_id, key)
+            )""",
         ],
         3: ["ALTER TABLE generations ADD COLUMN reason VARCHAR"],
     }
@@ -337,21 +334,20 @@ class Store:
         df = self.query_df("SELECT * FROM runs WHERE run_id = ?", [run_id])
         if df.empty:
             raise RunNotFound(f"no run with id '{run_id}' in {self.path.name}")
-        row = df.iloc[0].to_dict()
-        row["status_effective"] = effective_status(row)
-        return row
+        return df.iloc[0].to_dict()
+
+    def get_spec(self, run_id: str):
+        """The run's settings as stored when it was created."""
+        return spec_of(self.get_run(run_id))
 
     def list_runs(self) -> pd.DataFrame:
         df = self.query_df(
-            """SELECT r.*, (SELECT count(*) FROM points p WHERE p.run_id = r.run_id AND p.status = 'done') AS points_done
-               FROM runs r ORDER BY created_at DESC"""
+            """SELECT r.*, (SELECT count(*) FROM points p
+                            WHERE p.run_id = r.run_id AND p.status = ?) AS points_done
+               FROM runs r ORDER BY created_at DESC""",
+            [DONE],
         )
-        if not df.empty:
-            df["status_effective"] = [effective_status(r) for r in df.to_dict("records")]
-            df["n_points"] = [_n_points(s) for s in df["spec_json"]]
-        else:
-            df["status_effective"] = []
-            df["n_points"] = []
+        df["n_points"] = [_n_points(s) for s in df["spec_json"]] if not df.empty else []
         return df
 
     def set_status(self, run_id: str, status: str, error: str | None = None, **fields: Any) -> None:
@@ -422,10 +418,12 @@ class Store:
 
     # -- points -----------------------------------------------------------------------------
     def finished_points(self, run_id: str) -> set[tuple[int, int]]:
+        """The (scale, seed) points of a run that are FINISHED (resume skips them)."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT scale, seed FROM points WHERE run_id = ? AND status IN ('done', 'diverged', 'stopped')",
-                [run_id],
+                f"SELECT scale, seed FROM points WHERE run_id = ? "
+                f"AND status IN ({', '.join('?' * len(FINISHED))})",
+                [run_id, *FINISHED],
             ).fetchall()
         return {(int(a), int(b)) for a, b in rows}
 
@@ -697,40 +695,16 @@ class Store:
         return int(n)
 
 
+def spec_of(run: dict[str, Any]):
+    """The RunSpec of a row of the runs table (`get_run`'s dictionary)."""
+    from .config import RunSpec
+
+    return RunSpec.from_dict(json.loads(run["spec_json"]))
+
+
 def _n_points(spec_json: str) -> int:
     try:
         d = json.loads(spec_json)
         return len(d["scales"]) * len(d["seeds"])
     except (ValueError, KeyError, TypeError):
         return 0
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (finished child not yet reaped) still answers signal 0.
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def effective_status(run: dict[str, Any]) -> str:
-    """'running' in the table but the worker is gone (killed, machine rebooted) -> 'interrupted'."""
-    status = run.get("status")
-    if status != "running":
-        return status
-    if run.get("host") == socket.gethostname() and run.get("pid") and not pd.isna(run.get("pid")):
-        return "running" if pid_alive(int(run["pid"])) else "interrupted"
-    hb = run.get("heartbeat_at")
-    if hb is None or pd.isna(hb):
-        return "interrupted"
-    age = (now() - pd.Timestamp(hb).to_pydatetime()).total_seconds()
-    return "running" if age < HEARTBEAT_STALE_S else "interrupted"

@@ -11,7 +11,8 @@ from core import analysis, reference
 from core import labels as column_labels
 from core.errors import LabError
 from core.paths import resolve_db
-from core.store import Store, effective_status
+from core.runner import runs_with_status
+from core.store import Store
 
 ACTIVE = ("queued", "running")
 # How often live parts (the Launch page's panel, the sidebar's run list) refresh while a run is
@@ -59,10 +60,8 @@ def db_version(db: Path) -> tuple:
 def list_runs() -> pd.DataFrame:
     """The runs table; the sidebar and the page share one read until the database changes."""
     db = resolve_db(None)
-    df = _list_runs(str(db), db_version(db))
-    if not df.empty:  # a worker can die without a write: liveness is checked at every read
-        df["status_effective"] = [effective_status(r) for r in df.to_dict("records")]
-    return df
+    # a worker can die without a write: liveness is checked at every read, outside the cache
+    return runs_with_status(_list_runs(str(db), db_version(db)))
 
 
 def changed() -> None:
@@ -166,18 +165,20 @@ def spectral_for(run_ids: list[str]) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _analysis(db: str, version: tuple, run_id: str, level: float, cutoffs: tuple) -> dict | None:
+def _analysis(
+    db: str, version: tuple, run_id: str, level: float, cutoffs: tuple
+) -> analysis.ThresholdReport | None:
     pts = points_for([run_id])
     items = None if run_id.startswith(reference.REF_PREFIX) else read("item_nll_df", run_id)
     try:
-        return analysis.analyze(pts, items, level, cutoffs, n_boot=500)
+        return analysis.threshold_report(pts, items, level, cutoffs, n_boot=500)
     except ValueError:
         return None
 
 
-def analysis_for(run_id: str, level: float, cutoffs) -> dict | None:
-    """`analysis.analyze` of one run (threshold, bootstrap intervals, fits), cached until the
-    database changes or the level / cut-offs do."""
+def analysis_for(run_id: str, level: float, cutoffs) -> analysis.ThresholdReport | None:
+    """`analysis.threshold_report` of one run (threshold, bootstrap interval, fits), cached
+    until the database changes or the level / cut-offs do."""
     db = resolve_db(None)
     return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs))
 

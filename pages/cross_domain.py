@@ -46,11 +46,7 @@ scale = st.select_slider(
     format_func=lambda v: f"{int(v):,}",
     help="Cells use the points trained at this size (mean over runs and seeds).",
 )
-sub = ev[ev.scale == scale].copy()
-sub["eval"] = sub["eval_set"].str.replace("domain:", "", regex=False)
-m = sub.pivot_table(index="train_domain", columns="eval", values="change_pct", aggfunc="mean")
-cols = ["general"] + sorted(c for c in m.columns if c != "general")
-m = m[[c for c in cols if c in m.columns]]
+m = analysis.cross_domain_matrix(ev, scale)
 st.plotly_chart(
     charts.heatmap(m, f"Perplexity change after training on {scale:,} samples", "PPL change"),
     key="xdomain",

@@ -1,7 +1,6 @@
 """Launch a sweep and watch it run. Training happens in a background worker process."""
 
 import dataclasses
-import json
 
 import streamlit as st
 
@@ -16,10 +15,9 @@ from core.config import (
     rank_series,
     run_name,
 )
-from core.engine import preflight
 from core.errors import LabError
+from core.labels import POINT_SUMMARY
 from core.progress import format_eta, run_progress
-from core.store import POINT_SUMMARY, effective_status
 from pages._ui import ACTIVE, REFRESH_S, changed, label, read, runs, store, table, via_app
 
 via_app(__file__)
@@ -305,7 +303,7 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             if name.strip() == base.name:  # not renamed: say what differs from the preset
                 specs = [dataclasses.replace(sp, name=run_name(pname, sp)) for sp in specs]
             for sp in specs:  # all checked before any is stored
-                preflight(sp)
+                runner.preflight(sp)
             ids = [runner.launch(store(), sp) for sp in specs]
             changed()
             st.session_state["watch"] = ids[0]
@@ -336,9 +334,8 @@ def panel() -> None:
     ids = list(lab)
     idx = ids.index(watch) if watch in ids else 0
     run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
-    run = read("get_run", run_id)
-    run["status_effective"] = effective_status(run)  # liveness: checked at every refresh
-    spec = RunSpec.from_dict(json.loads(run["spec_json"]))
+    run = runner.with_status(read("get_run", run_id))  # liveness: checked at every refresh
+    spec = read("get_spec", run_id)
     pts = read("points_df", (run_id,))
     prog = read("progress_df", run_id)
     status = run["status_effective"]

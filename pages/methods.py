@@ -81,16 +81,16 @@ st.caption(
     "runs were measured with several runs sharing the GPU (see docs/RESULTS.md)."
 )
 
-spec = spectral_for(chosen)
+spectral = spectral_for(chosen)
 st.subheader("Spectral analysis of the weight update")
-if spec.empty:
+if spectral.empty:
     st.info(
         "No spectral rows in the selected runs: they come from runs of this version with "
         "'Spectral analysis' on (Launch → Mitigation and checks).",
         icon=":material/info:",
     )
 else:
-    totals = analysis.spectral_totals(spec)
+    totals = analysis.spectral_totals(spectral)
     st.caption(
         "Exact SVDs of every adapted matrix. ||ΔW||_F: size of the update; effective rank: "
         "exp(entropy) of ΔW's singular values; top-k cosine: how well the base weights' leading "
@@ -111,9 +111,9 @@ else:
     table(t.drop(columns=["run_id"]))
     c1, c2, c3 = st.columns(3)
     run_sel = c1.selectbox(
-        "Run", list(spec["run_id"].unique()), format_func=lambda r: lab.get(r, r), key="m_srun"
+        "Run", list(spectral["run_id"].unique()), format_func=lambda r: lab.get(r, r), key="m_srun"
     )
-    one = spec[spec["run_id"] == run_sel]
+    one = spectral[spectral["run_id"] == run_sel]
     scale_sel = c2.selectbox("Dataset size", sorted(one["scale"].unique()), key="m_sscale")
     what = c3.selectbox(
         "Value",
@@ -146,6 +146,7 @@ if adapt:
     if "general_ppl_full_precision" in info and not before.empty:
         fp, q = info["general_ppl_full_precision"], float(before.iloc[0])
         facts["quantization alone"] = (
-            f"general PPL {fp:.2f} → {q:.2f} ({100 * (q / fp - 1):+.1f}%) before any training"
+            f"general PPL {fp:.2f} → {q:.2f} ({analysis.percent_change(fp, q):+.1f}%) "
+            "before any training"
         )
     st.table(pd.DataFrame({"": list(facts), "value": list(facts.values())}).set_index(""))

@@ -69,18 +69,8 @@ if chosen:
         )
         st.caption("Use the camera icon on any chart to download it as PNG.")
     short = dict(zip(chosen, short_names([lab.get(r, r) for r in chosen])))
-    agg = pts.groupby("run_id").agg(
-        points=("scale", "size"),
-        max_degradation=("degradation_pct", "max"),
-        smoke_failures=("smoke_ok", lambda s: int((s == False).sum())),  # noqa: E712
-        train_seconds=("train_seconds", "sum"),
-        peak_mem_mb=("peak_mem_mb", "max"),
-    )
-    cost = analysis.method_summary(pts)
+    agg = analysis.run_summary(pts)
     cols = ["model_mem_mb", "disk_mb", "trainable_pct", "ms_per_step", "gen_tokens_per_s"]
-    if not cost.empty:
-        agg = agg.join(cost.set_index("run_id")[cols])
-    agg = agg.reset_index()
     agg.insert(0, "run", agg.pop("run_id").map(lambda r: short.get(r, r)))
     # two narrow tables rather than one that scrolls past its cost figures
     table(agg[["run", "points", "max_degradation", "smoke_failures", "train_seconds"]])

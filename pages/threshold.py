@@ -86,19 +86,17 @@ metric = st.radio(
     "by option log-likelihood.",
 )
 if metric == "multiple choice":
-    mc = pts.assign(mc_acc_pct=pts.get("mc_acc_after", float("nan")) * 100)
-    acc = analysis.per_scale(mc, "mc_acc_pct") if "mc_acc_after" in pts else mc.iloc[0:0]
-    if acc.empty:
+    mc = analysis.mc_curves(pts)
+    if mc.empty:
         st.info(
             "The selected runs have no multiple-choice scores (runs made before this metric existed, "
             "or with it turned off)."
         )
         st.stop()
     lab = all_labels(df)
-    base = mc.groupby("run_id")["mc_acc_before"].first().mul(100)
-    st.plotly_chart(charts.mc_figure(acc, lab, base.dropna().to_dict()), key="mc_chart")
+    st.plotly_chart(charts.mc_figure(mc.per_scale, lab, mc.before.to_dict()), key="mc_chart")
     table(
-        base.rename("accuracy_before")
+        mc.before.rename("accuracy_before")
         .reset_index()
         .assign(run=lambda d: d["run_id"].map(lambda r: lab.get(r, r)))[["run", "accuracy_before"]]
     )
@@ -113,21 +111,11 @@ if curves.empty:
     st.warning("The selected runs have no successfully finished points yet.")
     st.stop()
 lab = all_labels(df)
-thr = {
-    r: analysis.threshold_scale(c["scale"], c["mean"], level) for r, c in curves.groupby("run_id")
-}
-
-results, fits = {}, {}
-for r in chosen:
-    if r not in set(curves.run_id):
-        continue
-    res = analysis_for(r, level, cutoffs)
-    if res is None:
-        continue
-    results[r] = res
-    if results[r].get("best_fit"):
-        f = results[r]["best_fit"]
-        fits[r] = analysis.Fit(f["name"], f["params"], f["r2"], f["aic"])
+measured = set(curves.run_id)
+reports = {r: analysis_for(r, level, cutoffs) for r in chosen if r in measured}
+reports = {r: rep for r, rep in reports.items() if rep is not None}
+thr = {r: rep.threshold for r, rep in reports.items()}
+fits = {r: rep.fit for r, rep in reports.items() if rep.fit is not None}
 
 own = [r for r in chosen if not r.startswith(reference.REF_PREFIX)]
 smoke_failed = analysis.smoke_failed_points(pts, read("smoke_failures", tuple(own)))
@@ -154,34 +142,14 @@ st.plotly_chart(fig, key="threshold_chart")
 
 cols = st.columns(len(chosen) if len(chosen) <= 4 else 4)
 for col, r in zip(cols, chosen):
-    res = results.get(r)
-    if res is None:
+    rep = reports.get(r)
+    if rep is None:
         continue
-    t, safe, ci = res["threshold_scale"], res["largest_safe_scale"], res.get("threshold_ci")
     col.markdown(f"**{lab.get(r, r)}**")
-    if t is None:
-        col.write(f"never crosses {level:g} % in the measured range")
-    elif t <= min(p["scale"] for p in res["points"]):
-        col.write(f"already above {level:g} % at the smallest measured size ({t:,.0f})")
-    else:
-        col.write(f"threshold ({level:g} %): **{t:,.0f}** samples")
-    if ci:
-        smallest = min(p["scale"] for p in res["points"])
-        col.caption(
-            analysis.describe_interval(ci, res["threshold_ci_over"], t or smallest, smallest)
-        )
-    else:
-        col.caption(res.get("threshold_ci_note", ""))
-    col.write(
-        f"largest measured size below it: **{safe:,.0f}**"
-        if safe
-        else "no measured size below the level"
-    )
-    if res.get("best_fit"):
-        f = res["best_fit"]
-        col.caption(f"best growth fit: {f['name']} (R² {f['r2']:.2f}, AIC {f['aic']:.1f})")
-    else:
-        col.caption(res.get("fit_note", ""))
+    col.write(rep.verdict(strong="**"))
+    col.caption(rep.interval_text())
+    col.write(rep.safe_text(strong="**"))
+    col.caption(rep.fit_text())
 
 
 @timed_fragment

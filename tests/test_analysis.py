@@ -115,3 +115,117 @@ def test_welch_by_scale():
         w.set_index("scale").loc[50, "p"] == pytest.approx(1.0)
         and w.set_index("scale").loc[100, "p"] < 1e-3
     )
+
+
+def _points(run_id, curve, seeds=(0,), **extra):
+    return pd.DataFrame(
+        [
+            {"run_id": run_id, "scale": sc, "seed": s, "status": "done", "degradation_pct": v}
+            | {k: f(sc, s) for k, f in extra.items()}
+            for s in seeds
+            for sc, v in curve.items()
+        ]
+    )
+
+
+def test_threshold_report_says_what_the_page_and_the_cli_print():
+    pts = _points("r", {100: 0.0, 400: 21.0, 1600: 80.0, 6400: 400.0}, seeds=(0, 1))
+    rep = analysis.threshold_report(pts, level=10.0, n_boot=50)
+    assert rep.threshold == pytest.approx(200, rel=1e-6) and rep.largest_safe == 100
+    assert rep.verdict() == "threshold (10 %): 200 samples"
+    assert rep.verdict(strong="**") == "threshold (10 %): **200** samples"
+    assert rep.safe_text() == "largest measured size below it: 100"
+    assert rep.interval is not None and rep.interval_over == "seeds"
+    assert rep.interval_text().startswith("95 % bootstrap interval over seeds")
+    assert (
+        rep.fit is not None
+        and rep.fit is rep.fits[0]
+        and rep.fit_text().startswith(f"best growth fit: {rep.fit.name} (R² ")
+    )
+    assert [p["phase"] for p in rep.points] == ["safe", "threshold", "catastrophic", "catastrophic"]
+
+
+def test_threshold_report_explains_missing_interval_and_fit():
+    rep = analysis.threshold_report(_points("r", {100: 30.0, 200: 60.0}), level=10.0)
+    assert rep.verdict() == "already above 10 % at the smallest measured size (100)"
+    assert rep.safe_text() == "no measured size below the level"
+    assert rep.interval is None and rep.interval_text() == rep.interval_note != ""
+    assert rep.fit is None and rep.fit_text() == rep.fit_note and "at least 3" in rep.fit_note
+    low = analysis.threshold_report(_points("r", {100: 1.0, 200: 2.0}), level=10.0)
+    assert low.verdict() == "never crosses 10 % in the measured range"
+    with pytest.raises(ValueError):
+        analysis.threshold_report(
+            _points("r", {}).reindex(
+                columns=["run_id", "scale", "seed", "status", "degradation_pct"]
+            )
+        )
+
+
+def test_curve_verdicts_match_the_report():
+    curves = pd.DataFrame(
+        {
+            "run": ["a"] * 2 + ["b"] * 2 + ["c"] * 2,
+            "scale": [100, 400] * 3,
+            "mean": [0.0, 21.0, 30.0, 40.0, 1.0, 2.0],
+        }
+    )
+    assert analysis.curve_verdicts(curves, "run", 10.0) == {
+        "a": "threshold (10 %): 200 samples",
+        "b": "already above 10 % at the smallest measured size (100)",
+        "c": "never crosses 10 % in the measured range",
+    }
+
+
+def test_mc_curves_are_percent_and_skip_runs_without_the_metric():
+    pts = _points(
+        "r",
+        {100: 1.0, 200: 2.0},
+        seeds=(0, 1),
+        mc_acc_after=lambda sc, s: 0.5 - sc / 1000 + s / 100,
+        mc_acc_before=lambda sc, s: 0.6,
+    )
+    mc = analysis.mc_curves(pts)
+    assert mc.per_scale.set_index("scale")["mean"].to_dict() == pytest.approx(
+        {100: 40.5, 200: 30.5}
+    )
+    assert mc.before.to_dict() == pytest.approx({"r": 60.0})
+    assert analysis.mc_curves(pts.drop(columns=["mc_acc_after", "mc_acc_before"])).empty
+    none = pts.assign(mc_acc_after=float("nan"), mc_acc_before=float("nan"))
+    assert analysis.mc_curves(none).empty and analysis.mc_curves(none).before.empty
+
+
+def test_cross_domain_matrix_puts_general_first_and_averages():
+    ev = pd.DataFrame(
+        {
+            "scale": [10, 10, 10, 10, 20],
+            "train_domain": ["med", "med", "med", "law", "med"],
+            "eval_set": ["domain:med", "general", "general", "domain:law", "general"],
+            "change_pct": [-50.0, 10.0, 20.0, -40.0, 99.0],
+        }
+    )
+    m = analysis.cross_domain_matrix(ev, 10)
+    assert list(m.columns) == ["general", "law", "med"]
+    assert m.loc["med", "general"] == 15.0 and m.loc["law", "law"] == -40.0
+    assert np.isnan(m.loc["law", "general"])
+
+
+def test_run_summary_joins_the_cost_figures():
+    pts = _points(
+        "r",
+        {100: 5.0, 200: 50.0},
+        train_seconds=lambda sc, s: sc / 10,
+        steps=lambda sc, s: sc,
+        trainable_params=lambda sc, s: 10,
+        total_params=lambda sc, s: 1000,
+        peak_mem_mb=lambda sc, s: sc,
+        smoke_ok=lambda sc, s: sc < 200,
+        method=lambda sc, s: "lora",
+        rank=lambda sc, s: 8,
+        domain_improvement_pct=lambda sc, s: 1.0,
+    )
+    row = analysis.run_summary(pts).set_index("run_id").loc["r"]
+    assert row["points"] == 2 and row["max_degradation"] == 50.0 and row["smoke_failures"] == 1
+    assert row["train_seconds"] == 30.0 and row["peak_mem_mb"] == 200
+    assert row["trainable_pct"] == 1.0 and row["ms_per_step"] == 100.0
+    assert analysis.run_summary(pts.iloc[0:0]).empty
+    assert analysis.percent_change(4.0, 5.0) == 25.0

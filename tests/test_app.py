@@ -152,6 +152,41 @@ def test_core_never_imports_streamlit():
         assert not pattern.search(path.read_text()), path
 
 
+def _core_imports() -> dict[str, set[str]]:
+    """Each core module (methods/ as one) -> the core modules it imports, at the top or inside
+    a function."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "core").rglob("*.py"):
+        rel = path.relative_to(ROOT / "core")
+        name = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        inside_methods = len(rel.parts) > 1
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            if inside_methods and node.level == 1:
+                continue  # within methods/
+            mods = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            deps.update(m for m in mods if m != name)
+    return graph
+
+
+def test_no_import_cycle_among_core_modules():
+    graph = _core_imports()
+    assert {"engine", "distributed", "store", "runner"} <= set(graph)
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        for d in graph.get(start, ()):
+            if d == goal or (d not in seen and reaches(d, goal, seen | {d})):
+                return True
+        return False
+
+    cycles = [m for m in graph if reaches(m, m, {m})]
+    assert not cycles, {m: sorted(graph[m]) for m in cycles}
+
+
 def test_threshold_can_show_multiple_choice_accuracy(tiny_run, monkeypatch):
     db, _ = tiny_run
     at = _app("threshold", db, monkeypatch)

@@ -98,8 +98,8 @@ def test_cancel_stops_the_ray_tasks(local_ray, tmp_path):
 def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
     import builtins
 
-    from core.engine import preflight
     from core.errors import ConfigError
+    from core.runner import preflight
 
     real = builtins.__import__
 

@@ -161,7 +161,7 @@ def test_killed_worker_resumes_without_recomputing(db):
     first = s.points_df([run_id]).set_index("scale").finished_at.to_dict()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert s.get_run(run_id)["status_effective"] == "interrupted"
+    assert runner.effective_status(s.get_run(run_id)) == "interrupted"
     runner.prepare_resume(s, run_id)
     assert runner.run_foreground(s, run_id) == "done"
     pts = s.points_df([run_id])

@@ -340,11 +340,11 @@ def test_disk_full_mid_run_buffers_points_and_writes_them_later(db, monkeypatch)
 
 
 def test_disk_full_to_the_end_spills_and_resume_imports_without_retraining(db, monkeypatch):
-    from core import engine, runner
+    from core import engine, outbox, runner
     from core.errors import StoreError
     from core.store import Store
 
-    monkeypatch.setattr(engine, "STORE_RETRY_S", 0.3)
+    monkeypatch.setattr(outbox, "STORE_RETRY_S", 0.3)
     store = Store(db)
     spec = preset("tiny-test")
     rid = runner.create_run(store, spec, status="running")
@@ -352,14 +352,14 @@ def test_disk_full_to_the_end_spills_and_resume_imports_without_retraining(db, m
     with pytest.raises(StoreError, match=r"2 finished point\(s\) are kept in .*resume"):
         engine.run_sweep(spec, rid, store)
     assert sorted(store.points_df([rid]).scale) == [4]
-    spilled = list(engine.spill_dir().glob(f"{rid}-*.json"))
+    spilled = list(outbox.spill_dir().glob(f"{rid}-*.json"))
     assert len(spilled) == 1
     monkeypatch.undo()  # space is free again
     seen = []
     assert runner.execute(store, rid, seen.append) == "done"
     assert sorted(store.points_df([rid]).scale) == [4, 8, 16]
     assert not any(e["type"] == "point_start" for e in seen)  # imported, not retrained
-    assert not list(engine.spill_dir().glob(f"{rid}-*.json"))
+    assert not list(outbox.spill_dir().glob(f"{rid}-*.json"))
 
 
 def test_sigterm_stops_a_packed_run_with_a_checkpoint_and_resume_finishes_it(db, monkeypatch):

@@ -222,3 +222,70 @@ def test_progress_writes_keep_start_replace_steps_and_restart_one_point(db):
     prog = s.query_df("SELECT scale, step, loss, started_at FROM progress ORDER BY scale")
     assert prog.step.tolist() == [0, 1] and pd.isna(prog.loss[0])
     assert prog.started_at[0] > start[0] and prog.started_at[1] == start[1]
+
+
+def test_get_spec_returns_the_stored_settings(db):
+    s = Store(db)
+    spec = preset("tiny-test")
+    s.create_run("r1", spec)
+    assert s.get_spec("r1") == spec
+    with pytest.raises(RunNotFound):
+        s.get_spec("missing")
+
+
+def test_point_statuses_have_one_definition(db):
+    from core.store import ENDED, FINISHED
+
+    s = Store(db)
+    s.create_run("r1", preset("tiny-test"))
+    for scale, status in ((1, "done"), (2, "diverged"), (3, "stopped"), (4, "failed")):
+        s.save_point("r1", PointResult(scale, 0, status, {}, [], [], []))
+    assert s.finished_points("r1") == {(1, 0), (2, 0), (3, 0)}  # the failed one is retried
+    assert set(FINISHED) == {"done", "diverged", "stopped"} and set(ENDED) == {*FINISHED, "failed"}
+    assert s.list_runs().set_index("run_id").loc["r1", "points_done"] == 1
+
+
+def _columns(path) -> set:
+    con = duckdb.connect(str(path))
+    try:
+        return set(
+            con.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+
+
+def test_a_migrated_database_has_the_fresh_schema_and_migrations_are_frozen(db, tmp_path):
+    """From version 1 the migrations arrive at exactly the tables and columns a fresh database
+    gets; they are literal statements, never derived from today's SCHEMA string (an edit of the
+    schema must not change what an old migration does)."""
+    import ast
+    import inspect
+
+    from core import store as store_module
+
+    s = Store(db)
+    s.list_runs()
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE generations DROP COLUMN reason")
+    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
+        con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+    for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
+        con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+    con.execute("DROP TABLE spectral")
+    con.execute("DROP TABLE run_info")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    Store(db).list_runs()  # migrates 1 -> current
+    fresh = tmp_path / "fresh.duckdb"
+    Store(fresh).list_runs()
+    assert _columns(db) == _columns(fresh)
+    tree = ast.parse(inspect.getsource(store_module.Store))
+    migrations = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.Assign) and n.targets[0].id == "MIGRATIONS"
+    )
+    for version, stmts in zip(migrations.value.keys, migrations.value.values):
+        assert isinstance(stmts, ast.List), version
+        assert all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in stmts.elts)
