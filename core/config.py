@@ -136,7 +136,7 @@ class RunSpec:
     trainer: str = _f(
         "auto",
         "'packed': LoRA runs of a sweep share each forward/backward (exact batch-size-1 semantics; "
-        "on an H100 15-20x faster than the sequential loop in fp32, steady state); 'sequential': one run after another "
+        "much faster on a GPU: README, Speed); 'sequential': one run after another "
         "(the reference loop, faster on CPU); 'auto': packed on CUDA, sequential elsewhere.",
         choices=("auto", "packed", "sequential"),
     )
@@ -144,15 +144,15 @@ class RunSpec:
     precision: str = _f(
         "fp32",
         "Arithmetic of the training steps: 'fp32' (faithful to Martz 2025), 'tf32' (fp32 weights, "
-        "TensorFloat-32 matrix products on NVIDIA GPUs: measured 1.4x faster per packed step on "
-        "an H200 with 22 runs in flight; no effect on a CPU), 'bf16' (autocast; adapters and optimizer state stay "
+        "TensorFloat-32 matrix products on NVIDIA GPUs: faster per packed step, measured in "
+        "README, Speed; no effect on a CPU), 'bf16' (autocast; adapters and optimizer state stay "
         "fp32). Evaluation always runs in fp32, so every setting is measured the same way.",
         choices=PRECISIONS,
     )
     compile_step: bool = _f(
         True,
-        "torch.compile the packed trainer's step on CUDA (fused kernels; on an H100 1.1-1.5x "
-        "faster per step with SmolLM2-135M, after 20-60 s of compiling per sweep). Same "
+        "torch.compile the packed trainer's step on CUDA (fused kernels: faster per step after "
+        "some seconds of compiling per sweep; measured in README, Speed). Same "
         "arithmetic up to rounding. Ignored on CPU and by the sequential loop.",
     )
     device: str = _f(
@@ -397,7 +397,7 @@ def validate(spec: RunSpec) -> RunSpec:
         if s < 0 or s >= 2**32:
             bad(f"seeds: {s} must be between 0 and 2**32-1")
 
-    def positive_int(name: str, lo: int = 1, hi: int = 10**7) -> None:
+    def int_in_range(name: str, lo: int = 1, hi: int = 10**7) -> None:
         v = getattr(spec, name)
         if isinstance(v, bool) or not isinstance(v, int):
             bad(f"{name}: expected a whole number, got {v!r}")
@@ -411,18 +411,18 @@ def validate(spec: RunSpec) -> RunSpec:
         elif v < lo or v > hi or (lo_open and v == lo):
             bad(f"{name}: {v} is outside {'(' if lo_open else '['}{lo}, {hi}]")
 
-    positive_int("epochs", 1, 1000)
-    positive_int("batch_size", 1, 4096)
-    positive_int("max_length", 8, 32768)
-    positive_int("lora_rank", 1, 4096)
-    positive_int("domain_eval_size", 1, 100_000)
-    positive_int("eval_batch_size", 1, 4096)
-    positive_int("smoke_max_new_tokens", 1, 512)
-    positive_int("pack_slots", 1, 1024)
-    positive_int("adaptq_profile_samples", 1, 10_000)
-    positive_int("smoke_every", 0, 10**7)
-    positive_int("spectral_topk", 1, 4096)
-    positive_int("ray_units", 0, 100_000)
+    int_in_range("epochs", 1, 1000)
+    int_in_range("batch_size", 1, 4096)
+    int_in_range("max_length", 8, 32768)
+    int_in_range("lora_rank", 1, 4096)
+    int_in_range("domain_eval_size", 1, 100_000)
+    int_in_range("eval_batch_size", 1, 4096)
+    int_in_range("smoke_max_new_tokens", 1, 512)
+    int_in_range("pack_slots", 1, 1024)
+    int_in_range("adaptq_profile_samples", 1, 10_000)
+    int_in_range("smoke_every", 0, 10**7)
+    int_in_range("spectral_topk", 1, 4096)
+    int_in_range("ray_units", 0, 100_000)
     real("ray_gpus_per_unit", 0.0, 64.0, lo_open=True)
     if not isinstance(spec.ray_address, str) or any(ord(c) < 32 for c in spec.ray_address):
         bad("ray_address: give an address such as ray://head:10001, or leave it empty")

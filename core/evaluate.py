@@ -23,10 +23,6 @@ class PerplexityResult:
     item_nll: list[float]  # summed NLL per text
     item_tokens: list[int]  # predicted tokens per text
 
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / max(self.tokens, 1)
-
 
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):

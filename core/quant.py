@@ -81,11 +81,6 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def is_quantized(mod: nn.Module) -> bool:
-    """A bitsandbytes layer or a 16-bit cast made here."""
-    return isinstance(mod, CastLinear) or type(mod).__module__.startswith("bitsandbytes")
-
-
 class QuantSwap:
     """Full-precision and quantized versions of the linear layers named in `names`."""
 

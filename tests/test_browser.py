@@ -30,13 +30,12 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def app_url(lab_home, tmp_path_factory):
+def _start_app(db):
+    """Start the app on a free localhost port, reading `db`; yields its url."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    db = tmp_path_factory.mktemp("browser") / "lab.duckdb"
     env = dict(os.environ, FORGETTING_LAB_DB=str(db))
     proc = subprocess.Popen(
         [
@@ -74,6 +73,36 @@ def app_url(lab_home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def app_url(lab_home, tmp_path_factory):
+    yield from _start_app(tmp_path_factory.mktemp("browser") / "lab.duckdb")
+
+
+@pytest.fixture
+def fresh_app_url(lab_home, tmp_path_factory):
+    """A server of its own that no session has used yet."""
+    yield from _start_app(tmp_path_factory.mktemp("fresh") / "lab.duckdb")
+
+
+@pytest.fixture
+def finished_run(app_url):
+    """A finished tiny-test sweep (scales 4, 8, 16, adapters saved) in the app's database: the
+    one story 1 launched when it ran before, else one trained here. Each story that reads results
+    asks for it, so none depends on running after story 1."""
+    from core import runner
+    from core.config import preset
+    from core.store import Store
+
+    store = Store(DATABASES[app_url])
+    runs = store.list_runs()
+    done = runs[(runs.status == "done") & (runs.points_done == 3)] if not runs.empty else runs
+    if not done.empty:
+        return done.run_id.iloc[0]
+    run_id = runner.create_run(store, preset("tiny-test"), status="running")
+    assert runner.run_foreground(store, run_id) == "done"
+    return run_id
+
+
+@pytest.fixture(scope="module")
 def page(app_url):
     from playwright.sync_api import sync_playwright
 
@@ -106,10 +135,10 @@ def _select(pg, label, option):
     pg.get_by_role("option", name=option, exact=True).click()
 
 
-def test_deep_link_on_a_fresh_server_goes_through_the_app(page, app_url):
-    """Runs first, on a server no session has used yet: a bookmarked page must still get the
+def test_deep_link_on_a_fresh_server_goes_through_the_app(page, fresh_app_url):
+    """On a server no session has used yet (its own): a bookmarked page must still get the
     app's navigation and sidebar, not Streamlit's file list (app, ui, ...)."""
-    page.goto(app_url + "/methods")
+    page.goto(fresh_app_url + "/methods")
     expect_title = page.get_by_role("heading", name="Methods", exact=True)
     expect_title.wait_for()
     nav = page.get_by_test_id("stSidebarNav")
@@ -120,6 +149,11 @@ def test_deep_link_on_a_fresh_server_goes_through_the_app(page, app_url):
 
 
 def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
+    from core.store import Store
+
+    store = Store(DATABASES[app_url])  # the story starts in an empty lab
+    for run_id in store.list_runs().run_id:
+        store.delete_run(run_id)
     page.goto(app_url)
     page.get_by_text("Welcome").wait_for()
     _shot(page, "01-launch-empty")
@@ -145,7 +179,7 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     _shot(page, "02-launch-done")
 
 
-def test_story_2_slider_changes_the_reading(page, app_url):
+def test_story_2_slider_changes_the_reading(page, app_url, finished_run):
     page.goto(app_url + "/threshold")
     value = page.locator("[data-testid='stMetricValue']").first
     value.wait_for()
@@ -165,7 +199,7 @@ def test_story_2_slider_changes_the_reading(page, app_url):
     _shot(page, "04-threshold-slider-moved")
 
 
-def test_story_3_prompt_base_and_adapted(page, app_url):
+def test_story_3_prompt_base_and_adapted(page, app_url, finished_run):
     page.goto(app_url + "/smoke_test")
     box = page.locator("textarea").first
     box.wait_for()
@@ -184,7 +218,7 @@ def test_story_3_prompt_base_and_adapted(page, app_url):
 
 
 @pytest.mark.parametrize("name", ["phases", "cross_domain", "methods", "runs"])
-def test_other_pages_render(page, app_url, name):
+def test_other_pages_render(page, app_url, name, finished_run):
     page.goto(f"{app_url}/{name}")
     page.locator("h1").first.wait_for()
     page.locator(".js-plotly-plot, [data-testid='stDataFrame']").first.wait_for()

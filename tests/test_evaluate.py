@@ -12,6 +12,9 @@ def tiny():
     return load_model("tiny", "cpu")
 
 
+FRANCE = "The capital of France is"
+
+
 def _hand_nll(model, tok, text):
     ids = tok(text)["input_ids"]
     total = 0.0
@@ -50,22 +53,33 @@ def test_degradation_and_improvement_formulas():
     assert evaluate.improvement_pct(10.0, 20.0) == pytest.approx(-100.0)
 
 
-def test_option_loglik_picks_highest_sum(tiny):
+def _hand_continuation_loglik(model, tok, context, option):
+    """Each continuation token's log-probability from its own forward pass over everything
+    before it: no batching, no gather over one shared pass."""
+    ids = tok(context)["input_ids"]
+    total = 0.0
+    with torch.no_grad():
+        for c in tok(option, add_special_tokens=False)["input_ids"]:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            total += float(torch.log_softmax(logits.double(), -1)[c])
+            ids = ids + [c]
+    return total
+
+
+def test_option_loglik_sums_each_options_tokens_after_the_context(tiny):
     opts = [" Paris.", " the moon.", " 42"]
-    ll = evaluate.option_loglik(tiny.model, tiny.tokenizer, "The capital of France is", opts)
-    for o, got in zip(opts, ll):
-        full = tiny.tokenizer("The capital of France is" + "")["input_ids"]
-        cont = tiny.tokenizer(o, add_special_tokens=False)["input_ids"]
-        ids = full + cont
-        with torch.no_grad():
-            logp = torch.log_softmax(
-                tiny.model(input_ids=torch.tensor([ids])).logits[0].double(), -1
-            )
-        want = sum(float(logp[len(full) - 1 + i, c]) for i, c in enumerate(cont))
-        assert got == pytest.approx(want, rel=1e-4)
+    ll = evaluate.option_loglik(tiny.model, tiny.tokenizer, FRANCE, opts)
+    want = [_hand_continuation_loglik(tiny.model, tiny.tokenizer, FRANCE, o) for o in opts]
+    assert ll == pytest.approx(want, rel=1e-4)
+    assert all(x < 0 for x in ll) and len(set(ll)) == 3
+    # an option's score does not depend on the other options or their order
+    rev = evaluate.option_loglik(tiny.model, tiny.tokenizer, FRANCE, opts[::-1])
+    assert rev == pytest.approx(ll[::-1], rel=1e-6)
+    # a longer continuation adds its extra token's (negative) log-probability
+    longer = evaluate.option_loglik(tiny.model, tiny.tokenizer, FRANCE, [" Paris. The"])[0]
+    assert longer < ll[0]
 
 
-FRANCE = "The capital of France is"
 LOOP = (
     " The trial court remanded the deposition transcripts. The trial court remanded the "
     "deposition transcripts. The trial court remanded"
@@ -145,11 +159,27 @@ def test_verdict_passes_fine_answers(prompt, text, n):
     assert g.ok and g.reason == ""
 
 
-def test_generate_counts_new_tokens(tiny):
-    g = evaluate.generate(
-        tiny.model, tiny.tokenizer, ["The capital of France is"], max_new_tokens=5
-    )[0]
-    assert 0 <= g.new_tokens <= 5 and isinstance(g.output, str)
+def test_generate_is_greedy_and_counts_new_tokens_up_to_the_end(tiny):
+    """The answer is the greedy continuation, computed here one argmax at a time; its count is
+    the number of new tokens before an end-of-sequence, and the text is their decoding."""
+    tok = tiny.tokenizer
+    ids = tok(FRANCE)["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = int(tiny.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+    g = evaluate.generate(tiny.model, tok, [FRANCE], max_new_tokens=5)[0]
+    assert g.prompt == FRANCE and g.new_tokens == len(new)
+    assert g.output == tok.decode(new, skip_special_tokens=True)
+    assert (g.ok, g.reason) == (
+        evaluate.Generation.judged(FRANCE, g.output, g.new_tokens).ok,
+        evaluate.Generation.judged(FRANCE, g.output, g.new_tokens).reason,
+    )
+    assert evaluate.generate(tiny.model, tok, [FRANCE], max_new_tokens=1)[0].new_tokens <= 1
+    assert evaluate.generate(tiny.model, tok, [], max_new_tokens=5) == []
 
 
 def test_mc_accuracy_picks_the_highest_summed_loglik(tiny):
