@@ -99,8 +99,9 @@ def preflight(spec: RunSpec) -> None:
 def eval_sets(spec: RunSpec) -> dict[str, list[str]]:
     """Named evaluation texts: the general probe, the training domain's held-out split and, when
     asked, every other domain's split (the cross-domain matrix's columns)."""
+    probe = data.load_probe(spec.probe)
     sets = {
-        GENERAL: data.load_probe(spec.probe),
+        GENERAL: [probe[i] for i in data.spread(len(probe), spec.probe_items)],
         f"domain:{spec.domain}": data.domain_eval(
             spec.domain, spec.domain_eval_size, spec.construction
         ),
@@ -218,7 +219,10 @@ class _Sweep:
         self.spec, self.run_id, self.store, self.events = spec, run_id, store, events
         self.device, self.tok, self.sets, self.before = device, tok, sets, before
         self.prompts = prompts
-        self.mc_items = data.load_mc() if spec.mc_eval else []
+        mc = data.load_mc() if spec.mc_eval else []
+        self.mc_items = [mc[i] for i in data.spread(len(mc), spec.mc_items)]
+        # a probe subset's items keep their index in the whole probe (per-item views name them)
+        self.probe_index = data.spread(len(data.load_probe(spec.probe)), spec.probe_items)
         self.mc_before = None
         self.base_vectors: dict = {}  # spectral: top singular vectors of the base, per matrix
         self.writer = PointWriter(store, run_id, events)
@@ -339,7 +343,7 @@ class _Sweep:
             b, a = before[GENERAL], after[GENERAL]
             items = [
                 dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
-                for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
+                for i, x, y, n in zip(self.probe_index, b.item_nll, a.item_nll, a.item_tokens)
             ]
             result = PointResult(
                 t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
