@@ -51,6 +51,8 @@ OVERRIDES = [
     ("--dropout", "lora_dropout", float),
     ("--target-modules", "target_modules", str),
     ("--probe", "probe", str),
+    ("--probe-items", "probe_items", int),
+    ("--mc-items", "mc_items", int),
     ("--device", "device", str),
     ("--trainer", "trainer", str),
     ("--pack-slots", "pack_slots", int),

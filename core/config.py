@@ -121,6 +121,12 @@ class RunSpec:
         "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (Martz 2025's eight facts).",
         choices=PROBES,
     )
+    probe_items: int = _f(
+        0,
+        "General-probe statements measured: 0 = all of them; N = a fixed subset of N spread evenly "
+        "over the probe (the same statements before and after, at every size). Fewer statements "
+        "measure faster and less precisely.",
+    )
     domain_eval_size: int = _f(50, "Held-out domain sentences used for domain perplexity.")
     eval_all_domains: bool = _f(
         True, "Also evaluate every other domain's held-out split (feeds the cross-domain matrix)."
@@ -129,6 +135,11 @@ class RunSpec:
         True,
         "Also score the 108 own-written four-option general-knowledge questions before and after "
         "(multiple-choice accuracy, a second forgetting metric).",
+    )
+    mc_items: int = _f(
+        0,
+        "Multiple-choice questions scored: 0 = all 108; N = a fixed subset of N spread evenly over "
+        "the set.",
     )
     eval_batch_size: int = _f(16, "Sentences per forward pass during evaluation.")
     smoke_max_new_tokens: int = _f(20, "Tokens generated per smoke-test prompt.")
@@ -230,8 +241,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded model's first curve on two CPU cores in about three minutes (measured: see
     # README). It trades fidelity for speed: one epoch, a 20x larger learning rate, 48-token
     # samples, sizes 4-64 (training is about 0.6 s per sample there, so the sizes set the wait)
-    # and no spectral analysis (about 6 s per point); the general probe and the multiple-choice
-    # set stay whole, so its forgetting numbers are measured as in every other run.
+    # no spectral analysis (about 6 s per point), and half of the general probe (100 of 213
+    # statements, spread over every topic) and of the multiple-choice set (54 of 108): each half
+    # costs ~2.5 s per measurement, seven measurements a run.
     "quick-cpu": dict(
         name="quick-cpu",
         model="smollm2-135m",
@@ -246,6 +258,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=32,
         smoke_max_new_tokens=12,
         spectral=False,
+        probe_items=100,
+        mc_items=54,
     ),
     # A random two-layer model: the whole sweep takes seconds; used by the tests.
     "tiny-test": dict(
@@ -306,6 +320,7 @@ _NAMED_CHANGES = (
     ("replay", lambda v: f"replay {v:g}"),
     ("precision", str),
     ("target_modules", str),
+    ("probe_items", lambda v: f"probe {v}" if v else "whole probe"),
 )
 
 
@@ -416,6 +431,8 @@ def validate(spec: RunSpec) -> RunSpec:
     int_in_range("max_length", 8, 32768)
     int_in_range("lora_rank", 1, 4096)
     int_in_range("domain_eval_size", 1, 100_000)
+    int_in_range("probe_items", 0, 100_000)
+    int_in_range("mc_items", 0, 100_000)
     int_in_range("eval_batch_size", 1, 4096)
     int_in_range("smoke_max_new_tokens", 1, 512)
     int_in_range("pack_slots", 1, 1024)

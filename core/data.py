@@ -194,6 +194,14 @@ def load_probe(name: str) -> list[str]:
     return [r["text"] for r in _read_tsv(p)]
 
 
+def spread(n: int, k: int) -> list[int]:
+    """Indices of k items spread evenly over n (all n when k is 0 or at least n). The probe and
+    the question set are ordered by topic, so an even spread keeps every topic in a subset."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    return [int((j + 0.5) * n / k) for j in range(k)]
+
+
 def probe_categories(name: str) -> list[str]:
     return [r["category"] for r in _read_tsv(DATA_DIR / "probes" / f"{name}.tsv")]
 

@@ -39,8 +39,9 @@ CHECKPOINT_EVERY_STEPS = 0  # and every N packed steps (0: time only; tests set 
 def eval_sets(spec: RunSpec) -> dict[str, list[str]]:
     """Named evaluation texts: the general probe, the training domain's held-out split and, when
     asked, every other domain's split (the cross-domain matrix's columns)."""
+    probe = data.load_probe(spec.probe)
     sets = {
-        GENERAL: data.load_probe(spec.probe),
+        GENERAL: [probe[i] for i in data.spread(len(probe), spec.probe_items)],
         f"domain:{spec.domain}": data.domain_eval(
             spec.domain, spec.domain_eval_size, spec.construction
         ),
@@ -106,6 +107,9 @@ class Baseline:
     sets: dict[str, list[str]]  # evaluation texts by name (`eval_sets`)
     before: dict[str, evaluate.PerplexityResult]  # the base model on every set
     prompts: list[str]  # smoke-test prompts
+    # the general probe's items measured, by their index in the whole probe (a subset keeps
+    # them: per-item views name them)
+    probe_index: list[int]
     mc_items: list = field(default_factory=list)  # multiple-choice questions (empty: off)
     mc_before: float | None = None
     base_vectors: dict = field(default_factory=dict)  # spectral: the base's singular vectors
@@ -130,7 +134,7 @@ def _eval_rows(base: Baseline, after: dict) -> tuple[list[dict], list[dict]]:
     b, a = before[GENERAL], after[GENERAL]
     items = [
         dict(eval_set=GENERAL, item=i, nll_before=x, nll_after=y, tokens=n)
-        for i, (x, y, n) in enumerate(zip(b.item_nll, a.item_nll, a.item_tokens))
+        for i, x, y, n in zip(base.probe_index, b.item_nll, a.item_nll, a.item_tokens)
     ]
     return evals, items
 
@@ -311,8 +315,10 @@ def run_sweep(
     prompts = data.smoke_prompts()
     base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
     store.save_base_generations(run_id, _gens(base_gens))
-    baseline = Baseline(spec, run_id, device, tok, sets, before, prompts)
-    baseline.mc_items = data.load_mc() if spec.mc_eval else []
+    probe_index = data.spread(len(data.load_probe(spec.probe)), spec.probe_items)
+    baseline = Baseline(spec, run_id, device, tok, sets, before, prompts, probe_index)
+    mc = data.load_mc() if spec.mc_eval else []
+    baseline.mc_items = [mc[i] for i in data.spread(len(mc), spec.mc_items)]
     if baseline.mc_items:
         baseline.mc_before = evaluate.mc_accuracy(
             base, tok, baseline.mc_items, spec.eval_batch_size

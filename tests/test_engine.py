@@ -69,6 +69,41 @@ def test_same_seed_same_numbers(db):
     assert pa.degradation_pct[0] == pytest.approx(pb.degradation_pct[0], rel=1e-6)
 
 
+def test_probe_and_question_subsets_measure_only_their_items(db):
+    """A run measuring part of the probe stores each measured statement under its index in the
+    whole probe; the base and every point use the same statements."""
+    from core import data
+
+    spec = preset("tiny-test", scales=(4,), probe_items=3, mc_items=5)
+    s = Store(db)
+    rid = runner.create_run(s, spec, "running")
+    assert runner.run_foreground(s, rid) == "done"
+    items = s.item_nll_df(rid)
+    assert sorted(items["item"]) == [1, 4, 6] == data.spread(8, 3)  # paper-8: 8 statements
+    probe = data.load_probe("paper-8")
+    from core import evaluate
+    from core.models import load_model
+
+    lm = load_model("tiny", "cpu")
+    whole = evaluate.perplexity(lm.model, lm.tokenizer, probe, 8, spec.max_length)
+    assert list(items.sort_values("item")["nll_before"]) == pytest.approx(
+        [whole.item_nll[i] for i in (1, 4, 6)], rel=1e-5
+    )
+    # five questions scored: accuracy is a multiple of 1/5
+    acc = float(s.points_df([rid]).mc_acc_before[0])
+    assert acc * 5 == pytest.approx(round(acc * 5))
+
+
+def test_spread_keeps_every_topic():
+    from core import data
+
+    assert data.spread(10, 0) == list(range(10)) == data.spread(10, 10) == data.spread(10, 99)
+    idx = data.spread(213, 100)
+    assert len(idx) == len(set(idx)) == 100 and idx == sorted(idx)
+    cats = data.probe_categories("general-200")
+    assert {cats[i] for i in idx} == set(cats)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_packed_sweep_stores_the_same_numbers_as_sequential(db, batch):
     """The engine's packed path (default on CUDA) writes the same points as the reference loop,
