@@ -222,3 +222,30 @@ def test_progress_writes_keep_start_replace_steps_and_restart_one_point(db):
     prog = s.query_df("SELECT scale, step, loss, started_at FROM progress ORDER BY scale")
     assert prog.step.tolist() == [0, 1] and pd.isna(prog.loss[0])
     assert prog.started_at[0] > start[0] and prog.started_at[1] == start[1]
+
+
+def test_reading_block_shares_one_connection(tmp_path, monkeypatch):
+    """The app's live panel reads several tables per refresh in one connection; writes inside
+    the block use it too, and the database is usable by others once the block ends."""
+    import duckdb
+
+    from core import store as store_mod
+    from core.runner import create_run
+
+    s = Store(tmp_path / "lab.duckdb")
+    rid = create_run(s, preset("tiny-test"), status="running")
+    opened = []
+    real = duckdb.connect
+    monkeypatch.setattr(
+        store_mod.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k)
+    )
+    with s.reading():
+        with s.reading():  # nested: still the same connection
+            assert s.get_run(rid)["run_id"] == rid
+        s.points_df([rid])
+        s.progress_df(rid)
+        s.record_progress_many(rid, [(4, 0, "training", 1, 4, 0.5, [(1, 0.5)])])
+        assert isinstance(s.run_info(rid), dict)
+    assert len(opened) == 1
+    assert len(s.progress_df(rid)) == 1  # the write inside the block was committed
+    assert len(opened) == 2
