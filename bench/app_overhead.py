@@ -2,7 +2,8 @@
 from the app (as `make app` serves it: `streamlit run app.py` with the shipped
 .streamlit/config.toml) with a headless Chromium tab left open on the Launch page until the run
 is done. Writes bench/results/<date>-app-overhead-cpu.json with `cli_s`, `app_watched_s`,
-`ratio` and `server_cpu_pct` (the Streamlit server's mean CPU while the tab watched).
+`ratio`, `server_cpu_pct` (the Streamlit server's mean CPU while the tab watched) and
+`browser_cpu_pct` (all of Chromium's processes), each in % of one core.
 
     python bench/app_overhead.py [--file-watcher auto]   # override to compare a watcher setting
 
@@ -38,6 +39,28 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def chromium_cpu_seconds() -> float:
+    """CPU seconds of the Chromium processes this bench started (descendants of this process
+    whose program is Chromium: browser, renderer, GPU and utility processes) alive now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            if "chrom" in Path(os.readlink(f"/proc/{pid}/exe")).name:
+                total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            continue
+    return total
 
 
 def free_port() -> int:
@@ -95,15 +118,21 @@ def run_app(env: dict, watcher: str | None, timeout_s: float) -> dict:
             button = page.get_by_role("button", name="Start quick-cpu now")
             button.wait_for()
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+            b0 = chromium_cpu_seconds()
             button.click()
             page.get_by_text("Status: done").wait_for(timeout=timeout_s * 1000)
             wall = time.perf_counter() - t0
             cpu = cpu_seconds(server.pid) - cpu0
+            browser_cpu = chromium_cpu_seconds() - b0
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"app_watched_s": round(wall, 1), "server_cpu_pct": round(100 * cpu / wall, 1)}
+    return {
+        "app_watched_s": round(wall, 1),
+        "server_cpu_pct": round(100 * cpu / wall, 1),
+        "browser_cpu_pct": round(100 * browser_cpu / wall, 1),
+    }
 
 
 def main() -> None:
@@ -124,7 +153,9 @@ def main() -> None:
         dict(env, FORGETTING_LAB_DB=str(home / "app.duckdb")), args.file_watcher, args.timeout
     )
     print(
-        f"app, watched: {app['app_watched_s']} s, server CPU {app['server_cpu_pct']} %", flush=True
+        f"app, watched: {app['app_watched_s']} s, server CPU {app['server_cpu_pct']} %, "
+        f"browser CPU {app['browser_cpu_pct']} %",
+        flush=True,
     )
 
     result = {

@@ -323,23 +323,29 @@ with st.expander("New run", expanded=not df.empty and not any_active):
 
 
 def panel() -> None:
-    all_runs = runs()
-    if all_runs.empty:
-        st.caption("No runs yet. Start one above; its progress bars and loss curves appear here.")
-        return
-    lab = {
-        r["run_id"]: f"[{r['status_effective']}] {label(r)}" for r in all_runs.to_dict("records")
-    }
-    watch = st.session_state.get("watch")
-    ids = list(lab)
-    idx = ids.index(watch) if watch in ids else 0
-    run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
-    run = runner.with_status(read("get_run", run_id))  # liveness: checked at every refresh
-    spec = read("get_spec", run_id)
-    pts = read("points_df", (run_id,))
-    prog = read("progress_df", run_id)
+    with store().reading():  # the refresh's reads share one database connection
+        all_runs = runs()
+        if all_runs.empty:
+            st.caption(
+                "No runs yet. Start one above; its progress bars and loss curves appear here."
+            )
+            return
+        lab = {
+            r["run_id"]: f"[{r['status_effective']}] {label(r)}"
+            for r in all_runs.to_dict("records")
+        }
+        watch = st.session_state.get("watch")
+        ids = list(lab)
+        idx = ids.index(watch) if watch in ids else 0
+        run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
+        run = read("get_run", run_id)
+        spec = read("get_spec", run_id)
+        pts = read("points_df", (run_id,))
+        prog = read("progress_df", run_id)
+        info = read("run_info", run_id)
+    run = runner.with_status(run)  # liveness: checked at every refresh
     status = run["status_effective"]
-    rp = run_progress(spec, status, pts, prog, read("run_info", run_id))
+    rp = run_progress(spec, status, pts, prog, info)
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )

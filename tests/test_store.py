@@ -289,3 +289,30 @@ def test_a_migrated_database_has_the_fresh_schema_and_migrations_are_frozen(db, 
     for version, stmts in zip(migrations.value.keys, migrations.value.values):
         assert isinstance(stmts, ast.List), version
         assert all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in stmts.elts)
+
+
+def test_reading_block_shares_one_connection(tmp_path, monkeypatch):
+    """The app's live panel reads several tables per refresh in one connection; writes inside
+    the block use it too, and the database is usable by others once the block ends."""
+    import duckdb
+
+    from core import store as store_mod
+    from core.runner import create_run
+
+    s = Store(tmp_path / "lab.duckdb")
+    rid = create_run(s, preset("tiny-test"), status="running")
+    opened = []
+    real = duckdb.connect
+    monkeypatch.setattr(
+        store_mod.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k)
+    )
+    with s.reading():
+        with s.reading():  # nested: still the same connection
+            assert s.get_run(rid)["run_id"] == rid
+        s.points_df([rid])
+        s.progress_df(rid)
+        s.record_progress_many(rid, [(4, 0, "training", 1, 4, 0.5, [(1, 0.5)])])
+        assert isinstance(s.run_info(rid), dict)
+    assert len(opened) == 1
+    assert len(s.progress_df(rid)) == 1  # the write inside the block was committed
+    assert len(opened) == 2
