@@ -80,7 +80,7 @@ metric = st.radio(
     horizontal=True,
     format_func={
         "perplexity": "general perplexity change",
-        "multiple choice": "multiple-choice accuracy (108 questions)",
+        "multiple choice": "multiple-choice accuracy (four-option questions)",
     }.get,
     help="Perplexity on the general probe, or accuracy on own-written four-option questions scored "
     "by option log-likelihood.",
