@@ -112,21 +112,27 @@ def new_run_id() -> str:
 
 
 def preflight(spec: RunSpec) -> None:
-    """Cheap checks that need no weights: the domain, the probe and the model exist, and the
-    LoRA rank and target modules fit the model's shapes (read from its config). Called before a
+    """Cheap checks that need no weights: the domain, the probe and the model exist, the LoRA
+    rank and target modules fit the model's shapes (read from its config), and the run's least
+    memory fits the machine (`core/memory.py`). Called before a
     run is stored, so bad input leaves the database unchanged."""
     from .models import describe_source
 
     data.load_domain(spec.domain)
     data.load_probe(spec.probe)
     describe_source(spec.model)
-    if spec.method in ("lora", "qlora"):  # rank and target modules against the model's shapes
-        from .methods.lora import lora_config
-        from .models import skeleton
+    from .models import skeleton
 
-        model = skeleton(spec.model)
-        if model is not None:
+    model = skeleton(spec.model)
+    if model is not None:
+        if spec.method in ("lora", "qlora"):  # rank and target modules against its shapes
+            from .methods.lora import lora_config
+
             lora_config(model, spec)
+        if spec.backend == "local":  # a Ray cluster's workers have their own memory
+            from .memory import check
+
+            check(model, spec)
     if spec.backend == "ray":
         from .distributed import require_ray
 

@@ -56,6 +56,16 @@ def test_form_errors_name_the_form_fields_and_store_nothing(db, monkeypatch):
     assert Store(db).list_runs().empty
 
 
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_queueing(db, monkeypatch):
+    monkeypatch.setattr("core.memory.free_bytes", lambda device: 1024)
+    at = _launch_page(db, monkeypatch)
+    at.selectbox[0].set_value("tiny-test").run()
+    at.button[-1].click().run()  # "Queue run"
+    errors = " ".join(e.value for e in at.error)
+    assert "**Model**" in errors and "needs at least" in errors and "0.0 GB are free" in errors
+    assert Store(db).list_runs().empty
+
+
 def test_a_run_whose_settings_failed_offers_no_resume(db):
     store = Store(db)
     run_id = runner.create_run(store, preset("tiny-test"), "queued")
