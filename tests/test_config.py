@@ -93,3 +93,32 @@ def test_spec_round_trips_through_json():
 
     s = preset("quick-cpu")
     assert RunSpec.from_dict(json.loads(s.to_json())) == s
+
+
+def test_every_number_setting_has_bounds_and_every_choice_list_is_checked():
+    """validate() reads bounds and choices from the field metadata: a number without bounds
+    would go unchecked, so each one must have them."""
+    from core.config import SETTINGS
+
+    for name, f in SETTINGS.items():
+        m = f.metadata
+        assert m["help"] and m["label"], name
+        if f.type in ("int", "float") and m["choices"] is None:
+            assert m["lo"] is not None and m["hi"] is not None, name
+            with pytest.raises(ConfigError, match=f"^{name}: .* is outside"):
+                preset("tiny-test", **{name: type(m["hi"])(m["hi"] * 2 + 1)})
+        if m["choices"] is not None:
+            with pytest.raises(ConfigError, match=f"^{name}: unknown value"):
+                preset("tiny-test", **{name: "no-such-value"})
+
+
+def test_switches_must_be_true_or_false():
+    with pytest.raises(ConfigError, match="spectral: expected true or false"):
+        preset("tiny-test", spectral=1)
+
+
+def test_probe_choices_are_the_probe_files():
+    from core import data
+    from core.config import field_choices
+
+    assert field_choices("probe") == tuple(data.list_probes())
