@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from . import data
@@ -46,8 +48,9 @@ def setting(
     """A RunSpec field with its help text, form label and allowed values in its metadata.
 
     `choices`: the only values allowed. `lo`/`hi`: inclusive bounds of a number (`lo_open`: `lo`
-    itself is excluded, as for a learning rate). Further keywords (`step`, `format`, `note`) are
-    for the form and for messages only.
+    itself is excluded, as for a learning rate). Further keywords are for the Launch form
+    (`step`, `format`, `form_min`: the form's lowest value where `lo` is excluded) and for
+    messages (`note`, appended to a refused choice) only.
     """
     meta = {
         "help": help,
@@ -332,6 +335,7 @@ class RunSpec:
         hi=64.0,
         lo_open=True,
         step=0.25,
+        form_min=0.05,
     )
 
     # -- conversions -------------------------------------------------------------------------
@@ -374,91 +378,31 @@ def field_labels() -> dict[str, str]:
     return {name: f.metadata["label"] for name, f in SETTINGS.items() if f.metadata["label"]}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The Martz 2025 protocol, exactly: fresh adapter per scale, bs 1, constant lr, 3 epochs.
-    "paper-000": dict(
-        name="paper-000",
-        construction="paper",
-        scales=(50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000),
-        seeds=(42,),
-        epochs=3,
-        learning_rate=5e-5,
-        weight_decay=0.01,
-        batch_size=1,
-        max_length=512,
-        lora_rank=8,
-        lora_alpha=16.0,
-        lora_dropout=0.1,
-        target_modules="all-linear",
-        probe="paper-8",
-        domain_eval_size=50,
-    ),
-    # The embedded model's first curve on two CPU cores in about three minutes (measured: see
-    # README). It trades fidelity for speed: one epoch, a 20x larger learning rate, 48-token
-    # samples, sizes 4-64 (training is about 0.6 s per sample there, so the sizes set the wait)
-    # no spectral analysis (about 6 s per point), and half of the general probe (100 of 213
-    # statements, spread over every topic) and of the multiple-choice set (54 of 108): each half
-    # costs ~2.5 s per measurement, seven measurements a run.
-    "quick-cpu": dict(
-        name="quick-cpu",
-        model="smollm2-135m",
-        scales=(4, 8, 16, 32, 64),
-        seeds=(42,),
-        epochs=1,
-        learning_rate=1e-3,
-        max_length=48,
-        probe="general-200",
-        domain_eval_size=24,
-        eval_all_domains=False,
-        eval_batch_size=32,
-        smoke_max_new_tokens=12,
-        spectral=False,
-        probe_items=100,
-        mc_items=54,
-    ),
-    # A random two-layer model: the whole sweep takes seconds; used by the tests.
-    "tiny-test": dict(
-        name="tiny-test",
-        model="tiny",
-        scales=(4, 8, 16),
-        seeds=(0,),
-        epochs=1,
-        learning_rate=5e-3,
-        max_length=32,
-        probe="paper-8",
-        domain_eval_size=8,
-        eval_batch_size=8,
-        smoke_max_new_tokens=6,
-        device="cpu",
-    ),
-}
+# Presets are data: one TOML file per preset under data/presets/ (its comments say what it trades).
+# The file's name is the preset's name; `based_on = "other"` starts from another preset's values.
+PRESET_DIR = data.DATA_DIR / "presets"
 
 
-# ADAPT-Q (Martz 2025) on the Martz 2025 protocol: half the blocks full-rank, the rest NF4,
-# warm-up 10 %, gradient clip 1.0, scales up to 500.
-PRESETS["adaptq-001"] = {
-    **PRESETS["paper-000"],
-    "name": "adaptq-001",
-    "method": "adaptq",
-    "scales": (50, 100, 150, 250, 500),
-    "warmup_ratio": 0.1,
-    "grad_clip": 1.0,
-    "adaptq_fraction": 0.5,
-    "adaptq_selection": "activation",
-    "frozen_bits": 4,
-}
+def load_presets(directory: Path = PRESET_DIR) -> dict[str, dict[str, Any]]:
+    """Every preset's settings by name (lists as tuples, as in a RunSpec), sorted by name."""
+    raw = {p.stem: tomllib.loads(p.read_text("utf-8")) for p in sorted(directory.glob("*.toml"))}
+
+    def resolve(key: str, seen: tuple[str, ...]) -> dict[str, Any]:
+        values = dict(raw[key])
+        parent = values.pop("based_on", None)
+        if parent is None:
+            return values
+        if parent not in raw or parent in seen:
+            raise ConfigError(f"preset '{key}': based_on '{parent}' is not another preset")
+        return {**resolve(parent, (*seen, key)), **values}
+
+    return {
+        key: {k: tuple(v) if isinstance(v, list) else v for k, v in resolve(key, ()).items()}
+        for key in raw
+    }
 
 
-# FAST MODE, not the Martz 2025 protocol: each run takes 8 samples per optimizer step (the packed
-# trainer gives every run its own 8 rows), so the 50K run needs 18,750 sequential steps instead
-# of 150,000; the learning rate is scaled by sqrt(8) (the usual rule for Adam). Curves from it
-# answer "where does forgetting start" faster, but they are not the paper's numbers.
-PRESETS["fast-000"] = {
-    **PRESETS["paper-000"],
-    "name": "fast-000 (batch 8, not the Martz 2025 protocol)",
-    "batch_size": 8,
-    "learning_rate": round(5e-5 * 8**0.5, 8),
-}
+PRESETS: dict[str, dict[str, Any]] = load_presets()
 
 
 # What a run name mentions when a setting differs from its preset, in this order.
