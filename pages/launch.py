@@ -10,6 +10,7 @@ from core.config import (
     RunSpec,
     field_choices,
     field_help,
+    field_labels,
     parse_int_list,
     preset,
     rank_series,
@@ -59,38 +60,9 @@ if any_active or "watch" in st.session_state:
 else:
     progress_slot = None
 
-# The form's label of each setting, so an error names the field the user sees.
-FORM_LABELS = {
-    "model": "Model",
-    "method": "Method",
-    "domain": "Domain",
-    "scales": "Dataset sizes",
-    "seeds": "Seeds",
-    "epochs": "Epochs",
-    "learning_rate": "Learning rate",
-    "lora_rank": "LoRA rank(s)",
-    "rank": "LoRA rank(s)",
-    "lora_alpha": "LoRA alpha",
-    "max_length": "Max length (tokens)",
-    "batch_size": "Batch size",
-    "construction": "Sample construction",
-    "probe": "General probe",
-    "target_modules": "Target modules",
-    "device": "Device",
-    "backend": "Backend",
-    "ray_address": "Ray address",
-    "ray_gpus_per_unit": "GPUs per Ray work unit",
-    "precision": "Training arithmetic",
-    "name": "Name",
-    "replay": "Replay fraction",
-    "warmup_ratio": "Warm-up fraction",
-    "grad_clip": "Gradient clip",
-    "smoke_every": "Smoke test every N steps",
-    "adaptq_fraction": "Fraction of blocks",
-    "adaptq_selection": "Block selection",
-    "frozen_bits": "Frozen blocks",
-    "quant_order": "Order",
-}
+# The form's label of each setting, so an error names the field the user sees. The rank box takes
+# several ranks, and rank_series() names its problems "rank".
+FORM_LABELS = {**field_labels(), "lora_rank": "LoRA rank(s)", "rank": "LoRA rank(s)"}
 
 
 def in_form_words(problem: str) -> str:

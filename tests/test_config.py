@@ -93,3 +93,120 @@ def test_spec_round_trips_through_json():
 
     s = preset("quick-cpu")
     assert RunSpec.from_dict(json.loads(s.to_json())) == s
+
+
+def test_every_number_setting_has_bounds_and_every_choice_list_is_checked():
+    """validate() reads bounds and choices from the field metadata: a number without bounds
+    would go unchecked, so each one must have them."""
+    from core.config import SETTINGS
+
+    for name, f in SETTINGS.items():
+        m = f.metadata
+        assert m["help"] and m["label"], name
+        if f.type in ("int", "float") and m["choices"] is None:
+            assert m["lo"] is not None and m["hi"] is not None, name
+            with pytest.raises(ConfigError, match=f"^{name}: .* is outside"):
+                preset("tiny-test", **{name: type(m["hi"])(m["hi"] * 2 + 1)})
+        if m["choices"] is not None:
+            with pytest.raises(ConfigError, match=f"^{name}: unknown value"):
+                preset("tiny-test", **{name: "no-such-value"})
+
+
+def test_switches_must_be_true_or_false():
+    with pytest.raises(ConfigError, match="spectral: expected true or false"):
+        preset("tiny-test", spectral=1)
+
+
+def test_probe_choices_are_the_probe_files():
+    from core import data
+    from core.config import field_choices
+
+    assert field_choices("probe") == tuple(data.list_probes())
+
+
+_PAPER = dict(
+    name="paper-000",
+    construction="paper",
+    scales=(50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000),
+    seeds=(42,),
+    epochs=3,
+    learning_rate=5e-5,
+    weight_decay=0.01,
+    batch_size=1,
+    max_length=512,
+    lora_rank=8,
+    lora_alpha=16.0,
+    lora_dropout=0.1,
+    target_modules="all-linear",
+    probe="paper-8",
+    domain_eval_size=50,
+)
+# The presets as they were Python dicts in core/config.py, before they became data/presets/*.toml
+# (quick-cpu with its 2026-12-03 batch size and learning rate).
+_EXPECTED_PRESETS = {
+    "paper-000": _PAPER,
+    "quick-cpu": dict(
+        name="quick-cpu",
+        model="smollm2-135m",
+        scales=(4, 8, 16, 32, 64),
+        seeds=(42,),
+        epochs=1,
+        batch_size=4,  # since 2026-12-03 (issue 23)
+        learning_rate=2e-3,
+        max_length=48,
+        probe="general-200",
+        domain_eval_size=24,
+        eval_all_domains=False,
+        eval_batch_size=32,
+        smoke_max_new_tokens=12,
+        spectral=False,
+        probe_items=100,
+        mc_items=54,
+    ),
+    "tiny-test": dict(
+        name="tiny-test",
+        model="tiny",
+        scales=(4, 8, 16),
+        seeds=(0,),
+        epochs=1,
+        learning_rate=5e-3,
+        max_length=32,
+        probe="paper-8",
+        domain_eval_size=8,
+        eval_batch_size=8,
+        smoke_max_new_tokens=6,
+        device="cpu",
+    ),
+    "adaptq-001": {
+        **_PAPER,
+        "name": "adaptq-001",
+        "method": "adaptq",
+        "scales": (50, 100, 150, 250, 500),
+        "warmup_ratio": 0.1,
+        "grad_clip": 1.0,
+        "adaptq_fraction": 0.5,
+        "adaptq_selection": "activation",
+        "frozen_bits": 4,
+    },
+    "fast-000": {
+        **_PAPER,
+        "name": "fast-000 (batch 8, not the Martz 2025 protocol)",
+        "batch_size": 8,
+        "learning_rate": round(5e-5 * 8**0.5, 8),
+    },
+}
+
+
+def test_presets_loaded_from_data_files_keep_their_values():
+    assert PRESETS == _EXPECTED_PRESETS
+    for name, values in _EXPECTED_PRESETS.items():  # same types too (16.0 stays a float)
+        for key, value in values.items():
+            assert type(PRESETS[name][key]) is type(value), (name, key)
+
+
+def test_a_preset_based_on_a_missing_one_is_refused(tmp_path):
+    from core.config import load_presets
+
+    (tmp_path / "a.toml").write_text('based_on = "b"\nname = "a"\n')
+    with pytest.raises(ConfigError, match="based_on 'b'"):
+        load_presets(tmp_path)
