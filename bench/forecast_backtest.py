@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import forecast, reference  # noqa: E402
+from core.paths import git_commit  # noqa: E402
 
 
 def main() -> None:
@@ -48,6 +49,8 @@ def main() -> None:
         f"{a.upto:,.0f}, predict the larger measured sizes ({a.metric})",
         "reference_device": reference.provenance(a.set).get("device", ""),
         "date": str(dt.date.today()),
+        "commit": git_commit(),
+        "ran_on": "CPU (this machine); forecasting only, no training",
         "command": " ".join(["python", "bench/forecast_backtest.py", *sys.argv[1:]]),
         "boot": a.boot,
         "runs": runs,
