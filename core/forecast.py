@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import sources
 from .analysis import pct_to_ratio, ratio_to_pct
 
 MODELS = ("power law", "exponential", "saturating", "rise and fall")
 MODEL_SOURCES = {
-    "power law": "Kalajdzievski 2024, scaling laws for forgetting",
-    "exponential": "Martz 2025, scale-dependent forgetting (its claimed exponential phase)",
-    "saturating": "Zhang et al. 2024, when scaling meets LLM fine-tuning",
+    "power law": sources.cite("004"),
+    "exponential": sources.cite("000") + " (its claimed exponential phase)",
+    "saturating": sources.cite("005"),
     "rise and fall": "ours: a peak then a fall (the financial reference)",
 }
 N_PARAMS = {"power law": 2, "exponential": 2, "saturating": 3, "rise and fall": 3}

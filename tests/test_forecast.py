@@ -144,3 +144,29 @@ def test_cli_bad_input_gives_one_clear_line(capsys, db, args, fragment):
     assert main(["forecast", *args, "--boot", "20", "--db", str(db)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and fragment in err and "\n" not in err
+
+
+def test_threshold_page_draws_a_labelled_forecast_band_with_its_backtest(tmp_path, monkeypatch):
+    """On an empty database the page shows the reference runs; ticking the forecast adds a band
+    labelled "forecast" beyond the last measured size, with the backtest's error beside it."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("FORGETTING_LAB_DB", str(tmp_path / "empty.duckdb"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/threshold.py")
+    at.run()
+    at.checkbox(key="fc_show").check().run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "Forecast (a projection, not measured)" in captions and "backtest from" in captions
+    import json as _json
+
+    fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name", "") for t in fig["data"]]
+    assert any("forecast (" in n and "backtest" in n for n in names)
+    notes = [a.get("text", "") for a in fig["layout"].get("annotations", [])]
+    assert any(n.startswith("forecast") for n in notes)
+    xs = [x for t in fig["data"] if "forecast (" in t.get("name", "") for x in t["x"]]
+    assert max(xs) == 50000
