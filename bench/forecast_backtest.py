@@ -20,8 +20,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from core import forecast, reference  # noqa: E402
 from core.paths import git_commit  # noqa: E402
+
+
+def form_errors(g, metric: str, upto: float) -> dict:
+    """Every growth form fitted on the sizes <= upto, at the held-out sizes (no interval): which
+    form would have been right in hindsight."""
+    c = g[g["status"] == "done"].groupby("scale")[metric].mean()
+    fit, held = c[c.index <= upto], c[c.index > upto]
+    out = {}
+    for m in forecast.MODELS:
+        cv = forecast.fit_curve(m, fit.index.to_numpy(float), forecast.to_y(fit.values, metric))
+        if cv is None:
+            continue
+        pred = forecast.from_y(cv.y(held.index.to_numpy(float)), metric)
+        out[m] = {
+            "pct": [float(v) for v in pred],
+            "abs_error_points": float(np.median(np.abs(pred - held.values))),
+        }
+    return out
 
 
 def main() -> None:
@@ -37,12 +57,20 @@ def main() -> None:
     runs = []
     for rid, g in pts.groupby("run_id", sort=True):
         bt = forecast.backtest(g, a.metric, upto=a.upto, n_boot=a.boot)
-        runs.append({"run_id": rid, "run_name": str(g["run_name"].iloc[0]), **bt})
+        per_form = form_errors(g, a.metric, a.upto)
+        runs.append(
+            {"run_id": rid, "run_name": str(g["run_name"].iloc[0]), **bt, "per_form": per_form}
+        )
         print(f"{g['run_name'].iloc[0]} ({rid}): {forecast.backtest_text(bt)}")
         for r in bt.get("held_out", []):
             print(
                 f"  {r['scale']:>7,}  measured {r['measured']:+9.1f}  forecast {r['pct']:+9.1f}"
                 f"  [{r['lo']:+.1f}, {r['hi']:+.1f}]  {'inside' if r['inside'] else 'OUTSIDE'}"
+            )
+        for m, e in per_form.items():
+            print(
+                f"  form {m:<14} held-out {', '.join(f'{v:+.0f}' for v in e['pct'])}"
+                f"  median |error| {e['abs_error_points']:,.0f} points"
             )
     result = {
         "what": f"forecast backtest on the shipped reference {a.set}: fit on sizes <= "
