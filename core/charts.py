@@ -879,3 +879,65 @@ def profile_figure(profile: list[float], selected: list[int]) -> go.Figure:
         margin=dict(l=60, r=10, t=20, b=40),
     )
     return fig
+
+
+PARETO_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon"]
+
+
+def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figure:
+    """Any two metrics of every (run, size): colour = dataset size on a log scale, symbol =
+    method / rank, the Pareto front as a line through its points (`pareto.pareto_front`)."""
+    from .pareto import metric_label, series_name
+
+    d = df[df[[x, y]].notna().all(axis=1)].copy()
+    d["series"] = d.apply(series_name, axis=1) if not d.empty else []
+    fig = go.Figure()
+    lo, hi = (float(d["scale"].min()), float(d["scale"].max())) if not d.empty else (1.0, 10.0)
+    for i, (name, g) in enumerate(d.groupby("series", sort=True)):
+        fig.add_trace(
+            go.Scatter(
+                x=g[x],
+                y=g[y],
+                mode="markers",
+                name=name,
+                marker=dict(
+                    symbol=PARETO_SYMBOLS[i % len(PARETO_SYMBOLS)],
+                    size=10,
+                    color=np.log10(g["scale"].astype(float)),
+                    cmin=math.log10(lo),
+                    cmax=math.log10(max(hi, lo * 1.01)),
+                    colorscale="Viridis",
+                    showscale=i == 0,
+                    colorbar=dict(
+                        title="samples",
+                        tickvals=[math.log10(v) for v in log_x_ticks(d["scale"])["tickvals"]],
+                        ticktext=log_x_ticks(d["scale"])["ticktext"],
+                    ),
+                    line=dict(width=0.5, color="#424242"),
+                ),
+                customdata=np.stack([g["label"], g["scale"]], axis=1),
+                hovertemplate="%{customdata[0]}<br>n=%{customdata[1]:,}<br>"
+                + f"{metric_label(x)}: %{{x:,.4g}}<br>{metric_label(y)}: %{{y:,.4g}}<extra></extra>",
+            )
+        )
+    f = d[front.reindex(d.index).fillna(False).to_numpy(dtype=bool)].sort_values(x)
+    if not f.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=f[x],
+                y=f[y],
+                mode="lines",
+                name="Pareto front",
+                line=dict(color="#b71c1c", width=2, dash="dash"),
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        xaxis_title=metric_label(x),
+        yaxis_title=metric_label(y),
+        height=520,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),
+        margin=dict(l=60, r=20, t=30, b=60),
+    )
+    return fig
