@@ -118,6 +118,7 @@ def threshold_figure(
     fits: dict | None = None,
     unfinished: pd.DataFrame | None = None,
     smoke_failed: pd.DataFrame | None = None,
+    forecasts: dict | None = None,
 ) -> go.Figure:
     """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
     in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
@@ -126,7 +127,9 @@ def threshold_figure(
     the in-training smoke test, diverged, failed: columns run_id, scale, seed, status, error) are
     left out of the curves and marked along the bottom edge at their size, with the reason on
     hover. `smoke_failed` (run_id, scale, seeds, reasons: `analysis.smoke_failed_points`) rings the
-    curve's points whose smoke test failed, with the reasons on hover. Legend names keep only what
+    curve's points whose smoke test failed, with the reasons on hover. `forecasts` (run id ->
+    `forecast.forecast` output) adds a labelled forecast band beyond the run's last measured size,
+    with the backtest's error in its legend entry and hover. Legend names keep only what
     differs between the runs' labels; hovers carry the full label.
 
     Drawn in layers, bottom to top, one helper each: per run its curve with band, growth fit,
@@ -162,6 +165,9 @@ def threshold_figure(
         t = (threshold or {}).get(run_id)
         if t:
             thr_labels.append(_threshold_line(fig, t, c["scale"].min(), color))
+        fc = (forecasts or {}).get(run_id)
+        if fc:
+            ratios += _forecast_layer(fig, c, fc, run_id, short, color)
         if two:
             _domain_layer(fig, domain_curves[domain_curves.run_id == run_id], short, color)
     if paper is not None and not paper.empty:
@@ -181,6 +187,8 @@ def threshold_figure(
         list(paper["scale"]) if paper is not None and not paper.empty else []
     )
     xs += list(unfinished["scale"])
+    for fc in (forecasts or {}).values():
+        xs += [p["scale"] for p in (fc or {}).get("predictions", [])]
     if thr_labels:
         _threshold_labels(fig, thr_labels, xs)
     if smoke_failed is not None and not smoke_failed.empty:
@@ -251,6 +259,93 @@ def _fit_layer(fig, c: pd.DataFrame, f, run_id, short: str, color: str) -> None:
         row=1,
         col=1,
     )
+
+
+def forecast_backtest_text(fc: dict) -> str:
+    """The backtest's error in a few words, shown next to every forecast."""
+    bt = fc.get("backtest") or {}
+    if "coverage" not in bt:
+        return "backtest: " + str(bt.get("note", "not run"))
+    n = len(bt["held_out"])
+    return (
+        f"backtest from ≤ {bt['fit_upto']:,}: median error {bt['abs_error_points']:,.0f} pts, "
+        f"{round(bt['coverage'] * n)}/{n} inside the interval"
+    )
+
+
+def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: str) -> list:
+    """The forecast beyond the last measured size: a hatched band (95 % interval) and a dotted
+    line from the last measured mean, labelled "forecast" on the chart and in the legend, with
+    the backtest's error beside it; returns the ratios drawn."""
+    preds = fc.get("predictions") or []
+    if not preds:
+        return []
+    last = c.iloc[-1]
+    xs = [float(last["scale"])] + [p["scale"] for p in preds]
+    mid = pct_to_ratio(np.array([float(last["mean"])] + [p["pct"] for p in preds]))
+    lo = np.clip(
+        pct_to_ratio(np.array([float(last["mean"])] + [p["lo"] for p in preds])), 1e-3, None
+    )
+    hi = np.clip(
+        pct_to_ratio(np.array([float(last["mean"])] + [p["hi"] for p in preds])), 1e-3, None
+    )
+    bt = forecast_backtest_text(fc)
+    fig.add_trace(
+        go.Scatter(
+            x=xs + xs[::-1],
+            y=list(hi) + list(lo)[::-1],
+            fill="toself",
+            fillcolor=color,
+            fillpattern=dict(shape="/", fgcolor=color, fgopacity=0.35),
+            opacity=0.25,
+            line=dict(width=0),
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=run_id,
+            name=f"{short}: forecast 95% interval",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=np.clip(mid, 1e-3, None),
+            mode="lines+markers",
+            marker=dict(symbol="circle-open", size=7, color=color),
+            line=dict(color=color, dash="dot", width=2),
+            name=f"{short}: forecast ({fc['model']}; {bt})",
+            legendgroup=run_id,
+            customdata=np.stack(
+                [
+                    [float(last["mean"])] + [p["pct"] for p in preds],
+                    [float(last["mean"])] + [p["lo"] for p in preds],
+                    [float(last["mean"])] + [p["hi"] for p in preds],
+                ],
+                axis=1,
+            ),
+            hovertemplate="FORECAST, not measured<br>n=%{x:,}<br>%{customdata[0]:+,.0f}% "
+            "[%{customdata[1]:+,.0f}, %{customdata[2]:+,.0f}]<br>"
+            + fc["model"]
+            + "; "
+            + bt
+            + "<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_annotation(
+        x=math.log10(xs[-1]),
+        y=math.log10(max(float(mid[-1]), 1e-3)),
+        text=f"forecast<br><sub>{bt}</sub>",
+        showarrow=False,
+        xanchor="right",
+        yanchor="bottom",
+        font=dict(color=color, size=11),
+        row=1,
+        col=1,
+    )
+    return list(lo) + list(hi)
 
 
 def _threshold_line(fig, t: float, smallest: float, color: str) -> tuple[float, str, str]:
@@ -782,5 +877,67 @@ def profile_figure(profile: list[float], selected: list[int]) -> go.Figure:
         xaxis_title="transformer block (orange: trained full-rank; grey: frozen, quantized)",
         yaxis_title="mean |activation|",
         margin=dict(l=60, r=10, t=20, b=40),
+    )
+    return fig
+
+
+PARETO_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon"]
+
+
+def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figure:
+    """Any two metrics of every (run, size): colour = dataset size on a log scale, symbol =
+    method / rank, the Pareto front as a line through its points (`pareto.pareto_front`)."""
+    from .pareto import metric_label, series_name
+
+    d = df[df[[x, y]].notna().all(axis=1)].copy()
+    d["series"] = d.apply(series_name, axis=1) if not d.empty else []
+    fig = go.Figure()
+    lo, hi = (float(d["scale"].min()), float(d["scale"].max())) if not d.empty else (1.0, 10.0)
+    for i, (name, g) in enumerate(d.groupby("series", sort=True)):
+        fig.add_trace(
+            go.Scatter(
+                x=g[x],
+                y=g[y],
+                mode="markers",
+                name=name,
+                marker=dict(
+                    symbol=PARETO_SYMBOLS[i % len(PARETO_SYMBOLS)],
+                    size=10,
+                    color=np.log10(g["scale"].astype(float)),
+                    cmin=math.log10(lo),
+                    cmax=math.log10(max(hi, lo * 1.01)),
+                    colorscale="Viridis",
+                    showscale=i == 0,
+                    colorbar=dict(
+                        title="samples",
+                        tickvals=[math.log10(v) for v in log_x_ticks(d["scale"])["tickvals"]],
+                        ticktext=log_x_ticks(d["scale"])["ticktext"],
+                    ),
+                    line=dict(width=0.5, color="#424242"),
+                ),
+                customdata=np.stack([g["label"], g["scale"]], axis=1),
+                hovertemplate="%{customdata[0]}<br>n=%{customdata[1]:,}<br>"
+                + f"{metric_label(x)}: %{{x:,.4g}}<br>{metric_label(y)}: %{{y:,.4g}}<extra></extra>",
+            )
+        )
+    f = d[front.reindex(d.index).fillna(False).to_numpy(dtype=bool)].sort_values(x)
+    if not f.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=f[x],
+                y=f[y],
+                mode="lines",
+                name="Pareto front",
+                line=dict(color="#b71c1c", width=2, dash="dash"),
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        xaxis_title=metric_label(x),
+        yaxis_title=metric_label(y),
+        height=520,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),
+        margin=dict(l=60, r=20, t=30, b=60),
     )
     return fig

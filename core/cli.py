@@ -151,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--level", type=float, default=10.0, help="threshold level in %% degradation")
     an.add_argument("--json", action="store_true", help="print JSON")
     _add_db(an)
+    fc = sub.add_parser(
+        "forecast",
+        help="project a run's forgetting beyond its largest size (a projection, with its backtest)",
+    )
+    fc.add_argument("run_id", help="a stored run, or a reference run (ref:...)")
+    fc.add_argument(
+        "--to", default="50000", help="largest dataset size to forecast (default 50000)"
+    )
+    fc.add_argument(
+        "--metric", default="degradation_pct", help="metric column (default degradation_pct)"
+    )
+    fc.add_argument("--level", type=float, default=10.0, help="threshold level in %% degradation")
+    fc.add_argument("--boot", type=int, default=200, help="bootstrap replicates (default 200)")
+    fc.add_argument("--json", action="store_true", help="print JSON")
+    _add_db(fc)
     ref = sub.add_parser(
         "reference", help="re-derive the shipped reference results from their Parquet files"
     )
@@ -375,6 +390,44 @@ def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def _forecast_points(store: Store, run_id: str):
+    from . import reference
+
+    if run_id.startswith(reference.REF_PREFIX):
+        pts = reference.points()
+        pts = pts[pts["run_id"] == run_id]
+        if pts.empty:
+            raise LabError(f"no reference run {run_id} (see: python -m core list)")
+        return pts
+    store.get_run(run_id)
+    return store.points_df([run_id])
+
+
+def cmd_forecast(store: Store, a: argparse.Namespace) -> int:
+    """`forecast`: project the run's metric beyond its largest measured size, with intervals and
+    the backtest of the same procedure."""
+    from . import forecast
+
+    try:
+        to = float(a.to.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise LabError(f"--to must be a number of samples, got {a.to!r}") from None
+    if a.boot < 20:
+        raise LabError(f"--boot must be at least 20, got {a.boot}")
+    pts = _forecast_points(store, a.run_id)
+    try:
+        out = forecast.forecast(pts, a.metric, to=to, level=a.level, n_boot=a.boot)
+    except forecast.ForecastError as e:
+        raise LabError(f"cannot forecast run {a.run_id}: {e}") from None
+    out = {"run_id": a.run_id, **out}
+    if a.json:
+        print(json.dumps(out, indent=2, default=float))
+        return 0
+    print(f"{a.run_id}:")
+    print(forecast.describe(out))
+    return 0
+
+
 def cmd_reference(store: Store, a: argparse.Namespace) -> int:
     """`reference`: re-derive the shipped reference results."""
     from . import analysis, reference
@@ -532,6 +585,7 @@ COMMANDS = {
     "delete": cmd_delete,
     "export": cmd_export,
     "analyze": cmd_analyze,
+    "forecast": cmd_forecast,
     "reference": cmd_reference,
     "prepare": cmd_prepare,
     "worker": cmd_worker,

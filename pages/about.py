@@ -11,7 +11,8 @@ st.title("About")
 st.markdown(
     "Forgetting Lab fine-tunes a fresh adapter at each dataset size and measures, before and "
     "after, the model's perplexity on general text, on the training domain, its multiple-choice "
-    "accuracy and whether it still answers. It reproduces four published sources; every "
+    "accuracy and whether it still answers. It reproduces four published sources and takes "
+    "the growth forms of its forecast from two scaling-law papers; every "
     "number it ships was measured by this project (see `docs/RESULTS.md` for the full "
     "comparison, commands and hardware)."
 )

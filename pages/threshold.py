@@ -124,6 +124,57 @@ if show_paper:
     paper = reference.paper_claims()
     doms = set(pts["domain"])
     paper = paper[paper.domain.isin(doms)] if doms & set(paper.domain) else paper
+# -- forecast band (issue 21): a projection beyond the last measured size, with its backtest --
+with st.sidebar:
+    st.subheader("Forecast")
+    show_fc = st.checkbox(
+        "Forecast beyond the last measured size",
+        value=False,
+        key="fc_show",
+        help="A projection, not a measurement: growth forms (power law after "
+        f"{sources.cite('004')}, saturating after {sources.cite('005')}, exponential as claimed "
+        f"in {sources.cite('000')}, rise and fall) chosen by their error on held-out largest "
+        "sizes; the band is a 95 % bootstrap interval; its backtest error is shown beside it.",
+    )
+    fc_to = st.number_input(
+        "Forecast up to (samples)", 100, 10_000_000, 50_000, step=10_000, key="fc_to"
+    )
+
+
+@st.cache_data(show_spinner="Forecasting…", max_entries=64)
+def _forecast(run_id: str, key: tuple, to: float, level: float) -> dict | None:
+    from core import forecast
+
+    try:
+        return forecast.forecast(points_for([run_id]), to=to, level=level, n_boot=200)
+    except forecast.ForecastError as e:
+        return {"error": str(e)}
+
+
+forecasts = {}
+if show_fc:
+    for r in chosen:
+        c = curves[curves.run_id == r]
+        if c.empty:
+            continue
+        key = tuple(c["scale"]) + tuple(c["mean"].round(6))  # reruns when the points change
+        fc = _forecast(r, key, float(fc_to), float(level))
+        if fc and "error" in fc:
+            st.sidebar.caption(f"No forecast for {lab.get(r, r)}: {fc['error']}")
+        elif fc:
+            forecasts[r] = fc
+            t = fc.get("threshold")
+            thr_txt = (
+                f"; threshold {level:g} % projected at {t['scale']:,.0f} samples "
+                f"(95 %: {t['lo'] or 0:,.0f}–{t['hi']:,.0f})"
+                if t and t.get("scale") and t.get("hi")
+                else ""
+            )
+            st.caption(
+                f"**Forecast (a projection, not measured)** for {lab.get(r, r)}: "
+                f"{fc['model']} form ({fc['model_source']}){thr_txt}. "
+                f"{charts.forecast_backtest_text(fc)}."
+            )
 fig = charts.threshold_figure(
     curves,
     lab,
@@ -137,6 +188,7 @@ fig = charts.threshold_figure(
     fits=fits,
     unfinished=pts[pts["status"] != "done"] if "status" in pts else None,
     smoke_failed=smoke_failed,
+    forecasts=forecasts,
 )
 st.plotly_chart(fig, key="threshold_chart")
 

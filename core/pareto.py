@@ -1,0 +1,113 @@
+"""The Pareto explorer's data: one row per (run, dataset size) over every stored run and the
+shipped reference, the metrics a user trades off, and the Pareto front of any two of them.
+Pure functions over DataFrames; no streamlit, no SQL."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+# column -> (label, better): "min" when lower is better
+METRICS: dict[str, tuple[str, str]] = {
+    "degradation_pct": ("general degradation (perplexity change, %)", "min"),
+    "mc_drop_pts": ("multiple-choice drop (points)", "min"),
+    "domain_improvement_pct": ("domain improvement (perplexity drop, %)", "max"),
+    "peak_mem_mb": ("peak memory (MB)", "min"),
+    "trainable_params": ("trainable parameters", "min"),
+    "train_seconds": ("train time (s)", "min"),
+    "gen_tokens_per_s": ("generation tokens/s", "max"),
+    "kl_to_base": ("KL to the base model", "min"),
+    "degradation_stmt_pct": ("general degradation per statement (%)", "min"),
+    "general_ce_delta": ("general cross-entropy change", "min"),
+}
+# other metric columns a newer store may add are picked up by name
+_GENERIC = re.compile(r"(^kl_|_pct$|_delta$|_pts$)")
+_NOT_METRICS = {"scale", "seed", "rank", "steps", "stop_step", "smoke_min_new_tokens"}
+KEYS = ["run_id", "label", "source", "method", "rank", "domain", "scale"]
+
+
+def assemble(own: pd.DataFrame, ref: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Finished points of the user's runs (`own`) and the reference (`ref`), averaged over seeds
+    per (run, size); numeric metric columns are kept whatever their names."""
+    parts = []
+    for src, df in (("yours", own), ("reference", ref)):
+        if df is None or df.empty:
+            continue
+        d = df[df["status"] == "done"].copy() if "status" in df else df.copy()
+        d["source"] = src
+        parts.append(d)
+    if not parts:
+        return pd.DataFrame(columns=KEYS)
+    df = pd.concat(parts, ignore_index=True)
+    if "rank" not in df:
+        df["rank"] = np.nan
+    if "method" not in df:
+        df["method"] = "lora"
+    df["label"] = df["run_id"].map(lambda r: labels.get(r, r))
+    cols = metric_columns(df)
+    grouped = df.groupby(
+        ["run_id", "label", "source", "method", "rank", "domain", "scale"], dropna=False
+    )[cols].mean()
+    out = grouped.reset_index()
+    out["seeds"] = (
+        df.groupby(["run_id", "scale"])
+        .size()
+        .reindex(pd.MultiIndex.from_frame(out[["run_id", "scale"]]))
+        .to_numpy()
+    )
+    return out
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns present with at least one value: the known ones in their order, then
+    any other numeric column named like a metric (e.g. a newer store's)."""
+    known = [c for c in METRICS if c in df and df[c].notna().any()]
+    extra = [
+        c
+        for c in df.columns
+        if c not in METRICS
+        and c not in _NOT_METRICS
+        and _GENERIC.search(c)
+        and pd.api.types.is_numeric_dtype(df[c])
+        and df[c].notna().any()
+    ]
+    return known + extra
+
+
+def metric_label(col: str) -> str:
+    return METRICS.get(col, (col.replace("_", " "), "min"))[0]
+
+
+def better(col: str) -> str:
+    return METRICS.get(col, ("", "min"))[1]
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """True for the rows no other row beats on both `x` and `y` (each in its better direction;
+    ties count as not beaten). Rows missing either value are never on the front."""
+    ok = df[[x, y]].notna().all(axis=1).to_numpy()
+    vx = df[x].to_numpy(dtype=float) * (1 if better(x) == "min" else -1)
+    vy = df[y].to_numpy(dtype=float) * (1 if better(y) == "min" else -1)
+    on = np.zeros(len(df), dtype=bool)
+    idx = np.nonzero(ok)[0]
+    for i in idx:
+        others = idx[idx != i]
+        dominated = (
+            (vx[others] <= vx[i])
+            & (vy[others] <= vy[i])
+            & ((vx[others] < vx[i]) | (vy[others] < vy[i]))
+        )
+        on[i] = not dominated.any()
+    return pd.Series(on, index=df.index)
+
+
+def series_name(row) -> str:
+    """The symbol group: method, with the LoRA rank when there is one."""
+    r = row.get("rank")
+    return (
+        f"{row['method']} r{int(r)}"
+        if pd.notna(r) and row["method"] in ("lora", "qlora")
+        else str(row["method"])
+    )

@@ -1,0 +1,84 @@
+"""The Pareto explorer: the front of known points, generic metric columns, the page on an empty
+database (reference only) and a populated one."""
+
+import json
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import pareto
+from tests.conftest import ROOT
+
+
+def test_front_keeps_only_points_no_other_point_beats_on_both():
+    df = pd.DataFrame(
+        {
+            "degradation_pct": [10, 20, 30, 25, 10, None],  # lower is better
+            "domain_improvement_pct": [5, 40, 50, 30, 2, 99],  # higher is better
+        }
+    )
+    front = pareto.pareto_front(df, "degradation_pct", "domain_improvement_pct")
+    # (25, 30) is beaten by (20, 40); (10, 2) by (10, 5); the row missing x is never on it
+    assert front.tolist() == [True, True, True, False, False, False]
+    flipped = pareto.pareto_front(df, "domain_improvement_pct", "degradation_pct")
+    assert flipped.tolist() == front.tolist()  # the directions belong to the metrics
+
+
+def test_assemble_averages_seeds_and_reads_new_metric_columns_generically():
+    pts = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "a"],
+            "method": "lora",
+            "rank": 8,
+            "domain": "legal",
+            "scale": [50, 50, 100],
+            "seed": [0, 1, 0],
+            "status": "done",
+            "degradation_pct": [10.0, 20.0, 40.0],
+            "kl_to_base": [0.1, 0.3, 0.5],
+            "brand_new_delta": [1.0, 1.0, 2.0],
+        }
+    )
+    out = pareto.assemble(pts, None, {"a": "run a"})
+    row = out[out.scale == 50].iloc[0]
+    assert row["degradation_pct"] == 15.0 and row["kl_to_base"] == pytest.approx(0.2)
+    assert row["seeds"] == 2 and row["label"] == "run a" and row["source"] == "yours"
+    cols = pareto.metric_columns(out)
+    assert cols[:2] == ["degradation_pct", "kl_to_base"] and "brand_new_delta" in cols
+    assert pareto.metric_label("kl_to_base") == "KL to the base model"
+
+
+def _app(db, monkeypatch) -> AppTest:
+    monkeypatch.setenv("FORGETTING_LAB_DB", str(db))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/pareto.py")
+    return at.run()
+
+
+def test_page_on_an_empty_database_shows_the_reference_and_its_front(tmp_path, monkeypatch):
+    at = _app(tmp_path / "empty.duckdb", monkeypatch)
+    assert not at.exception, at.exception
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name") for t in fig["data"]]
+    assert "Pareto front" in names and any(n and n.startswith("lora") for n in names)
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("general degradation")
+    assert "on the front" in " ".join(c.value for c in at.caption)
+    at.selectbox(key="pareto_y").set_value("peak_mem_mb").run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["layout"]["yaxis"]["title"]["text"] == "peak memory (MB)"
+    at.multiselect(key="pareto_method").set_value(["full"]).run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t.get("name") for t in fig["data"]} <= {"full", "Pareto front"}
+    assert at.get("download_button")
+
+
+def test_page_on_a_populated_database_includes_your_runs(tiny_run, monkeypatch):
+    db, run_id = tiny_run
+    at = _app(db, monkeypatch)
+    assert not at.exception, at.exception
+    at.multiselect(key="pareto_source").set_value(["yours"]).run()
+    assert not at.exception, at.exception
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    labels = [c[0] for t in fig["data"] for c in t.get("customdata", [])]
+    assert labels and not any(lab.startswith("reference") for lab in labels)
