@@ -510,6 +510,7 @@ class PackedLoRA:
     _compiled = None
     _adamw_compiled = None
     _head_compiled = None
+    _head_lp: torch.Tensor | None = None
 
     def _head_parts(self) -> tuple[nn.Module, nn.Linear] | None:
         """(decoder, LM head) of a plain causal LM whose logits are `head(decoder(ids))`, or None
@@ -538,6 +539,11 @@ class PackedLoRA:
             # the head's logits, their fp32 copy and cross-entropy's passes over them fuse into a
             # few kernels (the logits are the step's largest tensor: rows x width x vocab)
             self._head_compiled = torch.compile(_head_loss, dynamic=dynamic, mode=mode)
+            head = self._head_parts()[1]
+            if self.cast_base and self.spec.precision == "bf16" and head.bias is None:
+                # the largest frozen weight (vocab x hidden; tied to the embedding in SmolLM2,
+                # whose lookup keeps reading the fp32 one)
+                self._head_lp = head.weight.detach().to(torch.bfloat16)
         if not layers:  # an architecture without such layers: the whole forward
             self._compiled = torch.compile(self._slot_loss, dynamic=dynamic, mode=mode)
         if self.fused_adamw:
@@ -565,7 +571,10 @@ class PackedLoRA:
         if parts is not None:
             dec, head = parts
             hidden = dec(input_ids=ids, use_cache=False).last_hidden_state
-            return self._head_compiled(hidden, head.weight, head.bias, ids, mask, self.slots)
+            w = head.weight
+            if self._head_lp is not None and torch.is_autocast_enabled(ids.device.type):
+                w = self._head_lp  # `cast_base`: the head's weight in bf16, cast once
+            return self._head_compiled(hidden, w, head.bias, ids, mask, self.slots)
         logits = self.model(input_ids=ids, use_cache=False).logits
         n, width, vocab = logits.shape
         # Position i predicts token i+1. Shift the targets, not the logits: the logits stay one

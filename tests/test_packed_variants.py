@@ -1,5 +1,5 @@
-"""The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw) compute
-what the plain PyTorch expression computes."""
+"""The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw, .cast_base,
+.fused_head) compute what the plain PyTorch expression computes."""
 
 import contextlib
 
@@ -259,7 +259,10 @@ def test_variants_train_alike_on_a_gpu_compiled_and_captured():
     spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, grad_clip=0.5)
     runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
     got = {}
-    for flags in (dict(transposed=False, grouped=False, fused_adamw=False), {}):
+    before = dict(
+        transposed=False, grouped=False, fused_adamw=False, cast_base=False, fused_head=False
+    )
+    for flags in (before, {}):
         lm = load_model("tiny", "cuda")
         out = {}
 
@@ -342,3 +345,22 @@ def test_fused_head_equals_the_models_own_logits_and_loss():
     assert torch.allclose(fused[0], plain[0], rtol=1e-5, atol=0)
     for a, b in zip(fused[1], plain[1]):
         assert float((a - b).norm() / b.norm()) <= 1e-5
+
+
+def test_fused_head_with_cast_base_equals_autocast_in_bf16():
+    """bf16: the compiled head reading the head weight cast once (cast_base) against the model's
+    own forward under autocast. Both compute bf16 logits from the same bf16 operands; the bound
+    is bf16's (the compiled loss may sum in another order)."""
+    spec = preset("tiny-test", lora_dropout=0.0, precision="bf16")
+    with switches():
+        p = _packer(spec)
+    batch = _batch()
+    plain = _loss_and_grads(p, *batch, precision="bf16")
+    from core.packed import _head_loss
+
+    p._head_compiled = torch.compile(_head_loss)
+    p._head_lp = p.model.get_output_embeddings().weight.detach().to(torch.bfloat16)
+    fused = _loss_and_grads(p, *batch, precision="bf16")
+    assert torch.allclose(fused[0], plain[0], rtol=1e-3, atol=0)
+    for a, b in zip(fused[1], plain[1]):
+        assert float((a - b).norm() / b.norm()) <= 1e-2
