@@ -162,14 +162,25 @@ ABLATIONS = {
     "engine default, precision bf16": (False, 16, "bf16"),
 }
 
-# The packed step's LoRA variants (PackedLoRA's switches), each compiled as the engine runs on a
-# GPU: (transposed products, grouped products, fused AdamW).
+# The packed step's variants (PackedLoRA's switches), each compiled as the engine runs on a GPU.
+# A switch not named is on (the engine default).
+SWITCHES = ("transposed", "grouped", "fused_adamw", "cast_base", "fused_head")
+_OLD = dict(cast_base=False, fused_head=False)  # the levers before the cast/head ones
+STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-ablate-*.json)
+    "before: h @ A^T products (leaf gradients copied), eager AdamW": dict(
+        transposed=False, grouped=False, fused_adamw=False, **_OLD
+    ),
+    "+ A @ h^T products (contiguous leaf gradients)": dict(
+        grouped=False, fused_adamw=False, **_OLD
+    ),
+    "+ fused (compiled) AdamW": dict(grouped=False, **_OLD),
+    "grouped products, eager AdamW": dict(fused_adamw=False, **_OLD),
+}
 STEP_VARIANTS = {
-    "before: h @ A^T products (leaf gradients copied), eager AdamW": (False, False, False),
-    "+ A @ h^T products (contiguous leaf gradients)": (True, False, False),
-    "+ fused (compiled) AdamW": (True, False, True),
-    "+ grouped q/k/v and gate/up products (engine default)": (True, True, True),
-    "grouped products, eager AdamW": (True, True, False),
+    "+ grouped q/k/v and gate/up products (engine default before cast_base/fused_head)": _OLD,
+    "+ cast_base (bf16: base weights cast once)": dict(fused_head=False),
+    "+ fused_head (compiled LM head + cross-entropy)": dict(cast_base=False),
+    "+ cast_base + fused_head (engine default)": {},
 }
 
 
@@ -195,7 +206,9 @@ def ablation(model, tok, spec, wide, device, steps) -> dict[str, float]:
     return out
 
 
-def step_ablation(model, tok, spec, device, rows_list, precisions, steps, compiled) -> dict:
+def step_ablation(
+    model, tok, spec, device, rows_list, precisions, steps, compiled, earlier=False
+) -> dict:
     """Steady ms per packed step (median of the 16-step read-back intervals) for each step
     variant, at each number of rows in flight and precision, side by side in one process. Every
     run has more samples than `steps`, so the rows in flight stay constant."""
@@ -204,7 +217,8 @@ def step_ablation(model, tok, spec, device, rows_list, precisions, steps, compil
     if compiled:  # every variant x precision x width is a compiled trace of the same layer
         torch._dynamo.config.recompile_limit = 256
         torch._dynamo.config.accumulated_recompile_limit = 4096
-    saved = PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw
+    saved = {k: getattr(PackedLoRA, k) for k in SWITCHES}
+    variants = {**(STEP_VARIANTS_EARLIER if earlier else {}), **STEP_VARIANTS}
     out: dict = {}
     for precision in precisions:
         sp = dataclasses.replace(spec, precision=precision, epochs=1)
@@ -213,8 +227,9 @@ def step_ablation(model, tok, spec, device, rows_list, precisions, steps, compil
                 ((k, dom), 42, data.domain_samples(dom, steps + 8, spec.construction, 42 + k))
                 for k, dom in enumerate(("legal", "financial") * rows)
             ][:rows]
-            for name, flags in STEP_VARIANTS.items():
-                PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = flags
+            for name, flags in variants.items():
+                for k in SWITCHES:
+                    setattr(PackedLoRA, k, flags.get(k, True))
                 try:
                     t0 = time.perf_counter()
                     bench_packed(model, tok, sp, runs, rows, device, 3, compile_step=compiled)
@@ -223,7 +238,8 @@ def step_ablation(model, tok, spec, device, rows_list, precisions, steps, compil
                         model, tok, sp, runs, rows, device, steps, compile_step=compiled
                     )
                 finally:
-                    PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = saved
+                    for k, v in saved.items():
+                        setattr(PackedLoRA, k, v)
                 key = f"{precision} | {rows} rows | {name}"
                 out[key] = {
                     "steady_ms": round(steady, 2),
@@ -316,6 +332,11 @@ def main() -> None:
     )
     ap.add_argument("--ablate-steps", type=int, default=96)
     ap.add_argument(
+        "--ablate-earlier",
+        action="store_true",
+        help="with --ablate-rows: also the earlier levers' variants (STEP_VARIANTS_EARLIER)",
+    )
+    ap.add_argument(
         "--ablate-only",
         action="store_true",
         help="with --ablate-rows: only the step variants (no equivalence, naive or grid runs)",
@@ -365,6 +386,7 @@ def main() -> None:
             args.ablate_precisions.split(","),
             args.ablate_steps,
             compiled,
+            args.ablate_earlier,
         )
     if args.ablate_only:
         result = {

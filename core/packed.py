@@ -109,6 +109,21 @@ def _compiled_forward(layer_type: type, dynamic: bool | None, mode: str | None =
     return torch.compile(layer_type.forward, dynamic=dynamic, mode=mode)
 
 
+def _head_loss(hidden, weight, bias, ids, mask, slots: int) -> torch.Tensor:
+    """`PackedLoRA._slot_loss` from the decoder's last hidden state: LM head, then each slot's
+    mean token cross-entropy (the same expression, compiled as one function by
+    `PackedLoRA.fused_head`)."""
+    logits = F.linear(hidden, weight, bias)
+    n, width, vocab = logits.shape
+    tgt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    valid = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    lg = logits.reshape(n * width, vocab)
+    lg = lg.float() if lg.dtype in (torch.float16, torch.bfloat16) else lg
+    tok = F.cross_entropy(lg, tgt.reshape(-1), reduction="none").view(slots, -1)
+    valid = valid.view(slots, -1)
+    return (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
 class _Ctx:
     """Which slot the injected modules use: None = one row per slot (training), or a slot index
     that every row reads (evaluation, generation)."""
@@ -162,6 +177,10 @@ class PackedLoRALinear(nn.Module):
         self._A, self._B = A, B  # [slots, r, d_in], [slots, d_out, r] (None: in the group's leaf)
         self.group, self.index, self.transposed = group, index, transposed
         self.r, self.d_in, self.d_out = self.A.shape[1], base.in_features, base.out_features
+        # `PackedLoRA.cast_base`: the frozen base weight (and bias) already in the step's
+        # autocast dtype, used by training steps run under that autocast
+        self.base_lp: torch.Tensor | None = None
+        self.bias_lp: torch.Tensor | None = None
 
     @property
     def A(self) -> torch.Tensor:
@@ -174,8 +193,19 @@ class PackedLoRALinear(nn.Module):
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.p, training=True) if (self.ctx.dropout_on and self.p > 0) else x
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.base_lp
+        if (
+            w is not None
+            and self.ctx.slot is None
+            and torch.is_autocast_enabled(x.device.type)
+            and torch.get_autocast_dtype(x.device.type) == w.dtype
+        ):  # what autocast computes, without casting the fp32 weight again in every step
+            return F.linear(x.to(w.dtype), w, self.bias_lp)
+        return self.base(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self._base(x)
         s = self.ctx.slot
         shape = x.shape
         if s is None and self.group is not None:
@@ -260,6 +290,8 @@ class PackedLoRA:
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
     fused_adamw: bool = True  # with compile(): the optimizer as one compiled function
+    cast_base: bool = True  # bf16 steps: frozen base weights cast to bf16 once, not every step
+    fused_head: bool = True  # with compile(): LM head + cross-entropy as one compiled function
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -357,6 +389,17 @@ class PackedLoRA:
                 )
                 if group is not None:
                     group.members.append(pm)
+                if (
+                    self.cast_base
+                    and spec.precision == "bf16"
+                    and mods[n].weight.is_floating_point()
+                ):
+                    # autocast would cast the fp32 weight afresh in every step (a kernel and a
+                    # full read + write of the weight per module); the weight is frozen, so once
+                    # is enough. Evaluation (fp32, no autocast) still reads the fp32 weight.
+                    pm.base_lp = mods[n].weight.detach().to(torch.bfloat16)
+                    if mods[n].bias is not None:
+                        pm.bias_lp = mods[n].bias.detach().to(torch.bfloat16)
                 _set_module(model, n, pm)
                 self.modules[n], self._orig[n] = pm, mods[n]
 
@@ -466,6 +509,23 @@ class PackedLoRA:
 
     _compiled = None
     _adamw_compiled = None
+    _head_compiled = None
+    _head_lp: torch.Tensor | None = None
+
+    def _head_parts(self) -> tuple[nn.Module, nn.Linear] | None:
+        """(decoder, LM head) of a plain causal LM whose logits are `head(decoder(ids))`, or None
+        (then the step runs the model's own forward)."""
+        m, cfg = self.model, self.model.config
+        dec, head = getattr(m, "model", None), m.get_output_embeddings()
+        if (
+            not type(m).__name__.endswith("ForCausalLM")
+            or not isinstance(dec, nn.Module)
+            or type(head) is not nn.Linear
+            or getattr(cfg, "final_logit_softcapping", None)
+            or getattr(cfg, "logit_scale", None)
+        ):
+            return None
+        return dec, head
 
     def compile(self, dynamic: bool | None = None, mode: str | None = None) -> None:
         """Run every decoder layer of the training step through torch.compile: its fused kernels
@@ -475,6 +535,15 @@ class PackedLoRA:
         training steps use it: evaluation and generation run the plain modules. `dynamic=None`
         compiles the first length bucket for its shape and the second for any width."""
         layers = [m for m in self.model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        if self.fused_head and self._head_parts() is not None:
+            # the head's logits, their fp32 copy and cross-entropy's passes over them fuse into a
+            # few kernels (the logits are the step's largest tensor: rows x width x vocab)
+            self._head_compiled = torch.compile(_head_loss, dynamic=dynamic, mode=mode)
+            head = self._head_parts()[1]
+            if self.cast_base and self.spec.precision == "bf16" and head.bias is None:
+                # the largest frozen weight (vocab x hidden; tied to the embedding in SmolLM2,
+                # whose lookup keeps reading the fp32 one)
+                self._head_lp = head.weight.detach().to(torch.bfloat16)
         if not layers:  # an architecture without such layers: the whole forward
             self._compiled = torch.compile(self._slot_loss, dynamic=dynamic, mode=mode)
         if self.fused_adamw:
@@ -498,6 +567,14 @@ class PackedLoRA:
 
     def _slot_loss(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each slot's loss: the mean over its own batch's real tokens."""
+        parts = self._head_parts() if self._head_compiled is not None else None
+        if parts is not None:
+            dec, head = parts
+            hidden = dec(input_ids=ids, use_cache=False).last_hidden_state
+            w = head.weight
+            if self._head_lp is not None and torch.is_autocast_enabled(ids.device.type):
+                w = self._head_lp  # `cast_base`: the head's weight in bf16, cast once
+            return self._head_compiled(hidden, w, head.bias, ids, mask, self.slots)
         logits = self.model(input_ids=ids, use_cache=False).logits
         n, width, vocab = logits.shape
         # Position i predicts token i+1. Shift the targets, not the logits: the logits stay one

@@ -1,5 +1,5 @@
-"""The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw) compute
-what the plain PyTorch expression computes."""
+"""The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw, .cast_base,
+.fused_head) compute what the plain PyTorch expression computes."""
 
 import contextlib
 
@@ -14,17 +14,16 @@ from core.packed import PackedLoRA, PackedLoRALinear, _Ctx, _Group, train_packed
 
 
 @contextlib.contextmanager
-def switches(transposed=True, grouped=True, fused_adamw=True):
-    saved = PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw
-    PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = (
-        transposed,
-        grouped,
-        fused_adamw,
-    )
+def switches(**flags):
+    names = ("transposed", "grouped", "fused_adamw", "cast_base", "fused_head")
+    saved = {k: getattr(PackedLoRA, k) for k in names}
+    for k in names:
+        setattr(PackedLoRA, k, flags.get(k, True))
     try:
         yield
     finally:
-        PackedLoRA.transposed, PackedLoRA.grouped, PackedLoRA.fused_adamw = saved
+        for k, v in saved.items():
+            setattr(PackedLoRA, k, v)
 
 
 def _modules(outs, grouped, transposed, slots=3, r=4, d=8, p=0.0, dtype=torch.float32):
@@ -260,7 +259,10 @@ def test_variants_train_alike_on_a_gpu_compiled_and_captured():
     spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, grad_clip=0.5)
     runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
     got = {}
-    for flags in (dict(transposed=False, grouped=False, fused_adamw=False), {}):
+    before = dict(
+        transposed=False, grouped=False, fused_adamw=False, cast_base=False, fused_head=False
+    )
+    for flags in (before, {}):
         lm = load_model("tiny", "cuda")
         out = {}
 
@@ -278,3 +280,87 @@ def test_variants_train_alike_on_a_gpu_compiled_and_captured():
             worst = max(worst, float((have[k] - want[k]).norm() / want[k].norm()))
     print(f"GPU compiled+captured, default vs before: max relative adapter difference {worst:.2e}")
     assert worst <= 1e-4
+
+
+def _loss_and_grads(p, ids, mask, precision="fp32"):
+    from core.train import step_precision
+
+    for leaf in p.leaves:
+        leaf.grad = None
+    p.ctx.slot, p.ctx.dropout_on = None, False
+    with step_precision(precision, ids.device):
+        loss = p._slot_loss(ids, mask)
+    loss.sum().backward()
+    return loss.detach().clone(), [leaf.grad.clone() for leaf in p.leaves]
+
+
+def _batch(slots=3, width=12, vocab=200):
+    torch.manual_seed(1)
+    ids = torch.randint(3, vocab, (slots, width))
+    mask = torch.ones(slots, width, dtype=torch.bool)
+    mask[1, 7:] = False  # a shorter row, right-padded
+    return ids, mask
+
+
+def _packer(spec, slots=3):
+    from core.models import target_modules
+
+    lm = load_model("tiny", "cpu")
+    p = PackedLoRA(lm.model, spec, slots, target_modules(lm.model, spec.target_modules))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        p.W.normal_(0, 0.02)  # B non-zero, so the LoRA path counts in the loss
+    return p
+
+
+def test_cast_base_equals_autocast_of_the_fp32_weights():
+    """bf16 steps: the base weights cast once (PackedLoRA.cast_base) give what autocast's per-step
+    cast gives, loss and every adapter gradient bit for bit (CPU autocast)."""
+    spec = preset("tiny-test", lora_dropout=0.0, precision="bf16")
+    got = {}
+    for on in (False, True):
+        with switches(cast_base=on):
+            p = _packer(spec)
+        assert all((m.base_lp is not None) == on for m in p.modules.values())
+        got[on] = _loss_and_grads(p, *_batch(), precision="bf16")
+    (l0, g0), (l1, g1) = got[False], got[True]
+    assert torch.equal(l0, l1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    with switches():  # fp32 runs keep no copy
+        assert all(m.base_lp is None for m in _packer(preset("tiny-test")).modules.values())
+
+
+def test_fused_head_equals_the_models_own_logits_and_loss():
+    """The compiled LM head + cross-entropy (PackedLoRA.fused_head) against the model's forward
+    and the plain loss: per-slot loss and adapter gradients within 1e-5 (fp32)."""
+    spec = preset("tiny-test", lora_dropout=0.0)
+    p = _packer(spec)
+    assert p._head_parts() is not None
+    batch = _batch()
+    plain = _loss_and_grads(p, *batch)
+    from core.packed import _head_loss
+
+    p._head_compiled = torch.compile(_head_loss)
+    fused = _loss_and_grads(p, *batch)
+    assert torch.allclose(fused[0], plain[0], rtol=1e-5, atol=0)
+    for a, b in zip(fused[1], plain[1]):
+        assert float((a - b).norm() / b.norm()) <= 1e-5
+
+
+def test_fused_head_with_cast_base_equals_autocast_in_bf16():
+    """bf16: the compiled head reading the head weight cast once (cast_base) against the model's
+    own forward under autocast. Both compute bf16 logits from the same bf16 operands; the bound
+    is bf16's (the compiled loss may sum in another order)."""
+    spec = preset("tiny-test", lora_dropout=0.0, precision="bf16")
+    with switches():
+        p = _packer(spec)
+    batch = _batch()
+    plain = _loss_and_grads(p, *batch, precision="bf16")
+    from core.packed import _head_loss
+
+    p._head_compiled = torch.compile(_head_loss)
+    p._head_lp = p.model.get_output_embeddings().weight.detach().to(torch.bfloat16)
+    fused = _loss_and_grads(p, *batch, precision="bf16")
+    assert torch.allclose(fused[0], plain[0], rtol=1e-3, atol=0)
+    for a, b in zip(fused[1], plain[1]):
+        assert float((a - b).norm() / b.norm()) <= 1e-2
