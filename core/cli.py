@@ -394,10 +394,11 @@ def _forecast_points(store: Store, run_id: str):
     from . import reference
 
     if run_id.startswith(reference.REF_PREFIX):
-        pts = reference.points()
-        pts = pts[pts["run_id"] == run_id]
+        every = reference.points()
+        pts = every[every["run_id"] == run_id]
         if pts.empty:
-            raise LabError(f"no reference run {run_id} (see: python -m core list)")
+            ids = ", ".join(dict.fromkeys(every["run_id"]))
+            raise LabError(f"no reference run {run_id}; the shipped ones are: {ids}")
         return pts
     store.get_run(run_id)
     return store.points_df([run_id])
