@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import resource
 import time
@@ -32,6 +33,7 @@ from .store import PointResult, Store
 from .train import train_point
 
 GENERAL = "general"
+log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 600.0  # the packed trainer saves its state this often (resume continues)
 CHECKPOINT_EVERY_STEPS = 0  # and every N packed steps (0: time only; tests set it)
 
@@ -54,12 +56,44 @@ def eval_sets(spec: RunSpec) -> dict[str, list[str]]:
 
 
 def measure(
-    model, tok, spec: RunSpec, sets: dict[str, list[str]]
+    model,
+    tok,
+    spec: RunSpec,
+    sets: dict[str, list[str]],
+    before: dict[str, evaluate.PerplexityResult] | None = None,
 ) -> dict[str, evaluate.PerplexityResult]:
-    return {
-        name: evaluate.perplexity(model, tok, texts, spec.eval_batch_size, spec.max_length)
-        for name, texts in sets.items()
-    }
+    """Perplexity on every set. Without `before` (the base is being measured) the general
+    probe's next-token log-probs are kept, when they fit `evaluate.KL_CACHE_BYTES`; with it, the
+    point's KL to the base comes from them in the same forward pass (no second model)."""
+    out = {}
+    for name, texts in sets.items():
+        keep, ref = False, None
+        if name == GENERAL and before is None:
+            keep = evaluate.logp_fits(model, tok, texts, spec.max_length)
+            if not keep:
+                log.warning("the base's log-probs exceed the cache budget: KL to base not measured")
+        elif name == GENERAL:
+            ref = before[GENERAL].logp
+        out[name] = evaluate.perplexity(
+            model, tok, texts, spec.eval_batch_size, spec.max_length, keep, ref
+        )
+    return out
+
+
+def general_measures(before: evaluate.PerplexityResult, after: evaluate.PerplexityResult) -> dict:
+    """The other forgetting measures on the general probe: per-statement perplexity (Martz
+    2025's aggregation) before and after and its change, mean per-token KL to the base
+    (Kalajdzievski 2024) and the change of mean per-token cross-entropy (peft's
+    method_comparison)."""
+    sb = evaluate.stmt_perplexity(before.item_nll, before.item_tokens)
+    sa = evaluate.stmt_perplexity(after.item_nll, after.item_tokens)
+    return dict(
+        general_ppl_stmt_before=sb,
+        general_ppl_stmt_after=sa,
+        degradation_stmt_pct=evaluate.degradation_pct(sb, sa),
+        kl_to_base=evaluate.kl_mean(after),
+        general_ce_delta=evaluate.ce_delta(before, after),
+    )
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -178,7 +212,7 @@ def measure_point(
 
     part("perplexity")
     t_eval = time.perf_counter()
-    after = measure(model, base.tok, spec, base.sets)
+    after = measure(model, base.tok, spec, base.sets, before)
     part("smoke test")
     t_gen = time.perf_counter()
     gens = evaluate.generate(model, base.tok, base.prompts, spec.smoke_max_new_tokens)
@@ -202,6 +236,7 @@ def measure_point(
     metrics.update(
         general_ppl_after=g,
         degradation_pct=evaluate.degradation_pct(before[GENERAL].ppl, g),
+        **general_measures(before[GENERAL], after[GENERAL]),
         domain_ppl_after=d,
         domain_improvement_pct=evaluate.improvement_pct(before[dom].ppl, d),
         smoke_ok=all(x.ok for x in gens),

@@ -22,6 +22,11 @@ class PerplexityResult:
     tokens: int
     item_nll: list[float]  # summed NLL per text
     item_tokens: list[int]  # predicted tokens per text
+    # summed per-token KL(p_base || p_model) per text, when a reference was given (`base_logp`)
+    item_kl: list[float] | None = None
+    # the model's next-token log-probs per text ([predicted tokens, vocab], float16 on the CPU),
+    # kept when asked (`keep_logp`): the base's, so every point's KL needs no second model
+    logp: list[torch.Tensor] | None = None
 
 
 def _batches(items: list, size: int):
@@ -52,14 +57,33 @@ def _pad_id(tokenizer) -> int:
     return pad if pad is not None else (tokenizer.eos_token_id or 0)
 
 
+# Budget for the base's kept next-token log-probs (float16): past it KL to the base is not
+# measured (NULL) rather than risking the host's memory.
+KL_CACHE_BYTES = 4 * 2**30
+
+
 @torch.no_grad()
-def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
-    """Summed negative log-likelihood and predicted-token count per text (right padding, padded
-    positions masked out). The first token of each text has no prediction and is not counted.
-    Texts are batched by length; results come back in the order of `texts`."""
+def token_stats(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+    keep_logp: bool = False,
+    base_logp: list[torch.Tensor] | None = None,
+):
+    """One forward pass per batch: summed negative log-likelihood and predicted-token count per
+    text (right padding, padded positions masked out; the first token of each text has no
+    prediction and is not counted: position t's logits score token t+1). With `keep_logp` the
+    per-text log-probs come back too (float16, CPU); with `base_logp` (the base's kept log-probs
+    for the same texts) the summed per-token KL(p_base || p_model) per text comes back.
+    Texts are batched by length; results come back in the order of `texts`.
+    Returns (nll, counts, logp or None, kl or None)."""
     device = next(model.parameters()).device
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     nll, counts = [0.0] * len(texts), [0] * len(texts)
+    kept = [None] * len(texts) if keep_logp else None
+    kl = [0.0] * len(texts) if base_logp is not None else None
     was_training = model.training
     model.eval()
     for chunk in _length_batches([len(e) for e in enc], batch_size):
@@ -71,20 +95,83 @@ def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_leng
         m = mask[:, 1:].to(tok_nll.dtype)
         for i, v, c in zip(chunk, (tok_nll * m).sum(1).tolist(), m.sum(1).long().tolist()):
             nll[i], counts[i] = v, c
+        for k, i in enumerate(chunk):
+            n = counts[i]
+            if kept is not None:
+                kept[i] = logp[k, :n].to("cpu", torch.float16)
+            if kl is not None:
+                ref = base_logp[i].to(logp.device, torch.float32)
+                if ref.shape != logp[k, :n].shape:
+                    raise ValueError("base log-probs do not match these texts")
+                kl[i] = float((ref.exp() * (ref - logp[k, :n])).sum())
     if was_training:
         model.train()
+    return nll, counts, kept, kl
+
+
+def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
+    """Summed negative log-likelihood and predicted-token count per text (`token_stats`)."""
+    nll, counts, _, _ = token_stats(model, tokenizer, texts, batch_size, max_length)
     return nll, counts
 
 
-def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
-    """Token-weighted perplexity: exp(total NLL / total predicted tokens)."""
+def perplexity(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+    keep_logp: bool = False,
+    base_logp: list[torch.Tensor] | None = None,
+):
+    """Token-weighted perplexity: exp(total NLL / total predicted tokens); per text too, and
+    optionally the kept log-probs / KL to a base (`token_stats`)."""
     if not texts:
         raise ValueError("perplexity of an empty text list")
-    nll, counts = token_nll(model, tokenizer, texts, batch_size, max_length)
+    nll, counts, kept, kl = token_stats(
+        model, tokenizer, texts, batch_size, max_length, keep_logp, base_logp
+    )
     total, n = float(sum(nll)), int(sum(counts))
     return PerplexityResult(
-        ppl=math.exp(total / max(n, 1)), nll_sum=total, tokens=n, item_nll=nll, item_tokens=counts
+        ppl=math.exp(total / max(n, 1)),
+        nll_sum=total,
+        tokens=n,
+        item_nll=nll,
+        item_tokens=counts,
+        item_kl=kl,
+        logp=kept,
     )
+
+
+def logp_fits(model, tokenizer, texts: list[str], max_length: int = 512) -> bool:
+    """Whether the base's log-probs on `texts` fit `KL_CACHE_BYTES` (float16)."""
+    out = model.get_output_embeddings()
+    vocab = out.weight.shape[0] if out is not None else model.config.vocab_size
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return sum(max(len(e) - 1, 0) for e in enc) * vocab * 2 <= KL_CACHE_BYTES
+
+
+def stmt_perplexity(item_nll: list[float], item_tokens: list[int]) -> float:
+    """Per-statement perplexity (Martz 2025's aggregation): the mean over statements of each
+    statement's own perplexity exp(NLL_i / tokens_i). Statements with no predicted token are
+    left out."""
+    ppl = [math.exp(x / n) for x, n in zip(item_nll, item_tokens) if n > 0]
+    if not ppl:
+        raise ValueError("per-statement perplexity of no scored statement")
+    return sum(ppl) / len(ppl)
+
+
+def ce_delta(before: PerplexityResult, after: PerplexityResult) -> float:
+    """Mean per-token cross-entropy after minus before on the same texts (nats; peft's
+    method_comparison forgetting metric): log(ppl_after) - log(ppl_before)."""
+    return after.nll_sum / max(after.tokens, 1) - before.nll_sum / max(before.tokens, 1)
+
+
+def kl_mean(res: PerplexityResult) -> float | None:
+    """Mean per-token KL(p_base || p_model) over the texts, None when it was not measured."""
+    if res.item_kl is None:
+        return None
+    return sum(res.item_kl) / max(res.tokens, 1)
 
 
 def change_pct(before: float, after: float) -> float:

@@ -65,6 +65,30 @@ COLUMNS: dict[str, Col] = {
         format=_PCT,
         help="change of perplexity on the general probe after fine-tuning (positive = worse)",
     ),
+    "general_ppl_stmt_before": Col(
+        "general PPL before (per statement)",
+        format="%.2f",
+        help="mean over probe statements of each statement's perplexity (Martz 2025's aggregation)",
+    ),
+    "general_ppl_stmt_after": Col("general PPL after (per statement)", format="%.2f"),
+    "degradation_stmt_pct": Col(
+        "general PPL change (per statement)",
+        format=_PCT,
+        help="change of the per-statement mean perplexity (Martz 2025, scale-dependent "
+        "forgetting); positive = worse",
+    ),
+    "kl_to_base": Col(
+        "KL to base",
+        format="%.4f",
+        help="mean per-token KL(base || tuned) on the general probe, nats (Kalajdzievski 2024, "
+        "scaling laws for forgetting when fine-tuning LLMs); empty: not measured",
+    ),
+    "general_ce_delta": Col(
+        "general CE change",
+        format="%+.4f",
+        help="mean per-token cross-entropy on the general probe after minus before, nats "
+        "(peft's method comparison forgetting metric)",
+    ),
     "domain_ppl_before": Col("domain PPL before", format="%.2f"),
     "domain_ppl_after": Col("domain PPL after", format="%.2f"),
     "domain_improvement_pct": Col(

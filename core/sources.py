@@ -100,3 +100,14 @@ BY_KEY = {s.key: s for s in SOURCES}
 def cite(key: str) -> str:
     """'Martz 2025, scale-dependent forgetting' for '000'."""
     return BY_KEY[key].cite
+
+
+# Measures borrowed from other work: cited where the measure is named (labels, the metric
+# picker), not reproduced as a whole.
+MEASURE_SOURCES = {
+    "degradation_stmt_pct": "Martz 2025, scale-dependent forgetting (per-statement perplexity)",
+    "kl_to_base": 'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs" '
+    "(arXiv 2401.05605)",
+    "general_ce_delta": "Hugging Face peft's method_comparison benchmark (forgetting: "
+    "cross-entropy after minus before on general text)",
+}

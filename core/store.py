@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import RunNotFound, StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 LOCK_TIMEOUT_S = 60.0
 FINAL_STATES = ("done", "failed", "cancelled")  # of a run
 # Of a point (points.status): done | failed | diverged | stopped. The one definition of which
@@ -88,6 +88,11 @@ CREATE TABLE IF NOT EXISTS points (
     disk_mb DOUBLE,              -- what the point saved (adapter), NULL when nothing was saved
     gen_tokens_per_s DOUBLE,     -- smoke-test generation speed after training
     stop_step INTEGER,           -- in-training smoke test stopped the point here
+    general_ppl_stmt_before DOUBLE,  -- mean of per-statement perplexities (Martz 2025)
+    general_ppl_stmt_after DOUBLE,
+    degradation_stmt_pct DOUBLE,
+    kl_to_base DOUBLE,           -- mean per-token KL(p_base || p_tuned), NULL: not measured
+    general_ce_delta DOUBLE,     -- mean per-token CE after minus before (nats)
     adapter_path VARCHAR,
     error VARCHAR,
     finished_at TIMESTAMP,
@@ -137,7 +142,9 @@ SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.d
        p.domain_ppl_before, p.domain_ppl_after, p.domain_improvement_pct, p.smoke_ok,
        p.smoke_min_new_tokens, p.steps, p.final_loss, p.train_seconds, p.eval_seconds,
        p.trainable_params, p.total_params, p.peak_mem_mb, p.mc_acc_before, p.mc_acc_after,
-       p.mc_drop_pts, p.model_mem_mb, p.disk_mb, p.gen_tokens_per_s, p.stop_step, p.error,
+       p.mc_drop_pts, p.model_mem_mb, p.disk_mb, p.gen_tokens_per_s, p.stop_step,
+       p.general_ppl_stmt_before, p.general_ppl_stmt_after, p.degradation_stmt_pct, p.kl_to_base,
+       p.general_ce_delta, p.error,
        r.device, r.git_commit, p.finished_at
 FROM points p JOIN runs r USING (run_id)
 """
@@ -293,6 +300,13 @@ class Store:
             )""",
         ],
         3: ["ALTER TABLE generations ADD COLUMN reason VARCHAR"],
+        4: [
+            "ALTER TABLE points ADD COLUMN general_ppl_stmt_before DOUBLE",
+            "ALTER TABLE points ADD COLUMN general_ppl_stmt_after DOUBLE",
+            "ALTER TABLE points ADD COLUMN degradation_stmt_pct DOUBLE",
+            "ALTER TABLE points ADD COLUMN kl_to_base DOUBLE",
+            "ALTER TABLE points ADD COLUMN general_ce_delta DOUBLE",
+        ],
     }
 
     def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:

@@ -247,3 +247,109 @@ def test_perplexity_items_come_back_in_input_order(tiny):
     res = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=2)
     for t, got in zip(texts, res.item_nll):
         assert got == pytest.approx(_hand_nll(tiny.model, tiny.tokenizer, t)[0], rel=1e-4)
+
+
+# ---- the other forgetting measures (Martz 2025's per-statement mean, KL to the base after
+# Kalajdzievski 2024, peft's method_comparison ΔCE) and the pitfalls of peft PRs #2986/#3419
+
+
+def test_stmt_perplexity_is_the_mean_of_each_statements_perplexity():
+    # statement 1: 2 tokens, NLL 2 -> ppl e; statement 2: 1 token, NLL ln 4 -> ppl 4
+    got = evaluate.stmt_perplexity([2.0, math.log(4.0)], [2, 1])
+    assert got == pytest.approx((math.e + 4.0) / 2)
+    # token-weighted differs on the same toy case: exp((2 + ln 4) / 3)
+    res = evaluate.PerplexityResult(
+        math.exp((2 + math.log(4)) / 3), 2 + math.log(4), 3, [2.0, math.log(4)], [2, 1]
+    )
+    assert res.ppl != pytest.approx(got)
+
+
+def test_ce_delta_is_mean_token_ce_after_minus_before():
+    before = evaluate.PerplexityResult(0.0, 6.0, 3, [6.0], [3])
+    after = evaluate.PerplexityResult(0.0, 9.0, 3, [9.0], [3])
+    assert evaluate.ce_delta(before, after) == pytest.approx(1.0)
+
+
+def _hand_kl(base, tuned, tok, text):
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        p = torch.log_softmax(base(input_ids=ids).logits[0, :-1].double(), -1)
+        q = torch.log_softmax(tuned(input_ids=ids).logits[0, :-1].double(), -1)
+    return float((p.exp() * (p - q)).sum()), ids.shape[1] - 1
+
+
+def _perturbed(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02, alpha=1.0)
+    return model
+
+
+TEXTS = ["The court granted the motion.", "Water boils at one hundred degrees.", "Hi."]
+
+
+def test_kl_to_base_equals_hand_computation(tiny):
+    torch.manual_seed(0)
+    tuned = _perturbed(tiny)
+    base = evaluate.perplexity(tiny.model, tiny.tokenizer, TEXTS, batch_size=2, keep_logp=True)
+    after = evaluate.perplexity(tuned, tiny.tokenizer, TEXTS, batch_size=3, base_logp=base.logp)
+    hand = [_hand_kl(tiny.model, tuned, tiny.tokenizer, t) for t in TEXTS]
+    for got, (want, _) in zip(after.item_kl, hand):
+        assert got == pytest.approx(want, rel=2e-2, abs=1e-4)  # base log-probs kept in float16
+    want_mean = sum(h[0] for h in hand) / sum(h[1] for h in hand)
+    assert evaluate.kl_mean(after) == pytest.approx(want_mean, rel=2e-2)
+    assert evaluate.kl_mean(after) > 0
+
+
+def test_kl_is_zero_for_the_untouched_model(tiny):
+    base = evaluate.perplexity(tiny.model, tiny.tokenizer, TEXTS, keep_logp=True)
+    again = evaluate.perplexity(tiny.model, tiny.tokenizer, TEXTS, base_logp=base.logp)
+    assert evaluate.kl_mean(again) == pytest.approx(0.0, abs=1e-3)
+    assert evaluate.ce_delta(base, again) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_is_zero_for_a_zero_initialised_lora_adapter(tiny):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base = evaluate.perplexity(tiny.model, tiny.tokenizer, TEXTS, keep_logp=True)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    wrapped = get_peft_model(copy.deepcopy(tiny.model), cfg)  # B = 0: the adapter adds nothing
+    after = evaluate.perplexity(wrapped, tiny.tokenizer, TEXTS, base_logp=base.logp)
+    assert evaluate.kl_mean(after) == pytest.approx(0.0, abs=1e-3)
+    assert evaluate.ce_delta(base, after) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_pitfall_targets_are_shifted_by_one(tiny):
+    """peft PR #2986's class of bug: scoring position t's logits against token t (not t+1) gives
+    another number; ours equals the hand NLL of predicting each next token."""
+    text = "The court granted the motion."
+    ids = torch.tensor([tiny.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny.model(input_ids=ids).logits[0].double(), -1)
+    shifted = -float(logp[:-1].gather(-1, ids[0, 1:, None]).sum())
+    unshifted = -float(logp.gather(-1, ids[0, :, None]).sum())
+    res = evaluate.perplexity(tiny.model, tiny.tokenizer, [text])
+    assert res.nll_sum == pytest.approx(shifted, rel=1e-4)
+    assert res.nll_sum != pytest.approx(unshifted, rel=1e-2)
+    assert res.tokens == ids.shape[1] - 1
+
+
+def test_pitfall_padding_is_excluded_from_ce_and_kl(tiny):
+    """peft PR #3419's class of bug: padded positions counted. A short text batched with a long
+    one scores exactly as alone, for NLL, token count and KL."""
+    torch.manual_seed(1)
+    tuned = _perturbed(tiny)
+    short, long = "Hi.", "Water boils at one hundred degrees Celsius at sea level, they say."
+    alone_b = evaluate.perplexity(tiny.model, tiny.tokenizer, [short], keep_logp=True)
+    alone = evaluate.perplexity(tuned, tiny.tokenizer, [short], base_logp=alone_b.logp)
+    both_b = evaluate.perplexity(tiny.model, tiny.tokenizer, [short, long], 2, keep_logp=True)
+    both = evaluate.perplexity(tuned, tiny.tokenizer, [short, long], 2, base_logp=both_b.logp)
+    assert both.item_tokens[0] == alone.item_tokens[0]
+    assert both.item_nll[0] == pytest.approx(alone.item_nll[0], rel=1e-4)
+    assert both.item_kl[0] == pytest.approx(alone.item_kl[0], rel=1e-3, abs=1e-5)
+    assert both_b.logp[0].shape[0] == alone.item_tokens[0]

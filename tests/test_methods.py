@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -110,6 +112,9 @@ def test_every_method_trains_evaluates_and_measures(db, method, over):
     row = df.iloc[0]
     assert row.general_ppl_after > 0 and row.model_mem_mb > 0 and row.gen_tokens_per_s > 0
     assert 0 < row.trainable_params <= row.total_params and row.peak_mem_mb > 0
+    # the other forgetting measures, for every method: finite, KL to the base positive
+    assert row.kl_to_base > 0 and row.general_ppl_stmt_after > 0
+    assert math.isfinite(row.degradation_stmt_pct) and math.isfinite(row.general_ce_delta)
     spec_rows = store.spectral_df(["r"])
     assert len(spec_rows) > 0 and (spec_rows.fro_norm > 0).all()
     assert spec_rows.topk_cos.between(0, 1 + 1e-9).all()

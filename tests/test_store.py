@@ -147,13 +147,25 @@ def test_two_writers_and_a_reader_share_the_file(db):
     assert sorted(df.groupby("run_id").size().tolist()) == [n, n]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+NEW_MEASURES = (  # schema 5
+    "general_ppl_stmt_before",
+    "general_ppl_stmt_after",
+    "degradation_stmt_pct",
+    "kl_to_base",
+    "general_ce_delta",
+)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_older_schema_is_migrated_without_losing_rows(db, version):
     s = Store(db)
     s.create_run("old", preset("tiny-test"))
     s.save_point("old", _point(4))
     con = duckdb.connect(str(db))  # turn it back into an older database
-    con.execute("ALTER TABLE generations DROP COLUMN reason")
+    for col in NEW_MEASURES:
+        con.execute(f"ALTER TABLE points DROP COLUMN {col}")
+    if version <= 3:
+        con.execute("ALTER TABLE generations DROP COLUMN reason")
     if version <= 2:
         for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
             con.execute(f"ALTER TABLE points DROP COLUMN {col}")
@@ -167,7 +179,8 @@ def test_older_schema_is_migrated_without_losing_rows(db, version):
     again = Store(db)
     df = again.points_df(["old"])
     assert len(df) == 1 and df.degradation_pct[0] == 10.0
-    assert {"mc_drop_pts", "model_mem_mb", "stop_step"} <= set(df.columns)
+    assert {"mc_drop_pts", "model_mem_mb", "stop_step", "kl_to_base"} <= set(df.columns)
+    assert df.kl_to_base.isna().all()  # points measured before the measure existed: NULL
     again.save_run_info("old", "k", [1, 2])
     assert again.run_info("old") == {"k": [1, 2]} and again.spectral_df(["old"]).empty
     assert again.query_df("SELECT value FROM meta WHERE key = 'schema_version'").value[0] == str(
@@ -270,7 +283,7 @@ def test_a_migrated_database_has_the_fresh_schema_and_migrations_are_frozen(db, 
     s.list_runs()
     con = duckdb.connect(str(db))
     con.execute("ALTER TABLE generations DROP COLUMN reason")
-    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step"):
+    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step", *NEW_MEASURES):
         con.execute(f"ALTER TABLE points DROP COLUMN {col}")
     for col in ("mc_acc_before", "mc_acc_after", "mc_drop_pts"):
         con.execute(f"ALTER TABLE points DROP COLUMN {col}")
