@@ -22,6 +22,10 @@ def test_run_show_export_roundtrip(db, tmp_path):
     an = cli("analyze", run_id, "--metric", "degradation_pct", "--db", str(db))
     assert an.returncode == 0, an.stderr
     assert "degradation_pct: general perplexity change (token-weighted)" in an.stdout
+    for metric in ("degradation_stmt_pct", "general_ce_delta", "kl_to_base"):
+        an = cli("analyze", run_id, "--metric", metric, "--db", str(db))
+        assert an.returncode == 0 and f"{metric}: " in an.stdout, an.stderr
+    assert " nats (≈ " in an.stdout  # KL is in nats, shown with its perplexity-ratio equivalent
     out = tmp_path / "pts.parquet"
     e = cli("export", "--db", str(db), "--format", "parquet", "--out", str(out))
     assert e.returncode == 0 and "wrote 2 rows" in e.stdout
