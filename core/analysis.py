@@ -35,6 +35,88 @@ def ratio_to_pct(ratio):
     return (np.asarray(ratio, dtype=float) - 1.0) * 100.0
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A forgetting measure a threshold can be read from. Thresholds, phases, fits and charts
+    work on a percentage of perplexity change; a measure in nats d (a change of mean per-token
+    cross-entropy, a KL divergence) enters them as its perplexity-ratio equivalent
+    (e^d - 1) * 100 % and its mean over seeds is taken in nats first."""
+
+    name: str
+    unit: str  # "%" | "nats"
+    title: str
+    source: str = ""  # whose measure it is (author and year + title)
+
+    def to_pct(self, v):
+        v = np.asarray(v, dtype=float)
+        return v if self.unit == "%" else np.expm1(v) * 100.0
+
+    def from_pct(self, pct):
+        pct = np.asarray(pct, dtype=float)
+        return pct if self.unit == "%" else np.log1p(pct / 100.0)
+
+    def level_text(self, level_pct: float) -> str:
+        """The threshold level in the measure's own unit ('10 %', '0.0953 nats (≈ 10 %)')."""
+        if self.unit == "%":
+            return f"{level_pct:g} %"
+        return f"{float(self.from_pct(level_pct)):.3g} nats (≈ {level_pct:g} %)"
+
+
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("degradation_pct", "%", "general perplexity change (token-weighted)"),
+        Metric(
+            "degradation_stmt_pct",
+            "%",
+            "general perplexity change (mean of per-statement perplexities)",
+            "Martz 2025, scale-dependent forgetting",
+        ),
+        Metric(
+            "general_ce_delta",
+            "nats",
+            "change of mean per-token cross-entropy on the general probe",
+            "Hugging Face peft's method_comparison benchmark",
+        ),
+        Metric(
+            "kl_to_base",
+            "nats",
+            "mean per-token KL divergence from the base model on the general probe",
+            'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs"',
+        ),
+    )
+}
+
+
+def metric_of(name: str) -> Metric:
+    """The measure called `name`; a ValueError naming the valid ones otherwise."""
+    if name not in METRICS:
+        raise ValueError(f"unknown forgetting metric '{name}'; one of: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+def available_metrics(points: pd.DataFrame) -> list[str]:
+    """The forgetting measures with at least one value among `points` (older runs and methods
+    that cannot provide a measure have none)."""
+    return [m for m in METRICS if m in points.columns and points[m].notna().any()]
+
+
+def metric_curves(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
+    """`per_scale` of a forgetting measure, mean and interval in the percentage the charts and
+    the threshold use (`Metric.to_pct`; the identity for the % measures). `mean_raw` keeps the
+    mean in the measure's own unit."""
+    m = metric_of(metric)
+    if metric not in points.columns:
+        return pd.DataFrame(columns=[*PER_SCALE_COLUMNS, "mean_raw"])
+    out = per_scale(points, metric)
+    out["mean_raw"] = out["mean"]
+    if m.unit != "%":
+        for c in ("mean", "min", "max", "ci_low", "ci_high"):
+            out[c] = m.to_pct(out[c])
+        out["std"] = np.nan  # a spread in nats has no single percentage
+    return out
+
+
 def classify(pct: float, cutoffs=DEFAULT_CUTOFFS) -> str:
     if pct is None or (isinstance(pct, float) and math.isnan(pct)):
         return "unknown"
@@ -219,12 +301,18 @@ def fit_growth(scales, pct) -> list[Fit]:
 
 # -- uncertainty -----------------------------------------------------------------------------------
 def bootstrap_threshold_seeds(
-    points: pd.DataFrame, level: float = 10.0, n_boot: int = 2000, seed: int = 0
+    points: pd.DataFrame,
+    level: float = 10.0,
+    n_boot: int = 2000,
+    seed: int = 0,
+    metric: str = "degradation_pct",
 ) -> dict:
     """95 % bootstrap interval of the threshold scale, resampling whole seeds (each seed is one
-    curve). Needs at least two seeds measured at every scale used."""
-    ok = points[(points["status"] == "done") & points["degradation_pct"].notna()]
-    m = ok.pivot_table(index="seed", columns="scale", values="degradation_pct").dropna(axis=1)
+    curve). Needs at least two seeds measured at every scale used. `level` is in % (a measure in
+    nats is averaged in nats, then converted: `Metric`)."""
+    met = metric_of(metric)
+    ok = points[(points["status"] == "done") & points[metric].notna()]
+    m = ok.pivot_table(index="seed", columns="scale", values=metric).dropna(axis=1)
     if len(m) < 2 or m.shape[1] < 2:
         raise ValueError("a seed bootstrap needs at least two seeds measured at two or more scales")
     rng = np.random.default_rng(seed)
@@ -233,16 +321,22 @@ def bootstrap_threshold_seeds(
     out = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(vals), len(vals))
-        t = threshold_scale(scales, vals[pick].mean(0), level)
+        t = threshold_scale(scales, met.to_pct(vals[pick].mean(0)), level)
         out.append(np.inf if t is None else t)
     return _interval(out, "seeds", len(vals))
 
 
 def bootstrap_threshold_items(
-    items: pd.DataFrame, level: float = 10.0, n_boot: int = 2000, seed: int = 0
+    items: pd.DataFrame,
+    level: float = 10.0,
+    n_boot: int = 2000,
+    seed: int = 0,
+    per_statement: bool = False,
 ) -> dict:
     """95 % bootstrap interval of the threshold scale for a single-seed run, resampling general
-    probe items (the same resample at every scale). `items`: item_nll rows of one seed."""
+    probe items (the same resample at every scale). `items`: item_nll rows of one seed. The
+    perplexity of a resample is token-weighted, or with `per_statement` the mean of its
+    statements' perplexities (Martz 2025's aggregation)."""
     piv_a = items.pivot_table(index="item", columns="scale", values="nll_after")
     before = items.groupby("item")[["nll_before", "tokens"]].first().loc[piv_a.index]
     if len(piv_a) < 2 or piv_a.shape[1] < 2:
@@ -253,8 +347,13 @@ def bootstrap_threshold_items(
     out = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(b), len(b))
-        ppl_b = np.exp(b[pick].sum() / tok[pick].sum())
-        ppl_a = np.exp(a[pick].sum(0) / tok[pick].sum())
+        if per_statement:
+            n = np.maximum(tok[pick], 1)
+            ppl_b = np.exp(b[pick] / n).mean()
+            ppl_a = np.exp(a[pick] / n[:, None]).mean(0)
+        else:
+            ppl_b = np.exp(b[pick].sum() / tok[pick].sum())
+            ppl_a = np.exp(a[pick].sum(0) / tok[pick].sum())
         t = threshold_scale(scales, (ppl_a - ppl_b) / ppl_b * 100, level)
         out.append(np.inf if t is None else t)
     return _interval(out, "probe items", len(b))
@@ -297,32 +396,50 @@ def analyze(
     level: float = 10.0,
     cutoffs=DEFAULT_CUTOFFS,
     n_boot: int = 1000,
+    metric: str = "degradation_pct",
 ) -> dict:
     """Everything reported about one run's threshold, as a dictionary (`python -m core analyze
-    --json`); `threshold_report` is the typed form the page and the CLI's text use."""
-    curve = per_scale(points)
+    --json`); `threshold_report` is the typed form the page and the CLI's text use. `metric`:
+    which forgetting measure (`METRICS`); `level` is in % (`Metric` for the nats measures)."""
+    met = metric_of(metric)
+    if metric not in points.columns or not points[metric].notna().any():
+        raise ValueError(
+            f"no point has a value of {metric} ({met.title}): points measured before it existed, "
+            "or a method that cannot provide it"
+        )
+    curve = per_scale(points, metric)
     if curve.empty:
         raise ValueError("the run has no finished points")
-    curve = curve.groupby("scale", as_index=False).agg(mean=("mean", "mean"), n=("n", "sum"))
+    curve = curve.groupby("scale", as_index=False).agg(raw=("mean", "mean"), n=("n", "sum"))
+    curve["mean"] = met.to_pct(curve["raw"])
     out: dict = {
+        "metric": metric,
+        "unit": met.unit,
         "level_pct": level,
+        "level": float(met.from_pct(level)),
         "threshold_scale": threshold_scale(curve["scale"], curve["mean"], level),
         "largest_safe_scale": largest_safe_scale(curve["scale"], curve["mean"], level),
         "points": [
             {
                 "scale": int(s),
                 "mean_degradation_pct": float(m),
+                "mean": float(r),
                 "seeds": int(n),
                 "phase": classify(m, cutoffs),
             }
-            for s, m, n in zip(curve["scale"], curve["mean"], curve["n"])
+            for s, m, r, n in zip(curve["scale"], curve["mean"], curve["raw"], curve["n"])
         ],
     }
     try:
         if points["seed"].nunique() >= 2:
-            ci = bootstrap_threshold_seeds(points, level, n_boot)
+            ci = bootstrap_threshold_seeds(points, level, n_boot, metric=metric)
+        elif metric == "kl_to_base":
+            raise ValueError("KL to the base is not stored per probe item: no single-seed interval")
         elif items is not None and not items.empty:
-            ci = bootstrap_threshold_items(items, level, n_boot)
+            # the token-weighted change and the cross-entropy change are one measure (ΔCE =
+            # log of the perplexity ratio): both resample the token-weighted perplexity
+            stmt = metric == "degradation_stmt_pct"
+            ci = bootstrap_threshold_items(items, level, n_boot, per_statement=stmt)
         else:
             raise ValueError("no per-item losses stored for a single-seed interval")
         out["threshold_ci"] = [ci["low"], ci["high"]]
@@ -509,14 +626,18 @@ def describe_interval(
 
 
 # -- what the pages and the CLI report -----------------------------------------------------------
-def threshold_verdict(threshold: float | None, smallest: float, level: float, strong="") -> str:
+def threshold_verdict(
+    threshold: float | None, smallest: float, level: float, strong="", level_text: str = ""
+) -> str:
     """The threshold in one sentence: never crossed, crossed already at the smallest measured
-    size, or where. `strong` wraps the number (the app passes '**' for bold)."""
+    size, or where. `strong` wraps the number (the app passes '**' for bold); `level_text` says
+    the level in another unit than % (`Metric.level_text`)."""
+    lv = level_text or f"{level:g} %"
     if threshold is None:
-        return f"never crosses {level:g} % in the measured range"
+        return f"never crosses {lv} in the measured range"
     if threshold <= smallest:
-        return f"already above {level:g} % at the smallest measured size ({threshold:,.0f})"
-    return f"threshold ({level:g} %): {strong}{threshold:,.0f}{strong} samples"
+        return f"already above {lv} at the smallest measured size ({threshold:,.0f})"
+    return f"threshold ({lv}): {strong}{threshold:,.0f}{strong} samples"
 
 
 @dataclass
@@ -536,9 +657,11 @@ class ThresholdReport:
     fit_note: str  # why there is no fit
     fits: list[Fit]
     raw: dict  # `analyze`'s dictionary (the CLI's --json)
+    metric: str = "degradation_pct"  # which forgetting measure (`METRICS`)
 
     def verdict(self, strong: str = "") -> str:
-        return threshold_verdict(self.threshold, self.smallest_scale, self.level, strong)
+        lv = metric_of(self.metric).level_text(self.level)
+        return threshold_verdict(self.threshold, self.smallest_scale, self.level, strong, lv)
 
     def interval_text(self) -> str:
         if not self.interval:
@@ -568,9 +691,11 @@ def threshold_report(
     level: float = 10.0,
     cutoffs=DEFAULT_CUTOFFS,
     n_boot: int = 1000,
+    metric: str = "degradation_pct",
 ) -> ThresholdReport:
-    """`analyze` of one run as a typed result. Raises ValueError without finished points."""
-    res = analyze(points, items, level, cutoffs, n_boot)
+    """`analyze` of one run as a typed result. Raises ValueError without finished points or
+    without values of `metric`."""
+    res = analyze(points, items, level, cutoffs, n_boot, metric)
     fits = [Fit(f["name"], f["params"], f["r2"], f["aic"]) for f in res.get("fits", [])]
     ci = res.get("threshold_ci")
     return ThresholdReport(
@@ -586,6 +711,7 @@ def threshold_report(
         fit_note=res.get("fit_note", ""),
         fits=fits,
         raw=res,
+        metric=metric,
     )
 
 

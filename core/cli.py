@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .analysis import METRICS
 from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, rank_series
 from .errors import LabError
 from .labels import POINT_SUMMARY
@@ -148,7 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze", help="threshold with its confidence interval, phases and growth fits"
     )
     an.add_argument("run_id")
-    an.add_argument("--level", type=float, default=10.0, help="threshold level in %% degradation")
+    an.add_argument(
+        "--level",
+        type=float,
+        default=10.0,
+        help="threshold level in %% degradation (a measure in nats: its perplexity-ratio "
+        "equivalent, e.g. 10 is log(1.1) = 0.0953 nats)",
+    )
+    an.add_argument(
+        "--metric",
+        default="degradation_pct",
+        choices=list(METRICS),
+        help="forgetting measure: degradation_pct (token-weighted perplexity change), "
+        "degradation_stmt_pct (mean of per-statement perplexities, Martz 2025), "
+        "general_ce_delta (cross-entropy change in nats, peft's method comparison), kl_to_base "
+        "(KL to the base model in nats, Kalajdzievski 2024)",
+    )
     an.add_argument("--json", action="store_true", help="print JSON")
     _add_db(an)
     fc = sub.add_parser(
@@ -374,7 +390,7 @@ def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
     store.get_run(a.run_id)
     try:
         rep = analysis.threshold_report(
-            store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level
+            store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level, metric=a.metric
         )
     except ValueError as e:
         raise LabError(f"cannot analyze run {a.run_id}: {e}") from None
@@ -385,8 +401,12 @@ def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
     print(rep.interval_text())
     if rep.fit is not None:
         print(rep.fit_text(r2_digits=3))
+    nats = analysis.metric_of(a.metric).unit == "nats"
+    print(f"{a.metric}: {analysis.metric_of(a.metric).title}")
     for p in rep.points:
-        print(f"  {p['scale']:>7,}  {p['mean_degradation_pct']:+10.1f} %  {p['phase']}")
+        value = f"{p['mean']:+10.4f} nats (≈ {p['mean_degradation_pct']:+.1f} %)" if nats else ""
+        value = value or f"{p['mean_degradation_pct']:+10.1f} %"
+        print(f"  {p['scale']:>7,}  {value}  {p['phase']}")
     return 0
 
 

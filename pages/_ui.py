@@ -166,21 +166,23 @@ def spectral_for(run_ids: list[str]) -> pd.DataFrame:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _analysis(
-    db: str, version: tuple, run_id: str, level: float, cutoffs: tuple
+    db: str, version: tuple, run_id: str, level: float, cutoffs: tuple, metric: str
 ) -> analysis.ThresholdReport | None:
     pts = points_for([run_id])
     items = None if run_id.startswith(reference.REF_PREFIX) else read("item_nll_df", run_id)
     try:
-        return analysis.threshold_report(pts, items, level, cutoffs, n_boot=500)
+        return analysis.threshold_report(pts, items, level, cutoffs, n_boot=500, metric=metric)
     except ValueError:
         return None
 
 
-def analysis_for(run_id: str, level: float, cutoffs) -> analysis.ThresholdReport | None:
-    """`analysis.threshold_report` of one run (threshold, bootstrap interval, fits), cached
-    until the database changes or the level / cut-offs do."""
+def analysis_for(
+    run_id: str, level: float, cutoffs, metric: str = "degradation_pct"
+) -> analysis.ThresholdReport | None:
+    """`analysis.threshold_report` of one run (threshold, bootstrap interval, fits) under one
+    forgetting measure, cached until the database changes or the level / cut-offs do."""
     db = resolve_db(None)
-    return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs))
+    return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs), metric)
 
 
 def run_info_for(run_id: str) -> dict:

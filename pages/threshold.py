@@ -105,14 +105,32 @@ if metric == "multiple choice":
         "before fine-tuning. Threshold, phases and the slider use the perplexity metric."
     )
     st.stop()
-curves = analysis.per_scale(pts, "degradation_pct")
+measures = analysis.available_metrics(pts) or ["degradation_pct"]
+measure = st.selectbox(
+    "Perplexity measure",
+    measures,
+    format_func=lambda m: analysis.METRICS[m].title,
+    key="thr_measure",
+    help="Which forgetting measure the curve, threshold, phases and slider use. Token-weighted: "
+    f"total loss over all probe tokens. Per statement: the mean of each statement's perplexity "
+    f"({sources.cite('000')}). Cross-entropy change: peft's method comparison. KL to the base: "
+    'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs". Only measures the '
+    "selected runs have are offered (older runs lack the newer ones).",
+)
+if analysis.METRICS[measure].unit == "nats":
+    st.caption(
+        "This measure is in nats (d); the chart, the level and the phase cut-offs show it as its "
+        "perplexity-ratio equivalent (e^d − 1) × 100 %. For the cross-entropy change this is "
+        "exactly the token-weighted perplexity change."
+    )
+curves = analysis.metric_curves(pts, measure)
 dom = analysis.per_scale(pts, "domain_improvement_pct")
 if curves.empty:
     st.warning("The selected runs have no successfully finished points yet.")
     st.stop()
 lab = all_labels(df)
 measured = set(curves.run_id)
-reports = {r: analysis_for(r, level, cutoffs) for r in chosen if r in measured}
+reports = {r: analysis_for(r, level, cutoffs, measure) for r in chosen if r in measured}
 reports = {r: rep for r, rep in reports.items() if rep is not None}
 thr = {r: rep.threshold for r, rep in reports.items()}
 fits = {r: rep.fit for r, rep in reports.items() if rep.fit is not None}
@@ -249,7 +267,7 @@ def read_off() -> None:
             [
                 "seed",
                 "status",
-                "degradation_pct",
+                *dict.fromkeys(["degradation_pct", measure]),
                 "domain_improvement_pct",
                 "smoke_ok",
                 "general_ppl_before",

@@ -229,3 +229,83 @@ def test_run_summary_joins_the_cost_figures():
     assert row["trainable_pct"] == 1.0 and row["ms_per_step"] == 100.0
     assert analysis.run_summary(pts.iloc[0:0]).empty
     assert analysis.percent_change(4.0, 5.0) == 25.0
+
+
+def test_every_forgetting_metric_reads_a_threshold_in_its_own_unit():
+    """A measure in nats enters as its perplexity-ratio equivalent: the change of mean per-token
+    cross-entropy d = log(1 + pct/100) places the threshold exactly where the token-weighted
+    perplexity change does, and the report says the level in nats."""
+    pct = {100: 0.0, 400: 21.0, 1600: 80.0, 6400: 400.0}
+    pts = _points(
+        "r", pct, seeds=(0, 1), general_ce_delta=lambda sc, s: float(np.log1p(pct[sc] / 100))
+    )
+    a = analysis.threshold_report(pts, level=10.0, n_boot=50)
+    b = analysis.threshold_report(pts, level=10.0, n_boot=50, metric="general_ce_delta")
+    assert b.threshold == pytest.approx(a.threshold) == pytest.approx(200, rel=1e-6)
+    assert b.verdict() == "threshold (0.0953 nats (≈ 10 %)): 200 samples"
+    assert [p["mean"] for p in b.points] == pytest.approx(
+        [0.0, np.log(1.21), np.log(1.8), np.log(5)]
+    )
+    assert [p["phase"] for p in b.points] == [p["phase"] for p in a.points]
+    assert b.raw["metric"] == "general_ce_delta" and b.raw["level"] == pytest.approx(np.log(1.1))
+    curves = analysis.metric_curves(pts, "general_ce_delta")
+    assert curves["mean"].to_numpy() == pytest.approx(list(pct.values()))
+    assert curves["mean_raw"].to_numpy() == pytest.approx(
+        np.log1p(np.array(list(pct.values())) / 100)
+    )
+
+
+def test_a_metric_without_values_or_unknown_is_a_clear_error():
+    pts = _points("r", {100: 1.0, 200: 30.0}, kl_to_base=lambda sc, s: None)
+    assert analysis.available_metrics(pts) == ["degradation_pct"]
+    with pytest.raises(ValueError, match="no point has a value of kl_to_base"):
+        analysis.threshold_report(pts, metric="kl_to_base")
+    with pytest.raises(
+        ValueError, match="unknown forgetting metric 'bogus'; one of: degradation_pct"
+    ):
+        analysis.threshold_report(pts, metric="bogus")
+    assert analysis.metric_curves(pts, "degradation_stmt_pct").empty
+
+
+def test_kl_has_no_single_seed_interval():
+    pts = _points("r", {100: 1.0, 200: 30.0, 400: 60.0}, kl_to_base=lambda sc, s: sc / 1000)
+    items = pd.DataFrame(
+        [
+            {"item": i, "scale": sc, "nll_before": 10.0, "nll_after": 11.0, "tokens": 5}
+            for i in range(3)
+            for sc in (100, 200, 400)
+        ]
+    )
+    rep = analysis.threshold_report(pts, items, metric="kl_to_base", n_boot=20)
+    assert rep.interval is None and "not stored per probe item" in rep.interval_note
+
+
+def test_item_bootstrap_per_statement_is_the_mean_of_statement_perplexities():
+    """With one resample, the interval is that resample's threshold, computed here by hand with
+    Martz 2025's aggregation (which differs from the token-weighted one on these items)."""
+    rows = []
+    toks = [2, 10, 30]
+    for item, t in enumerate(toks):
+        for sc, bump in ((50, 0.0), (100, 0.05 * (item + 1)), (200, 0.5 / (item + 1))):
+            rows.append(
+                {
+                    "item": item,
+                    "scale": sc,
+                    "nll_before": 2.0 * t,
+                    "nll_after": (2 + bump) * t,
+                    "tokens": t,
+                }
+            )
+    df = pd.DataFrame(rows)
+    pick = np.random.default_rng(7).integers(0, 3, 3)
+    t = np.array(toks)[pick]
+    before = np.exp(2.0 * t / t).mean()
+    after = [
+        np.mean([np.exp(2 + f(i)) for i in pick])
+        for f in (lambda i: 0.0, lambda i: 0.05 * (i + 1), lambda i: 0.5 / (i + 1))
+    ]
+    want = analysis.threshold_scale([50, 100, 200], (np.array(after) - before) / before * 100, 10.0)
+    ci = analysis.bootstrap_threshold_items(df, 10.0, n_boot=1, seed=7, per_statement=True)
+    assert ci["low"] == pytest.approx(want) and ci["high"] == pytest.approx(want)
+    token = analysis.bootstrap_threshold_items(df, 10.0, n_boot=1, seed=7)
+    assert token["low"] != pytest.approx(want)

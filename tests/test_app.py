@@ -195,6 +195,21 @@ def test_threshold_can_show_multiple_choice_accuracy(tiny_run, monkeypatch):
     assert at.get("plotly_chart") and "Chance level" in " ".join(c.value for c in at.caption)
 
 
+def test_threshold_offers_every_forgetting_measure(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    box = at.selectbox(key="thr_measure")
+    assert box.options == [
+        "general perplexity change (token-weighted)",
+        "general perplexity change (mean of per-statement perplexities)",
+        "change of mean per-token cross-entropy on the general probe",
+        "mean per-token KL divergence from the base model on the general probe",
+    ]
+    box.set_value("kl_to_base").run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart") and any("in nats" in c.value for c in at.caption)
+
+
 def test_launch_form_queues_one_run_per_rank(tmp_path, monkeypatch):
     import core.runner
 

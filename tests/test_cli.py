@@ -19,6 +19,13 @@ def test_run_show_export_roundtrip(db, tmp_path):
     assert cli("list", "--db", str(db)).stdout.count(run_id) == 1
     show = cli("show", run_id, "--db", str(db))
     assert show.returncode == 0 and "degradation_pct" in show.stdout
+    an = cli("analyze", run_id, "--metric", "degradation_pct", "--db", str(db))
+    assert an.returncode == 0, an.stderr
+    assert "degradation_pct: general perplexity change (token-weighted)" in an.stdout
+    for metric in ("degradation_stmt_pct", "general_ce_delta", "kl_to_base"):
+        an = cli("analyze", run_id, "--metric", metric, "--db", str(db))
+        assert an.returncode == 0 and f"{metric}: " in an.stdout, an.stderr
+    assert " nats (≈ " in an.stdout  # KL is in nats, shown with its perplexity-ratio equivalent
     out = tmp_path / "pts.parquet"
     e = cli("export", "--db", str(db), "--format", "parquet", "--out", str(out))
     assert e.returncode == 0 and "wrote 2 rows" in e.stdout
@@ -45,6 +52,7 @@ def test_run_show_export_roundtrip(db, tmp_path):
         (["cancel", "missing-run"], "no run with id"),
         (["export", "--format", "xlsx", "--out", "x"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
+        (["analyze", "missing-run", "--metric", "bogus"], "--metric: invalid choice: 'bogus'"),
     ],
 )
 def test_bad_input_gives_one_clear_line(db, args, fragment):
