@@ -160,23 +160,30 @@ with st.sidebar:
 
 
 @st.cache_data(show_spinner="Forecasting…", max_entries=64)
-def _forecast(run_id: str, key: tuple, to: float, level: float) -> dict | None:
+def _forecast(run_id: str, key: tuple, to: float, level: float, measure: str) -> dict | None:
     from core import forecast
 
     try:
-        return forecast.forecast(points_for([run_id]), to=to, level=level, n_boot=200)
+        return forecast.forecast(
+            points_for([run_id]), metric=measure, to=to, level=level, n_boot=200
+        )
     except forecast.ForecastError as e:
         return {"error": str(e)}
 
 
 forecasts = {}
-if show_fc:
+if show_fc and analysis.METRICS[measure].unit == "nats":
+    st.sidebar.caption(
+        "The forecast projects % measures; choose the token-weighted or per-statement "
+        "perplexity change to see it."
+    )
+elif show_fc:
     for r in chosen:
         c = curves[curves.run_id == r]
         if c.empty:
             continue
         key = tuple(c["scale"]) + tuple(c["mean"].round(6))  # reruns when the points change
-        fc = _forecast(r, key, float(fc_to), float(level))
+        fc = _forecast(r, key, float(fc_to), float(level), measure)
         if fc and "error" in fc:
             st.sidebar.caption(f"No forecast for {lab.get(r, r)}: {fc['error']}")
         elif fc:
