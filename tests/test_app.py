@@ -6,7 +6,17 @@ from streamlit.testing.v1 import AppTest
 from core.store import Store
 from tests.conftest import ROOT
 
-PAGES = ["launch", "threshold", "phases", "cross_domain", "methods", "smoke_test", "runs", "about"]
+PAGES = [
+    "launch",
+    "threshold",
+    "phases",
+    "cross_domain",
+    "methods",
+    "smoke_test",
+    "pareto",
+    "runs",
+    "about",
+]
 
 
 def _app(page: str, db, monkeypatch) -> AppTest:
@@ -36,6 +46,8 @@ def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
         assert len(chosen) == 4 and all(r.startswith("ref:") for r in chosen)
         assert len(at.get("plotly_chart")) == 4  # curves x2, layer heatmap, profile (one rank)
         assert "blocks trained" in at.table[0].value.index
+    elif page == "pareto":  # the reference's points and their front
+        assert at.get("plotly_chart")
     elif page == "about":
         assert len(at.subheader) == 6  # four reproduced sources, two forecast anchors
     elif page != "launch":
