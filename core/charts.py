@@ -941,3 +941,45 @@ def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figu
         margin=dict(l=60, r=20, t=30, b=60),
     )
     return fig
+
+
+def item_heatmap(
+    matrix: pd.DataFrame, first: pd.Series | None = None, texts: dict | None = None
+) -> go.Figure:
+    """What was forgotten: probe statements × dataset sizes, coloured by each statement's own
+    perplexity change (log of the ratio after/before, so +100 % and −50 % sit symmetrically);
+    a marker where each statement first crossed the level (`forgotten.first_crossing`)."""
+    texts = texts or {}
+    names = [str(texts.get(int(i), f"item {i}"))[:60] for i in matrix.index]
+    x = [f"{int(c):,}" for c in matrix.columns]
+    z = np.log10(pct_to_ratio(matrix.to_numpy(dtype=float)).clip(1e-6))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=x,
+            y=names,
+            colorscale="RdBu_r",
+            zmid=0.0,
+            customdata=matrix.to_numpy(dtype=float),
+            hovertemplate="%{y}<br>%{x} samples: %{customdata:+.1f} %<extra></extra>",
+            colorbar=dict(title="log10 PPL ratio"),
+        )
+    )
+    if first is not None:
+        hit = first.dropna()
+        fig.add_trace(
+            go.Scatter(
+                x=[f"{int(v):,}" for v in hit],
+                y=[names[list(matrix.index).index(i)] for i in hit.index],
+                mode="markers",
+                marker=dict(symbol="x", color="black", size=9),
+                name="first crossed the level",
+            )
+        )
+    fig.update_layout(
+        xaxis_title="dataset size (samples)",
+        yaxis=dict(autorange="reversed"),
+        height=max(300, 24 * len(names) + 120),
+        margin=dict(l=10, r=10, t=30, b=40),
+    )
+    return fig

@@ -214,3 +214,15 @@ def test_threshold_interval_never_reads_like_a_bug(ci, t, fragment):
     text = analysis.describe_interval(ci, "seeds", t, 50.0)
     assert fragment in text
     assert "61 – 61" not in text and "50 – 50" not in text
+
+
+def test_item_heatmap_marks_where_each_statement_first_crossed():
+    import pandas as pd
+
+    from core import charts, forgotten
+
+    m = pd.DataFrame({10: [30.0, 1.0], 100: [200.0, 5.0]}, index=[0, 1])
+    fig = charts.item_heatmap(m, forgotten.first_crossing(m, 10.0), {0: "Paris", 1: "water"})
+    heat, marks = fig.data
+    assert list(heat.y) == ["Paris", "water"] and list(heat.x) == ["10", "100"]
+    assert list(marks.x) == ["10"] and list(marks.y) == ["Paris"]  # 'water' never crossed
