@@ -160,6 +160,13 @@ COLUMNS: dict[str, Col] = {
     "new_tokens": Col("new tokens", format="%d", width="small"),
     "ok": Col("ok", "bool", help="the smoke-test verdict on the fine-tuned answer", width="small"),
     "reason": Col("why it failed", "text", width="medium"),
+    # what was forgotten (core/forgotten.py)
+    "item": Col("statement no.", format="%d"),
+    "text": Col("statement", "text", width="large"),
+    "ppl_before": Col("PPL before", format="%.2f"),
+    "change_pct": Col("PPL change at the largest size", format="%+.1f%%"),
+    "first_crossed": Col("first crossed the level at", format="%.0f"),
+    "base": Col("base model", "text"),
 }
 
 
