@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import analysis, charts, reference, sources
+from core import analysis, charts, data, forgotten, reference, sources
 from pages._ui import (
     all_labels,
     analysis_for,
@@ -301,3 +301,34 @@ def read_off() -> None:
 
 st.subheader("Read off any dataset size")
 read_off()
+
+
+st.subheader("What was forgotten")
+own_measured = [r for r in chosen if r in measured and not r.startswith(reference.REF_PREFIX)]
+if not own_measured:
+    st.caption(
+        "The shipped reference stores no per-statement losses or answers; run your own sweep to "
+        "see which statements were forgotten, and at which size."
+    )
+else:
+    which = st.selectbox(
+        "Run", own_measured, format_func=lambda r: lab.get(r, r), key="forgotten_run"
+    )
+    items = read("item_nll_df", which)
+    matrix = forgotten.item_change(items)
+    if matrix.empty:
+        st.caption("This run stored no per-statement losses.")
+    else:
+        probe = data.load_probe(read("get_spec", which).probe)
+        texts = {i: probe[i] for i in matrix.index if 0 <= int(i) < len(probe)}
+        first = forgotten.first_crossing(matrix, level)
+        st.plotly_chart(charts.item_heatmap(matrix, first, texts), key="forgotten_heatmap")
+        st.caption(
+            f"Each statement's own perplexity change (mean over seeds); x: the first measured "
+            f"size at which it reached {level:g} %."
+        )
+        table(forgotten.forgotten_table(items, texts, level))
+    strip = forgotten.answer_strip(read("generations_df", which))
+    if not strip.empty:
+        st.markdown("**Smoke-test answers across sizes** (greedy decoding, one seed)")
+        static_table(strip.rename(columns=str).reset_index())

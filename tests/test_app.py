@@ -401,3 +401,13 @@ def test_every_table_column_has_a_human_label(tiny_run, monkeypatch):
             for col in df.value.columns:
                 label = cfg.get(f"col:{col}", cfg.get(col, {})).get("label")
                 assert label and not re.search(r"[a-z]_[a-z]", label), (page, col, cfg.get(col))
+
+
+def test_threshold_shows_what_was_forgotten_for_an_own_run(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    assert not at.exception, at.exception
+    assert any(s.value == "What was forgotten" for s in at.subheader)
+    charts_ = at.get("plotly_chart")
+    assert len(charts_) >= 2  # the threshold chart and the items × sizes heatmap
+    assert any("first measured size" in c.value for c in at.caption)
