@@ -7,6 +7,7 @@ import streamlit as st
 from core import charts, data, runner
 from core.config import (
     PRESETS,
+    SETTINGS,
     RunSpec,
     field_choices,
     field_help,
@@ -65,6 +66,10 @@ else:
 FORM_LABELS = {**field_labels(), "lora_rank": "LoRA rank(s)", "rank": "LoRA rank(s)"}
 
 
+def field_label(name: str) -> str:
+    return FORM_LABELS[name]
+
+
 def in_form_words(problem: str) -> str:
     """'lora_rank: 2048 is larger ...' -> '**LoRA rank(s)**: 2048 is larger ...'."""
     field, sep, rest = problem.partition(":")
@@ -100,116 +105,90 @@ with st.expander("New run", expanded=not df.empty and not any_active):
     )
     base = preset(pname)
 
-    def choice(where, label: str, name: str, **kw):
-        """A selectbox over a RunSpec field's choices, starting at the preset's value."""
+    # Widgets for a RunSpec field, built from its metadata (label, help, choices, bounds, step),
+    # starting at the preset's value.
+    def choice(where, name: str, **kw):
         opts = field_choices(name)
-        return where.selectbox(
-            label, opts, index=opts.index(getattr(base, name)), help=field_help(name), **kw
+        index = opts.index(getattr(base, name))
+        return where.selectbox(field_label(name), opts, index=index, help=field_help(name), **kw)
+
+    def number(where, name: str, label: str = "", **kw):
+        m = SETTINGS[name].metadata
+        cast = int if SETTINGS[name].type == "int" else float
+        lo = m.get("form_min", m["lo"])
+        for key in ("step", "format"):
+            if key in m:
+                kw.setdefault(key, m[key])
+        return where.number_input(
+            label or field_label(name),
+            cast(lo),
+            cast(m["hi"]),
+            getattr(base, name),
+            help=field_help(name),
+            **kw,
         )
+
+    def text(where, name: str):
+        return where.text_input(field_label(name), getattr(base, name), help=field_help(name))
+
+    def switch(where, name: str):
+        return where.checkbox(field_label(name), getattr(base, name), help=field_help(name))
 
     with st.form(f"launch-{pname}"):
         c1, c2, c3 = st.columns(3)
-        model = c1.text_input("Model", base.model, help=field_help("model"))
-        method = choice(c2, "Method", "method")
+        model = text(c1, "model")
+        method = choice(c2, "method")
         domains = data.list_domains()
         domain = c3.selectbox(
-            "Domain",
+            field_label("domain"),
             domains,
             index=domains.index(base.domain) if base.domain in domains else 0,
             help=field_help("domain"),
         )
         c1, c2, c3 = st.columns(3)
         scales = c1.text_input(
-            "Dataset sizes", ", ".join(map(str, base.scales)), help=field_help("scales")
+            field_label("scales"), ", ".join(map(str, base.scales)), help=field_help("scales")
         )
-        seeds = c2.text_input("Seeds", ", ".join(map(str, base.seeds)), help=field_help("seeds"))
-        epochs = c3.number_input("Epochs", 1, 1000, base.epochs, help=field_help("epochs"))
+        seeds = c2.text_input(
+            field_label("seeds"), ", ".join(map(str, base.seeds)), help=field_help("seeds")
+        )
+        epochs = number(c3, "epochs")
         c1, c2, c3 = st.columns(3)
-        lr = c1.number_input(
-            "Learning rate",
-            0.0,
-            1.0,
-            base.learning_rate,
-            format="%.2e",
-            step=1e-5,
-            help=field_help("learning_rate"),
-        )
+        lr = number(c1, "learning_rate")
         rank = c2.text_input(
             "LoRA rank(s)",
             str(base.lora_rank),
             help=field_help("lora_rank") + " Several (e.g. 4,8,16) queue one run per rank.",
         )
-        alpha = c3.number_input(
-            "LoRA alpha", 0.0, 1e6, base.lora_alpha, help=field_help("lora_alpha")
-        )
+        alpha = number(c3, "lora_alpha")
         with st.expander("More settings"):
             c1, c2, c3 = st.columns(3)
-            max_length = c1.number_input(
-                "Max length (tokens)", 8, 32768, base.max_length, help=field_help("max_length")
-            )
-            batch = c2.number_input(
-                "Batch size", 1, 4096, base.batch_size, help=field_help("batch_size")
-            )
-            construction = choice(c3, "Sample construction", "construction")
+            max_length = number(c1, "max_length")
+            batch = number(c2, "batch_size")
+            construction = choice(c3, "construction")
             c1, c2, c3 = st.columns(3)
-            probe = choice(c1, "General probe", "probe")
-            targets = c2.text_input(
-                "Target modules", base.target_modules, help=field_help("target_modules")
-            )
-            device = choice(c3, "Device", "device")
+            probe = choice(c1, "probe")
+            targets = text(c2, "target_modules")
+            device = choice(c3, "device")
             c1, c2, c3 = st.columns(3)
-            backend = choice(c1, "Backend", "backend")
-            ray_address = c2.text_input(
-                "Ray address", base.ray_address, help=field_help("ray_address")
-            )
-            ray_gpus = c3.number_input(
-                "GPUs per Ray work unit",
-                0.05,
-                64.0,
-                base.ray_gpus_per_unit,
-                step=0.25,
-                help=field_help("ray_gpus_per_unit"),
-            )
+            backend = choice(c1, "backend")
+            ray_address = text(c2, "ray_address")
+            ray_gpus = number(c3, "ray_gpus_per_unit")
             c1, c2 = st.columns([1, 2])
-            precision = choice(c1, "Training arithmetic", "precision")
-            name = c2.text_input("Name", base.name, help=field_help("name"))
+            precision = choice(c1, "precision")
+            name = text(c2, "name")
             c1, c2 = st.columns([1, 2])
             alpha_2r = c1.checkbox("alpha = 2 × rank (Rathore et al. 2025)", value=False)
-            compile_step = c2.checkbox(
-                "Compile the packed training step (CUDA)",
-                base.compile_step,
-                help=field_help("compile_step"),
-            )
+            compile_step = switch(c2, "compile_step")
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
-            replay = c1.number_input(
-                "Replay fraction", 0.0, 10.0, base.replay, step=0.05, help=field_help("replay")
-            )
-            warmup = c2.number_input(
-                "Warm-up fraction",
-                0.0,
-                0.9,
-                base.warmup_ratio,
-                step=0.05,
-                help=field_help("warmup_ratio"),
-            )
-            clip = c3.number_input(
-                "Gradient clip (0 = off)", 0.0, 1e6, base.grad_clip, help=field_help("grad_clip")
-            )
+            replay = number(c1, "replay")
+            warmup = number(c2, "warmup_ratio")
+            clip = number(c3, "grad_clip", "Gradient clip (0 = off)")
             c1, c2, c3 = st.columns(3)
-            smoke_every = c1.number_input(
-                "Smoke test every N steps (0 = off)",
-                0,
-                10**7,
-                base.smoke_every,
-                help=field_help("smoke_every"),
-            )
-            smoke_stop = c2.checkbox(
-                "Stop a point on a silent failure", base.smoke_stop, help=field_help("smoke_stop")
-            )
-            spectral = c3.checkbox(
-                "Spectral analysis of ΔW", base.spectral, help=field_help("spectral")
-            )
+            smoke_every = number(c1, "smoke_every", "Smoke test every N steps (0 = off)")
+            smoke_stop = switch(c2, "smoke_stop")
+            spectral = switch(c3, "spectral")
         with st.expander("ADAPT-Q and quantization (methods adaptq, qlora)"):
             st.caption(
                 "ADAPT-Q (Martz 2025) trains the K = ⌊fraction × L⌋ blocks chosen below in full "
@@ -218,21 +197,20 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             )
             c1, c2, c3, c4 = st.columns(4)
             fraction = c1.selectbox(
-                "Fraction of blocks",
+                field_label("adaptq_fraction"),
                 (0.1, 0.2, 0.5, 1.0),
                 index=(0.1, 0.2, 0.5, 1.0).index(base.adaptq_fraction)
                 if base.adaptq_fraction in (0.1, 0.2, 0.5, 1.0)
                 else 2,
                 help=field_help("adaptq_fraction"),
             )
-            selection = choice(c2, "Block selection", "adaptq_selection")
+            selection = choice(c2, "adaptq_selection")
             bits = choice(
                 c3,
-                "Frozen blocks",
                 "frozen_bits",
                 format_func=lambda b: {4: "4-bit NF4", 8: "8-bit", 16: "16-bit"}[b],
             )
-            order = choice(c4, "Order", "quant_order")
+            order = choice(c4, "quant_order")
         submitted = st.form_submit_button("Queue run", type="primary")
     if submitted:
         try:
@@ -242,8 +220,8 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     "model": model,
                     "method": method,
                     "domain": domain,
-                    "scales": parse_int_list(scales, "Dataset sizes"),
-                    "seeds": parse_int_list(seeds, "Seeds"),
+                    "scales": parse_int_list(scales, field_label("scales")),
+                    "seeds": parse_int_list(seeds, field_label("seeds")),
                     "epochs": int(epochs),
                     "learning_rate": float(lr),
                     "lora_alpha": float(alpha),

@@ -222,6 +222,21 @@ def test_threshold_offers_every_forgetting_measure(tiny_run, monkeypatch):
     assert at.get("plotly_chart") and any("in nats" in c.value for c in at.caption)
 
 
+def test_launch_form_takes_bounds_labels_and_help_from_the_settings(tmp_path, monkeypatch):
+    """The form's number boxes are built from RunSpec's field metadata: one source of truth."""
+    from core.config import SETTINGS
+
+    at = _app("launch", tmp_path / "b.duckdb", monkeypatch)
+    assert not at.exception, at.exception
+    by_help = {f.metadata["help"]: f.metadata for f in SETTINGS.values()}
+    boxes = [n for n in at.number_input if n.help in by_help]
+    assert len(boxes) >= 10, [n.label for n in at.number_input]
+    for box in boxes:
+        m = by_help[box.help]
+        assert box.max == m["hi"] and box.min == m.get("form_min", m["lo"]), box.label
+        assert box.label.startswith(m["label"])
+
+
 def test_launch_form_queues_one_run_per_rank(tmp_path, monkeypatch):
     import core.runner
 
