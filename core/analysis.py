@@ -715,6 +715,45 @@ def threshold_report(
     )
 
 
+@dataclass(frozen=True)
+class MeasureAgreement:
+    """Do the forgetting measures agree? One run's threshold and phases under each measure it
+    has, side by side (`table`: one row per measure; `phases`: sizes x measures)."""
+
+    table: pd.DataFrame  # metric, measure, threshold, interval_low, interval_high, largest_safe
+    phases: pd.DataFrame  # index: scale; one column per measure title
+
+
+def measure_agreement(
+    points: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    level: float = 10.0,
+    cutoffs=DEFAULT_CUTOFFS,
+    n_boot: int = 300,
+) -> MeasureAgreement:
+    """`threshold_report` of one run under every measure of `METRICS` it has values of."""
+    rows, phases = [], {}
+    for name in available_metrics(points):
+        rep = threshold_report(points, items, level, cutoffs, n_boot, name)
+        lo, hi = rep.interval if rep.interval else (None, None)
+        title = METRICS[name].title
+        rows.append(
+            dict(
+                metric=name,
+                measure=title,
+                threshold=rep.threshold,
+                interval_low=lo,
+                interval_high=hi,
+                largest_safe=rep.largest_safe,
+            )
+        )
+        phases[title] = {p["scale"]: p["phase"] for p in rep.points}
+    cols = ["metric", "measure", "threshold", "interval_low", "interval_high", "largest_safe"]
+    ph = pd.DataFrame(phases)
+    ph.index.name = "scale"
+    return MeasureAgreement(pd.DataFrame(rows, columns=cols), ph.sort_index())
+
+
 def curve_verdicts(curves: pd.DataFrame, by: str, level: float = 10.0) -> dict[str, str]:
     """One threshold sentence per curve of a per-scale table (`by`: its run column, `mean`: the
     mean degradation per scale), e.g. for the shipped reference sets."""

@@ -160,6 +160,12 @@ COLUMNS: dict[str, Col] = {
     "new_tokens": Col("new tokens", format="%d", width="small"),
     "ok": Col("ok", "bool", help="the smoke-test verdict on the fine-tuned answer", width="small"),
     "reason": Col("why it failed", "text", width="medium"),
+    # do the measures agree? (analysis.measure_agreement)
+    "measure": Col("forgetting measure", "text", width="large"),
+    "threshold": Col("threshold (samples)", format="%.0f"),
+    "interval_low": Col("95 % interval low", format="%.0f"),
+    "interval_high": Col("95 % interval high", format="%.0f"),
+    "largest_safe": Col("largest size below the level", format="%.0f"),
     # what was forgotten (core/forgotten.py)
     "item": Col("statement no.", format="%d"),
     "text": Col("statement", "text", width="large"),

@@ -303,6 +303,26 @@ st.subheader("Read off any dataset size")
 read_off()
 
 
+own_multi = [
+    r for r in chosen if r in measured and len(analysis.available_metrics(pts[pts.run_id == r])) > 1
+]
+if own_multi:
+    with st.expander("Do the forgetting measures agree?"):
+        which_m = st.selectbox(
+            "Run", own_multi, format_func=lambda r: lab.get(r, r), key="agree_run"
+        )
+        agree = analysis.measure_agreement(
+            pts[pts.run_id == which_m], read("item_nll_df", which_m), level, cutoffs
+        )
+        st.caption(
+            f"The threshold ({level:g} % or its nats equivalent) and each size's phase under every "
+            "measure this run has. Where they differ, the choice of measure decides where the "
+            "threshold is; compare with a paper under the measure it used."
+        )
+        table(agree.table.drop(columns="metric"))
+        static_table(agree.phases.reset_index())
+
+
 st.subheader("What was forgotten")
 own_measured = [r for r in chosen if r in measured and not r.startswith(reference.REF_PREFIX)]
 if not own_measured:

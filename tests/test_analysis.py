@@ -309,3 +309,36 @@ def test_item_bootstrap_per_statement_is_the_mean_of_statement_perplexities():
     assert ci["low"] == pytest.approx(want) and ci["high"] == pytest.approx(want)
     token = analysis.bootstrap_threshold_items(df, 10.0, n_boot=1, seed=7)
     assert token["low"] != pytest.approx(want)
+
+
+def test_measure_agreement_puts_each_measures_threshold_and_phases_side_by_side():
+    """Two measures that disagree: the per-statement change crosses 10 % between 100 and 400
+    samples, the token-weighted one only between 400 and 1,600."""
+    tok = {100: 0.0, 400: 5.0, 1600: 80.0}
+    stmt = {100: 0.0, 400: 40.0, 1600: 90.0}
+    pts = _points(
+        "r",
+        tok,
+        seeds=(0, 1),
+        degradation_stmt_pct=lambda sc, s: stmt[sc],
+        kl_to_base=lambda sc, s: None,
+    )
+    agree = analysis.measure_agreement(pts, level=10.0, n_boot=20)
+    t = agree.table.set_index("metric")
+    assert list(t.index) == ["degradation_pct", "degradation_stmt_pct"]  # no KL values: absent
+    assert t.loc["degradation_pct", "threshold"] == pytest.approx(
+        analysis.threshold_report(pts, level=10.0, n_boot=20).threshold
+    )
+    assert (
+        100
+        < t.loc["degradation_stmt_pct", "threshold"]
+        < 400
+        < t.loc["degradation_pct", "threshold"]
+        < 1600
+    )
+    assert t.loc["degradation_stmt_pct", "largest_safe"] == 100
+    assert t.loc["degradation_pct", "largest_safe"] == 400
+    ph = agree.phases
+    assert list(ph.index) == [100, 400, 1600] and len(ph.columns) == 2
+    tok_col, stmt_col = (analysis.METRICS[m].title for m in t.index)
+    assert ph.loc[400, tok_col] != ph.loc[400, stmt_col]  # 5 % vs 40 %: different phases

@@ -426,3 +426,9 @@ def test_threshold_shows_what_was_forgotten_for_an_own_run(tiny_run, monkeypatch
     charts_ = at.get("plotly_chart")
     assert len(charts_) >= 2  # the threshold chart and the items × sizes heatmap
     assert any("first measured size" in c.value for c in at.caption)
+    # the tiny run has every measure: the agreement section lists them side by side
+    agree = next(e for e in at.expander if e.label == "Do the forgetting measures agree?")
+    shown = agree.dataframe[0].value
+    from core import analysis
+
+    assert list(shown["measure"]) == [m.title for m in analysis.METRICS.values()]
