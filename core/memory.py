@@ -74,7 +74,9 @@ def need(model: nn.Module, spec: RunSpec) -> Need:
 
 
 def free_bytes(device: str) -> int | None:
-    """Memory free for a run on `device` ('cpu', 'cuda', 'mps', 'auto'); None when unknown."""
+    """Memory a run on `device` ('cpu', 'cuda', 'mps', 'auto') can have: a CPU's MemAvailable, a
+    GPU's whole memory (what other processes hold there is not subtracted, so the check stays
+    free of false alarms); None when unknown (mps)."""
     import torch
 
     if device == "auto":

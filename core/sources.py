@@ -88,7 +88,7 @@ SOURCES: tuple[Source, ...] = (
         differs="It reports models that return empty strings; on SmolLM2 with the paper's "
         "protocol every smoke-test prompt still got new tokens up to 10,000 samples, though the "
         "shipped points' verdict (stored before it gave reasons) failed some answers at 50–1,000 "
-        "samples. Empty answers do appear with the quick-cpu settings (20× the learning rate), "
+        "samples. Empty answers do appear with the quick-cpu settings (40× the learning rate), "
         "and loops and off-topic answers earlier still, which is why the verdict judges the "
         "text, not only its length.",
     ),
