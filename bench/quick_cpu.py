@@ -1,14 +1,16 @@
 """The first curve a new user waits for: `python -m core run --preset quick-cpu` end to end on a
 fresh lab home (GGUF conversion of the embedded model included), as a subprocess.
 
-    python bench/quick_cpu.py [--before REV]
+    python bench/quick_cpu.py [--before REV] [--repeat N]
 
 Writes bench/results/<date>-quick-cpu.json: wall time, the time from launch to the first stored
 point, the split into model conversion/load + base measurement, training and evaluation (from
 the stored points), peak memory, the curve, and the time `python -m core prepare` takes to
 convert the model on its own (a speed reference for the machine). `--before REV` also runs the
 preset as it was at git revision REV (a temporary worktree, same Python environment), one after
-the other in the same invocation, for a side-by-side ratio.
+the other in the same invocation, for a side-by-side ratio. `--repeat N` measures N times,
+alternating with REV when given (now, before, now, before, ...), so that a machine that gets
+busier or quieter affects both alike; the file then keeps every repetition and their medians.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,9 +82,21 @@ def measure(cwd: Path) -> dict:
     }
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Medians of wall and first-point time over repetitions, with every repetition kept."""
+    return {
+        "wall_s": round(statistics.median(r["wall_s"] for r in runs), 1),
+        "first_point_s": round(statistics.median(r["first_point_s"] for r in runs), 1),
+        "wall_s_each": [r["wall_s"] for r in runs],
+        "first_point_s_each": [r["first_point_s"] for r in runs],
+        "repetitions": runs,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", help="also run quick-cpu as it was at this git revision")
+    ap.add_argument("--repeat", type=int, default=1, help="measurements of each (default 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
@@ -92,13 +107,13 @@ def main() -> None:
         "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "commit": git_commit(),
         "command": "python bench/quick_cpu.py"
-        + (f" --before {args.before}" if args.before else ""),
+        + (f" --before {args.before}" if args.before else "")
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else ""),
         "what": "python -m core run --preset quick-cpu on a fresh lab home (conversion of the "
         "embedded model included), as a subprocess; split from the stored points",
         "prepare_s": round(convert_s, 1),
-        "now": measure(ROOT),
     }
-    print(json.dumps(result["now"], indent=2), flush=True)
+    tree = None
     if args.before:
         tree = Path(tempfile.mkdtemp(prefix="quick-before-")) / "tree"
         subprocess.run(
@@ -106,18 +121,28 @@ def main() -> None:
             cwd=ROOT,
             check=True,
         )
-        try:
-            result["before"] = {"rev": args.before, **measure(tree)}
-        finally:
+    now, before = [], []
+    try:
+        for i in range(args.repeat):
+            now.append(measure(ROOT))
+            print(f"now #{i + 1}:", json.dumps(now[-1]), flush=True)
+            if tree is not None:
+                before.append({"rev": args.before, **measure(tree)})
+                print(f"before #{i + 1}:", json.dumps(before[-1]), flush=True)
+    finally:
+        if tree is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
+    result["now"] = now[0] if len(now) == 1 else _summary(now)
+    if before:
+        result["before"] = before[0] if len(before) == 1 else _summary(before)
         result["speedup_wall"] = round(result["before"]["wall_s"] / result["now"]["wall_s"], 2)
-        print(json.dumps(result["before"], indent=2), flush=True)
     result["goal"] = (
         "issue 23: <= 3 min on a slow 2-core machine (<= 2 min on a faster one), first point <= 60 s"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['date']}-quick-cpu.json"
+    suffix = f"-x{args.repeat}" if args.repeat > 1 else ""  # keeps a same-day single run's file
+    path = out / f"{result['date']}-quick-cpu{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -161,7 +161,7 @@ _EXPECTED_PRESETS = {
         smoke_max_new_tokens=12,
         spectral=False,
         probe_items=100,
-        mc_items=54,
+        mc_eval=False,
     ),
     "tiny-test": dict(
         name="tiny-test",
