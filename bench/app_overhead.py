@@ -5,10 +5,13 @@ is done. Writes bench/results/<date>-app-overhead-cpu.json with `cli_s`, `app_wa
 `ratio`, `server_cpu_pct` (the Streamlit server's mean CPU while the tab watched) and
 `browser_cpu_pct` (all of Chromium's processes), each in % of one core.
 
-    python bench/app_overhead.py [--file-watcher auto]   # override to compare a watcher setting
+    python bench/app_overhead.py [--file-watcher auto] [--repeat N]
 
 Both runs use the same lab home with the model cache prepared first (so neither pays the one-time
-GGUF conversion) and a database of their own.
+GGUF conversion) and a database of their own. Each wall time is split with the run's own
+timestamps: launch -> queued (app only) -> the engine starts (process start, imports, claim) ->
+the engine ends -> the CLI exits / the tab shows "done". `--repeat N` alternates CLI and app
+runs N times (CLI, app, CLI, app, ...) and reports the medians with every repetition.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,8 +82,26 @@ def chromium() -> str:
     return path
 
 
-def run_cli(env: dict) -> float:
-    t = time.perf_counter()
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the store's timestamps are naive UTC
+
+
+def split(db: str, launched: dt.datetime, ended: dt.datetime) -> dict:
+    """Where a run's wall time went, from its own timestamps in the database."""
+    from core.store import Store
+
+    r = Store(db).list_runs().iloc[0]
+    created, started, finished = r["created_at"], r["started_at"], r["finished_at"]
+    return {
+        "to_queued_s": round((created - launched).total_seconds(), 1),
+        "to_engine_start_s": round((started - created).total_seconds(), 1),
+        "engine_s": round((finished - started).total_seconds(), 1),
+        "after_engine_s": round((ended - finished).total_seconds(), 1),
+    }
+
+
+def run_cli(env: dict) -> dict:
+    t, launched = time.perf_counter(), _now()
     subprocess.run(
         [sys.executable, "-m", "core", "run", "--preset", "quick-cpu"],
         cwd=ROOT,
@@ -87,7 +109,8 @@ def run_cli(env: dict) -> float:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    return {"cli_s": round(wall, 1), "split": split(env["FORGETTING_LAB_DB"], launched, _now())}
 
 
 def run_app(env: dict, watcher: str | None, timeout_s: float) -> dict:
@@ -119,9 +142,10 @@ def run_app(env: dict, watcher: str | None, timeout_s: float) -> dict:
             button.wait_for()
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
             b0 = chromium_cpu_seconds()
+            launched = _now()
             button.click()
             page.get_by_text("Status: done").wait_for(timeout=timeout_s * 1000)
-            wall = time.perf_counter() - t0
+            wall, seen = time.perf_counter() - t0, _now()
             cpu = cpu_seconds(server.pid) - cpu0
             browser_cpu = chromium_cpu_seconds() - b0
             browser.close()
@@ -132,6 +156,7 @@ def run_app(env: dict, watcher: str | None, timeout_s: float) -> dict:
         "app_watched_s": round(wall, 1),
         "server_cpu_pct": round(100 * cpu / wall, 1),
         "browser_cpu_pct": round(100 * browser_cpu / wall, 1),
+        "split": split(env["FORGETTING_LAB_DB"], launched, seen),
     }
 
 
@@ -139,6 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--file-watcher", default=None, help="override server.fileWatcherType")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the app run")
+    ap.add_argument("--repeat", type=int, default=1, help="CLI/app pairs, alternating")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
@@ -147,30 +173,43 @@ def main() -> None:
     env.pop("FORGETTING_LAB_DB", None)
     subprocess.run([sys.executable, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
 
-    cli_s = run_cli(dict(env, FORGETTING_LAB_DB=str(home / "cli.duckdb")))
-    print(f"cli: {cli_s:.1f} s", flush=True)
-    app = run_app(
-        dict(env, FORGETTING_LAB_DB=str(home / "app.duckdb")), args.file_watcher, args.timeout
-    )
-    print(
-        f"app, watched: {app['app_watched_s']} s, server CPU {app['server_cpu_pct']} %, "
-        f"browser CPU {app['browser_cpu_pct']} %",
-        flush=True,
-    )
+    cli, app = [], []
+    for i in range(args.repeat):
+        cli.append(run_cli(dict(env, FORGETTING_LAB_DB=str(home / f"cli{i}.duckdb"))))
+        print(f"cli #{i + 1}: {json.dumps(cli[-1])}", flush=True)
+        app.append(
+            run_app(
+                dict(env, FORGETTING_LAB_DB=str(home / f"app{i}.duckdb")),
+                args.file_watcher,
+                args.timeout,
+            )
+        )
+        print(f"app, watched #{i + 1}: {json.dumps(app[-1])}", flush=True)
+    med = {
+        k: round(statistics.median(r[k] for r in rows), 1)
+        for rows, keys in (
+            (cli, ["cli_s"]),
+            (app, ["app_watched_s", "server_cpu_pct", "browser_cpu_pct"]),
+        )
+        for k in keys
+    }
 
     result = {
         "date": dt.date.today().isoformat(),
         "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "commit": git_commit(),
         "command": "python bench/app_overhead.py"
-        + (f" --file-watcher {args.file_watcher}" if args.file_watcher else ""),
+        + (f" --file-watcher {args.file_watcher}" if args.file_watcher else "")
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else ""),
         "what": "quick-cpu from the CLI vs started from the app's Launch page with a headless "
         "Chromium tab open on it until 'Status: done' (the live panel refreshes itself); model "
         "cache prepared before both",
         "file_watcher": args.file_watcher or "shipped config",
-        "cli_s": round(cli_s, 1),
-        **app,
-        "ratio": round(app["app_watched_s"] / cli_s, 3),
+        **med,
+        "ratio": round(med["app_watched_s"] / med["cli_s"], 3),
+        "ratios_each": [round(a["app_watched_s"] / c["cli_s"], 3) for c, a in zip(cli, app)],
+        "cli_runs": cli,
+        "app_runs": app,
         "goal": "issue 18: ratio <= 1.15 on the 2-core machine",
     }
     out = Path(args.out)

@@ -1,7 +1,10 @@
 """Turn runs measured elsewhere (a database brought back from a GPU machine) into a shipped
 reference set under data/reference/: `<set>_points.parquet` (the export's columns),
-`<set>_evals.parquet`, `<set>_spectral.parquet` and `<set>.json` (provenance: what, where,
-when, versions, specs, wall times, the methods' run-level facts).
+`<set>_evals.parquet`, `<set>_spectral.parquet`, `<set>_items.parquet` (per-statement losses
+before and after: the per-statement measure and the "what was forgotten" views),
+`<set>_generations.parquet` (the smoke-test answers at every size) and `<set>.json`
+(provenance: what, where, when, versions, specs, wall times, the methods' run-level facts).
+`--precision` keeps only the runs trained in that arithmetic (a database may hold several).
 
     python bench/ship_reference.py --set methods_smollm2_h100 --what "..." \
         --device "NVIDIA H100 80GB HBM3" --command "python -m core run ..." DB [DB ...]
@@ -38,6 +41,7 @@ def main() -> None:
         "--commit", default="", help="the commit that ran, when the runs recorded a wrong one"
     )
     ap.add_argument("--append", action="store_true", help="add to an existing set")
+    ap.add_argument("--precision", default="", help="only runs trained in this arithmetic")
     ap.add_argument(
         "--merge-into",
         default="",
@@ -46,14 +50,18 @@ def main() -> None:
     )
     a = ap.parse_args()
 
-    points, evals, spectral, runs = [], [], [], []
+    points, evals, spectral, items, gens, runs = [], [], [], [], [], []
     for path in a.dbs:
         s = Store(path)
         lr = s.list_runs()
+        if a.precision:
+            lr = lr[[s.get_spec(r).precision == a.precision for r in lr.run_id]]
         ids = list(lr.run_id)
         points.append(s.points_df(ids))
         evals.append(s.evals_df(ids))
         spectral.append(s.spectral_df(ids))
+        items += [s.item_nll_df(r) for r in ids]
+        gens += [s.generations_df(r) for r in ids]
         for r in lr.to_dict("records"):
             end = r["finished_at"] if pd.notna(r["finished_at"]) else r["heartbeat_at"]
             runs.append(
@@ -79,6 +87,8 @@ def main() -> None:
     # runs recorded before ranks were kept for LoRA methods only
     pts.loc[~pts["method"].isin(["lora", "qlora"]), "rank"] = None
     evs = pd.concat(evals, ignore_index=True)
+    items_df = pd.concat(items, ignore_index=True) if items else pd.DataFrame()
+    gens_df = pd.concat(gens, ignore_index=True) if gens else pd.DataFrame()
     spec_df = pd.concat(spectral, ignore_index=True)
     if not spec_df.empty:
         spec_df = spec_df.drop(columns=["method", "rank", "run_name"])
@@ -104,19 +114,27 @@ def main() -> None:
                 raise SystemExit(f"no run {a.merge_into} in {a.set}")
             pts["run_id"], pts["run_name"] = a.merge_into, target.run_name.iloc[0]
             evs["run_id"] = a.merge_into
+            for df in (items_df, gens_df):
+                if not df.empty:
+                    df["run_id"] = a.merge_into
             if not spec_df.empty:
                 spec_df["run_id"] = a.merge_into
             addition["merged_into"] = a.merge_into
         pts, evs = merged("points", pts), merged("evals", evs)
         if not spec_df.empty:
             spec_df = merged("spectral", spec_df)
+        if not items_df.empty:
+            items_df = merged("items", items_df)
+        if not gens_df.empty:
+            gens_df = merged("generations", gens_df)
         prov = {**old, "additions": [*old.get("additions", []), addition]}
     else:
         prov = addition
     pts.to_parquet(f"{out}_points.parquet", index=False)
     evs.to_parquet(f"{out}_evals.parquet", index=False)
-    if not spec_df.empty:
-        spec_df.to_parquet(f"{out}_spectral.parquet", index=False)
+    for kind, df in (("spectral", spec_df), ("items", items_df), ("generations", gens_df)):
+        if not df.empty:
+            df.to_parquet(f"{out}_{kind}.parquet", index=False)
     (REF_DIR / f"{a.set}.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     print(f"wrote {a.set}: {len(pts)} points, {len(runs)} runs{' added' if a.append else ''}")
 

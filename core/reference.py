@@ -3,6 +3,8 @@
 - Martz 2025's *claimed* degradation per scale (GPT-2 124M; numbers from the paper, not measured);
 - our *measured* reference runs, one set per file prefix with a provenance .json beside it:
   `paper000_smollm2_h100` (the Martz 2025 protocol on the embedded SmolLM2-135M, H100, three seeds),
+  `paper000_smollm2_h200` (its sizes up to 1,000 re-measured on an H200 with every forgetting
+  measure, the per-statement losses and the smoke-test answers),
   `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated: the
   cross-domain matrix), `methods_smollm2_h100` (LoRA, QLoRA, full, ADAPT-Q side by side) and
   `rank_smollm2_h100` (a LoRA rank sweep), the last two with their spectral analysis.
@@ -21,6 +23,7 @@ REF_DIR = DATA_DIR / "reference"
 REF_PREFIX = "ref:"
 REF_SETS = (
     "paper000_smollm2_h100",
+    "paper000_smollm2_h200",
     "xdomain_smollm2_cpu",
     "methods_smollm2_h100",
     "rank_smollm2_h100",
@@ -34,6 +37,8 @@ CROSS_DOMAIN_SETS = (
 
 SET_TITLES = {
     "paper000_smollm2_h100": "Martz 2025 protocol, legal + financial (H100; 2,500-10,000 on H200), 3 seeds",
+    "paper000_smollm2_h200": "Martz 2025 protocol re-measured with every forgetting measure, "
+    "legal + financial, 50-1,000 (H200), 3 seeds",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
     "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
@@ -71,6 +76,38 @@ def evals() -> pd.DataFrame:
     return _load("evals")
 
 
+def items(run_id: str, eval_set: str = "general") -> pd.DataFrame:
+    """A reference run's per-item losses before and after (`Store.item_nll_df`'s columns); empty
+    for sets measured before they were stored."""
+    df = _load("items")
+    if df.empty:
+        return df
+    return df[(df.run_id == run_id) & (df.eval_set == eval_set)].reset_index(drop=True)
+
+
+def generations(run_id: str, scale: int | None = None, seed: int | None = None) -> pd.DataFrame:
+    """A reference run's smoke-test answers, as `Store.generations_df` gives them (with a size:
+    that point's answers and the base model's); empty for sets measured before they were stored."""
+    df = _load("generations")
+    if df.empty:
+        return df
+    df = df[df.run_id == run_id]
+    if scale is not None:
+        df = df[((df.scale == scale) & (df.seed == seed)) | (df.stage == "before")]
+    return df.sort_values(["stage", "scale", "seed", "idx"], ascending=[False, True, True, True])
+
+
+def spec(run_id: str):
+    """A reference run's settings as a `RunSpec` (from its provenance), or None."""
+    from .config import RunSpec
+
+    raw = run_id.removeprefix(REF_PREFIX)
+    for r in _all_runs():
+        if r.get("run_id") == raw and r.get("spec"):
+            return RunSpec.from_dict(r["spec"])
+    return None
+
+
 def spectral() -> pd.DataFrame:
     """Reference spectral rows (per adapted matrix), with each run's method and rank."""
     df = _load("spectral")
@@ -84,15 +121,25 @@ def spectral() -> pd.DataFrame:
     return df.join(meta, on="run_id")
 
 
-def run_info(run_id: str) -> dict:
-    """Run-level facts (e.g. ADAPT-Q's activation profile) of a reference run."""
-    raw = run_id.removeprefix(REF_PREFIX)
+@lru_cache(maxsize=1)
+def _all_runs() -> tuple[dict, ...]:
+    """Every run listed in the sets' provenance (its own and its additions')."""
+    out = []
     for name in REF_SETS:
         p = REF_DIR / f"{name}.json"
         if p.is_file():
-            for r in json.loads(p.read_text()).get("runs", []):
-                if isinstance(r, dict) and r.get("run_id") == raw:
-                    return r.get("run_info", {})
+            prov = json.loads(p.read_text())
+            for block in [prov, *prov.get("additions", [])]:
+                out += [r for r in block.get("runs", []) if isinstance(r, dict)]
+    return tuple(out)
+
+
+def run_info(run_id: str) -> dict:
+    """Run-level facts (e.g. ADAPT-Q's activation profile) of a reference run."""
+    raw = run_id.removeprefix(REF_PREFIX)
+    for r in _all_runs():
+        if r.get("run_id") == raw:
+            return r.get("run_info", {})
     return {}
 
 

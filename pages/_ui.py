@@ -118,7 +118,7 @@ def pick_runs(
         key=key,
         help=help
         or "Your runs with finished points, and the shipped reference runs (measured by us on an "
-        "H100 or a CPU, see docs/RESULTS.md; read-only).",
+        "H100, an H200 or a CPU, see docs/RESULTS.md; read-only).",
     )
 
 
@@ -169,7 +169,7 @@ def _analysis(
     db: str, version: tuple, run_id: str, level: float, cutoffs: tuple, metric: str
 ) -> analysis.ThresholdReport | None:
     pts = points_for([run_id])
-    items = None if run_id.startswith(reference.REF_PREFIX) else read("item_nll_df", run_id)
+    items = items_for(run_id)
     try:
         return analysis.threshold_report(pts, items, level, cutoffs, n_boot=500, metric=metric)
     except ValueError:
@@ -189,6 +189,28 @@ def run_info_for(run_id: str) -> dict:
     if run_id.startswith(reference.REF_PREFIX):
         return reference.run_info(run_id)
     return read("run_info", run_id)
+
+
+def items_for(run_id: str) -> pd.DataFrame:
+    """Per-statement losses of an own run (database) or a reference run (shipped files)."""
+    if run_id.startswith(reference.REF_PREFIX):
+        return reference.items(run_id)
+    return read("item_nll_df", run_id)
+
+
+def generations_for(run_id: str, *point) -> pd.DataFrame:
+    """Smoke-test answers of an own run (database) or a reference run (shipped files); with
+    `scale, seed`, that point's and the base model's."""
+    if run_id.startswith(reference.REF_PREFIX):
+        return reference.generations(run_id, *point)
+    return read("generations_df", run_id, *point)
+
+
+def spec_for(run_id: str):
+    """The settings of an own run (database) or a reference run (its provenance), or None."""
+    if run_id.startswith(reference.REF_PREFIX):
+        return reference.spec(run_id)
+    return read("get_spec", run_id)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

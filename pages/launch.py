@@ -40,7 +40,7 @@ if df.empty:
         "**Welcome.** No runs yet. The *quick-cpu* preset fine-tunes the embedded SmolLM2-135M on "
         f"{quick.domain} text at {len(quick.scales)} dataset sizes "
         f"({quick.scales[0]} → {quick.scales[-1]} samples) and measures its forgetting curve in "
-        "about two minutes on two CPU cores.",
+        "under two minutes on two CPU cores.",
         icon=":material/waving_hand:",
     )
     if st.button("▶ Start quick-cpu now", type="primary", key="quickstart"):

@@ -6,11 +6,14 @@ from core import analysis, charts, data, forgotten, reference, sources
 from pages._ui import (
     all_labels,
     analysis_for,
+    generations_for,
+    items_for,
     no_results,
     pick_runs,
     points_for,
     read,
     runs,
+    spec_for,
     static_table,
     table,
     timed_fragment,
@@ -284,11 +287,12 @@ def read_off() -> None:
             ]
         ]
     )
-    if focus.startswith(reference.REF_PREFIX):
+    gens = generations_for(focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
+    if gens.empty and focus.startswith(reference.REF_PREFIX):
         st.caption(
-            "Generations of the reference runs are not shipped; run your own sweep to see them here."
+            "This reference set was measured before answers were stored; the re-measured Martz "
+            "2025 set (H200, 50-1,000) and your own runs show them here."
         )
-    gens = read("generations_df", focus, nearest, int(near.seed.iloc[0]) if not near.empty else 0)
     if not gens.empty:
         st.markdown("**Stored smoke-test generations** (greedy decoding)")
         static_table(analysis.smoke_table(gens))
@@ -312,7 +316,7 @@ if own_multi:
             "Run", own_multi, format_func=lambda r: lab.get(r, r), key="agree_run"
         )
         agree = analysis.measure_agreement(
-            pts[pts.run_id == which_m], read("item_nll_df", which_m), level, cutoffs
+            pts[pts.run_id == which_m], items_for(which_m), level, cutoffs
         )
         st.caption(
             f"The threshold ({level:g} % or its nats equivalent) and each size's phase under every "
@@ -324,22 +328,22 @@ if own_multi:
 
 
 st.subheader("What was forgotten")
-own_measured = [r for r in chosen if r in measured and not r.startswith(reference.REF_PREFIX)]
-if not own_measured:
+with_items = [r for r in chosen if r in measured and not items_for(r).empty]
+if not with_items:
     st.caption(
-        "The shipped reference stores no per-statement losses or answers; run your own sweep to "
-        "see which statements were forgotten, and at which size."
+        "None of the chosen runs stored per-statement losses (reference sets measured before "
+        "they were stored do not have them; the re-measured Martz 2025 set and your own runs do)."
     )
 else:
     which = st.selectbox(
-        "Run", own_measured, format_func=lambda r: lab.get(r, r), key="forgotten_run"
+        "Run", with_items, format_func=lambda r: lab.get(r, r), key="forgotten_run"
     )
-    items = read("item_nll_df", which)
+    items = items_for(which)
     matrix = forgotten.item_change(items)
     if matrix.empty:
         st.caption("This run stored no per-statement losses.")
     else:
-        probe = data.load_probe(read("get_spec", which).probe)
+        probe = data.load_probe(spec_for(which).probe)
         texts = {i: probe[i] for i in matrix.index if 0 <= int(i) < len(probe)}
         first = forgotten.first_crossing(matrix, level)
         st.plotly_chart(charts.item_heatmap(matrix, first, texts), key="forgotten_heatmap")
@@ -348,7 +352,7 @@ else:
             f"size at which it reached {level:g} %."
         )
         table(forgotten.forgotten_table(items, texts, level))
-    strip = forgotten.answer_strip(read("generations_df", which))
+    strip = forgotten.answer_strip(generations_for(which))
     if not strip.empty:
         st.markdown("**Smoke-test answers across sizes** (greedy decoding, one seed)")
         static_table(strip.rename(columns=str).reset_index())

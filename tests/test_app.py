@@ -432,3 +432,18 @@ def test_threshold_shows_what_was_forgotten_for_an_own_run(tiny_run, monkeypatch
     from core import analysis
 
     assert list(shown["measure"]) == [m.title for m in analysis.METRICS.values()]
+
+
+def test_threshold_shows_what_the_re_measured_reference_forgot(tmp_path, monkeypatch):
+    """On an empty database, picking a run of the re-measured reference set shows its per-statement
+    heatmap and, at the slider's nearest size, what the reference model answered."""
+    from core import reference
+
+    at = _app("threshold", tmp_path / "empty.duckdb", monkeypatch)
+    refs = reference.runs()
+    (legal,) = refs[(refs.ref_set == "paper000_smollm2_h200") & (refs.domain == "legal")].run_id
+    at.multiselect[0].set_value([legal]).run()
+    assert not at.exception, at.exception
+    assert any("first measured size" in c.value for c in at.caption)  # the items heatmap
+    assert any("Stored smoke-test generations" in m.value for m in at.markdown)
+    assert any("Smoke-test answers across sizes" in m.value for m in at.markdown)
