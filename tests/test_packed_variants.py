@@ -10,7 +10,8 @@ from torch import nn
 from core import data
 from core.config import preset
 from core.models import load_model
-from core.packed import PackedLoRA, PackedLoRALinear, _Ctx, _Group, train_packed
+from core.packed import PackedLoRA, PackedLoRALinear, train_packed
+from core.packed.layers import _Ctx, _Group
 
 
 @contextlib.contextmanager
@@ -338,7 +339,7 @@ def test_fused_head_equals_the_models_own_logits_and_loss():
     assert p._head_parts() is not None
     batch = _batch()
     plain = _loss_and_grads(p, *batch)
-    from core.packed import _head_loss
+    from core.packed.packer import _head_loss
 
     p._head_compiled = torch.compile(_head_loss)
     fused = _loss_and_grads(p, *batch)
@@ -356,7 +357,7 @@ def test_fused_head_with_cast_base_equals_autocast_in_bf16():
         p = _packer(spec)
     batch = _batch()
     plain = _loss_and_grads(p, *batch, precision="bf16")
-    from core.packed import _head_loss
+    from core.packed.packer import _head_loss
 
     p._head_compiled = torch.compile(_head_loss)
     p._head_lp = p.model.get_output_embeddings().weight.detach().to(torch.bfloat16)
