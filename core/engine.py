@@ -518,12 +518,12 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
                     run.pos,
                     run.losses,
                     time.perf_counter() - run.started,
-                    packer.P,
-                    n_base + packer.P,
+                    packer.params_per_slot,
+                    n_base + packer.params_per_slot,
                     save=lambda out: save_peft_adapter(packer, slot, spec, out),
                     message=msg,
                     deltas=lambda: packed_pairs(packer, slot),
-                    extra_bytes=packer.P * packer.W.element_size(),
+                    extra_bytes=packer.params_per_slot * packer.weights.element_size(),
                 ),
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:

@@ -5,9 +5,11 @@ reads its own slot's adapter, so the gradient a slot receives is exactly its own
 gradient: rows never interact (causal attention with right padding, per-token norms, each row's
 loss averaged over its own tokens). The longest run's sequential steps are the critical path.
 
-Layout: every slot's adapters live in one flat parameter `W` of shape [slots, P]; a target
-module's A (r x d_in) and B (d_out x r) are views into it. With one row per slot no gather is
-needed in training, and the optimizer is a handful of kernels on [slots, P] tensors.
+Layout: every slot's adapters live in one flat buffer `PackedLoRA.weights` of shape [slots, P]
+(P = `params_per_slot`); a target module's A (r x d_in) and B (d_out x r) are views into it. With
+one row per slot no gather is needed in training, and the optimizer is a handful of kernels on
+[slots, P] tensors (`grads`, `exp_avg`, `exp_avg_sq`; `step_count`, `lr`, `weight_decay` per
+slot). A checkpoint names them as it always did (W, m, v, t).
 
 The optimizer is AdamW written per slot: its own step count (bias correction), learning rate and
 weight decay, and a mask so a slot without a row in a step is not touched at all (plain AdamW

@@ -17,12 +17,16 @@ if TYPE_CHECKING:
     from .packer import PackedLoRA
     from .scheduler import Slot
 
+# The trainer state a checkpoint holds: its name in the file (kept from the first version, so
+# older checkpoints still load) -> the `PackedLoRA` attribute.
+SAVED = {"W": "weights", "m": "exp_avg", "v": "exp_avg_sq", "t": "step_count"}
+
 
 def init_from_peft(model: nn.Module, spec: RunSpec, seed: int, packer: PackedLoRA) -> torch.Tensor:
     """The exact initial adapter the sequential path would start from for `seed`."""
     from peft import get_peft_model
 
-    dev = packer.W.device
+    dev = packer.weights.device
     # forked: seeding here must not move the dropout stream of the runs in flight (a resumed
     # sweep computes inits at other moments than the original did)
     with packer.unpacked(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -85,15 +89,15 @@ class Checkpoint:
 
         from safetensors.torch import save_file
 
-        tensors = {"W": packer.W, "m": packer.m, "v": packer.v, "t": packer.t}
+        tensors = {key: getattr(packer, attr) for key, attr in SAVED.items()}
         tensors["rng_cpu"] = torch.get_rng_state()
-        if packer.W.device.type == "cuda":
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(packer.W.device)
+        if packer.weights.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(packer.weights.device)
         meta = {
             "version": 1,
             "step": step,
             "slots": len(live),
-            "P": packer.P,
+            "P": packer.params_per_slot,
             "layout": packer.layout_id,
             "live": [
                 None
@@ -132,8 +136,8 @@ class Checkpoint:
 
         t = load_file(str(self.files[0]))
         with torch.no_grad():
-            for k in ("W", "m", "v", "t"):
-                getattr(packer, k).copy_(t[k])
+            for key, attr in SAVED.items():
+                getattr(packer, attr).copy_(t[key])
         torch.set_rng_state(t["rng_cpu"])
-        if "rng_cuda" in t and packer.W.device.type == "cuda":
-            torch.cuda.set_rng_state(t["rng_cuda"], packer.W.device)
+        if "rng_cuda" in t and packer.weights.device.type == "cuda":
+            torch.cuda.set_rng_state(t["rng_cuda"], packer.weights.device)

@@ -128,18 +128,19 @@ class PackedLoRA:
         self.peft_config = lora_config(model, spec)  # on the plain model, before injection
         groups = {g[0]: g for g in self._shared_input_groups(found)} if self.grouped else {}
         spans = self._lay_out(found, groups)
-        off = self.P
+        off = self.params_per_slot
         # Adapters and optimizer state stay fp32 (fp64 when the base is fp64, for exactness tests).
-        self.W = torch.zeros(slots, off, device=device, dtype=dtype)
-        self.G = torch.zeros_like(self.W)
-        self.m = torch.zeros_like(self.W)
-        self.v = torch.zeros_like(self.W)
-        self.t = torch.zeros(slots, device=device, dtype=dtype)
+        self.weights = torch.zeros(slots, off, device=device, dtype=dtype)
+        self.grads = torch.zeros_like(self.weights)
+        self.exp_avg = torch.zeros_like(self.weights)
+        self.exp_avg_sq = torch.zeros_like(self.weights)
+        self.step_count = torch.zeros(slots, device=device, dtype=dtype)
         self.lr = torch.full((slots,), spec.learning_rate, device=device, dtype=dtype)
-        self.wd = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
-        # in layout order: their gradients concatenated are G
+        self.weight_decay = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
+        # in layout order: their gradients concatenated are `grads`
         self.leaves = [
-            self.W[:, a:b].view(slots, *shape).detach().requires_grad_() for a, b, shape in spans
+            self.weights[:, a:b].view(slots, *shape).detach().requires_grad_()
+            for a, b, shape in spans
         ]
         self._inject(found, groups, {a: t for (a, _, _), t in zip(spans, self.leaves)})
 
@@ -147,7 +148,7 @@ class PackedLoRA:
         self, found: list[tuple[str, nn.Module]], groups: dict[str, tuple[str, ...]]
     ) -> list[tuple[int, int, tuple[int, ...]]]:
         """Place every target module's A and B in the flat buffer: sets `layout` (name -> (A's
-        offset, B's offset, B's end)), `P` and `layout_id`, and returns `spans` = every leaf
+        offset, B's offset, B's end)), `params_per_slot` and `layout_id`, and returns `spans` = every leaf
         (start, end, shape) in layout order. A group's A blocks lie side by side, then its B
         blocks, so each is one [slots, k, ...] leaf."""
         r = self.spec.lora_rank
@@ -180,7 +181,7 @@ class PackedLoRA:
                     (self.layout[n][1], self.layout[n][2], (m.out_features, r))
                     for n, m in zip(members, ms)
                 ]
-        self.P = off
+        self.params_per_slot = off
         self.layout_id = "grouped-v1" if groups else "per-module-v1"
         return spans
 
@@ -252,10 +253,10 @@ class PackedLoRA:
     # -- slot lifecycle ---------------------------------------------------------------------
     def reset_slot(self, s: int, init: torch.Tensor) -> None:
         with torch.no_grad():
-            self.W[s].copy_(init)
-            self.m[s].zero_()
-            self.v[s].zero_()
-            self.t[s] = 0
+            self.weights[s].copy_(init)
+            self.exp_avg[s].zero_()
+            self.exp_avg_sq[s].zero_()
+            self.step_count[s] = 0
 
     def slot_state(self, s: int) -> dict[str, torch.Tensor]:
         """The slot's adapter in peft's key layout (for `save_file` / comparison)."""
@@ -267,7 +268,9 @@ class PackedLoRA:
 
     def flat_from_peft(self, peft_model: nn.Module) -> torch.Tensor:
         """Read an initialised peft adapter into this layout (so init matches peft exactly)."""
-        flat = torch.zeros(self.P, device=self.W.device, dtype=self.W.dtype)
+        flat = torch.zeros(
+            self.params_per_slot, device=self.weights.device, dtype=self.weights.dtype
+        )
         named = dict(peft_model.named_modules())
         for name, (a_off, b_off, end) in self.layout.items():
             lora = named[f"base_model.model.{name}"]
@@ -318,7 +321,7 @@ class PackedLoRA:
                 mask[s * b + k, : len(r)] = True
         active = torch.tensor([bt is not None for bt in batches])
         if self.graphs is None:
-            dev = self.W.device
+            dev = self.weights.device
             return self._step(ids.to(dev), mask.to(dev), active.to(dev)).detach()
         return self._graph_step(ids, mask, active)
 
@@ -335,7 +338,7 @@ class PackedLoRA:
         (slot_loss * active).sum().backward()
         # one concatenation fills the flat gradient (instead of one add per leaf: 420 kernels for
         # SmolLM2's 210 adapted matrices)
-        torch.cat([leaf.grad.view(self.slots, -1) for leaf in self.leaves], dim=1, out=self.G)
+        torch.cat([leaf.grad.view(self.slots, -1) for leaf in self.leaves], dim=1, out=self.grads)
         (self._adamw_compiled or self._adamw)(active)
         return torch.where(active, slot_loss.detach(), torch.full_like(slot_loss, float("nan")))
 
@@ -429,13 +432,13 @@ class PackedLoRA:
     def enable_graphs(self) -> None:
         """Capture the whole step (forward, backward, optimizer) once per length bucket and replay
         it: the step is launch-bound, and a replay launches its ~10^4 kernels at once."""
-        if self.W.device.type == "cuda":
+        if self.weights.device.type == "cuda":
             self.graphs = {}
 
     def _graph_step(self, ids, mask, active) -> torch.Tensor:
         key = ids.shape[1]
         if key not in self.graphs:
-            dev = self.W.device
+            dev = self.weights.device
             st = {"ids": ids.to(dev), "mask": mask.to(dev), "active": active.to(dev)}
             # Warm up on a side stream (allocator, cuBLAS workspaces) with inactive slots only,
             # so no slot's weights move; then capture.
@@ -465,18 +468,20 @@ class PackedLoRA:
     @torch.no_grad()
     def _adamw(self, active: torch.Tensor) -> None:
         b1, b2, eps = 0.9, 0.999, 1e-8
-        g = self.G
+        g = self.grads
         a = active[:, None]
         if self.spec.grad_clip > 0:  # per slot, like clip_grad_norm_ over that run's tensors
             norm = g.norm(dim=1, keepdim=True)
             g.mul_((self.spec.grad_clip / (norm + 1e-6)).clamp(max=1.0))
-        self.t += active.to(self.t.dtype)
-        t = self.t.clamp(min=1)[:, None]
-        self.m.copy_(torch.where(a, self.m * b1 + (1 - b1) * g, self.m))
-        self.v.copy_(torch.where(a, self.v * b2 + (1 - b2) * g * g, self.v))
-        lr, wd = self.lr[:, None], self.wd[:, None]
+        self.step_count += active.to(self.step_count.dtype)
+        t = self.step_count.clamp(min=1)[:, None]
+        self.exp_avg.copy_(torch.where(a, self.exp_avg * b1 + (1 - b1) * g, self.exp_avg))
+        self.exp_avg_sq.copy_(
+            torch.where(a, self.exp_avg_sq * b2 + (1 - b2) * g * g, self.exp_avg_sq)
+        )
+        lr, wd = self.lr[:, None], self.weight_decay[:, None]
         bc1 = 1 - b1**t
         bc2 = 1 - b2**t
-        denom = (self.v.sqrt() / bc2.sqrt()) + eps
-        new = self.W * (1 - lr * wd) - (lr / bc1) * self.m / denom
-        self.W.copy_(torch.where(a, new, self.W))
+        denom = (self.exp_avg_sq.sqrt() / bc2.sqrt()) + eps
+        new = self.weights * (1 - lr * wd) - (lr / bc1) * self.exp_avg / denom
+        self.weights.copy_(torch.where(a, new, self.weights))

@@ -140,7 +140,8 @@ class Scheduler:
         self.packer = packer = PackedLoRA(model, spec, slots, targets)
         # another adapter layout (saved before grouped layouts had a name: per-module): start afresh
         if meta is not None and (
-            meta["P"] != packer.P or meta.get("layout", "per-module-v1") != packer.layout_id
+            meta["P"] != packer.params_per_slot
+            or meta.get("layout", "per-module-v1") != packer.layout_id
         ):
             meta = None
         self.meta = meta
@@ -228,7 +229,7 @@ class Scheduler:
                 for x in live
             ]
             packer.lr.copy_(torch.tensor(lrs, dtype=packer.lr.dtype))
-        with step_precision(spec.precision, packer.W.device):  # captured graphs keep it
+        with step_precision(spec.precision, packer.weights.device):  # captured graphs keep it
             losses = packer.step(rows, self.tokenizer.pad_token_id)
         self.step_no += 1
         self.pending.append(([s for s, x in enumerate(live) if x is not None], losses))
