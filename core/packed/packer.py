@@ -128,9 +128,8 @@ class PackedLoRA:
         self.peft_config = lora_config(model, spec)  # on the plain model, before injection
         groups = {g[0]: g for g in self._shared_input_groups(found)} if self.grouped else {}
         spans = self._lay_out(found, groups)
-        off = self.params_per_slot
         # Adapters and optimizer state stay fp32 (fp64 when the base is fp64, for exactness tests).
-        self.weights = torch.zeros(slots, off, device=device, dtype=dtype)
+        self.weights = torch.zeros(slots, self.params_per_slot, device=device, dtype=dtype)
         self.grads = torch.zeros_like(self.weights)
         self.exp_avg = torch.zeros_like(self.weights)
         self.exp_avg_sq = torch.zeros_like(self.weights)
