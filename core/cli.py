@@ -99,7 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m core", description="Forgetting Lab: measure forgetting vs dataset size."
     )
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_run_commands(sub)
+    _add_analyze(sub)
+    _add_forecast(sub)
+    _add_reference(sub)
+    exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")
+    exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    exp.add_argument("--out", required=True, help="output file")
+    exp.add_argument("--run", action="append", dest="runs", help="only this run (repeatable)")
+    _add_db(exp)
+    for name, parser in sub.choices.items():  # each subcommand runs its own function
+        parser.set_defaults(func=COMMANDS[name])
+    return ap
 
+
+def _add_run(sub) -> None:
+    """`run`: a preset, every RunSpec override and switch, --detach."""
     run = sub.add_parser("run", help="run a sweep (foreground with a progress bar, or --detach)")
     run.add_argument(
         "--preset", default="quick-cpu", help=f"one of: {', '.join(PRESETS)} (default quick-cpu)"
@@ -125,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(run)
 
+
+def _add_run_commands(sub) -> None:
+    """The subcommands that list, show or act on runs (and the worker)."""
     for name, helptext in (
         ("list", "list runs"),
         ("worker", "drain the queue (used by the app)"),
@@ -145,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true", help="resume in the background worker")
         if name == "show":
             p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_analyze(sub) -> None:
     an = sub.add_parser(
         "analyze", help="threshold with its confidence interval, phases and growth fits"
     )
@@ -167,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     an.add_argument("--json", action="store_true", help="print JSON")
     _add_db(an)
+
+
+def _add_forecast(sub) -> None:
     fc = sub.add_parser(
         "forecast",
         help="project a run's forgetting beyond its largest size (a projection, with its backtest)",
@@ -182,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--boot", type=int, default=200, help="bootstrap replicates (default 200)")
     fc.add_argument("--json", action="store_true", help="print JSON")
     _add_db(fc)
+
+
+def _add_reference(sub) -> None:
     ref = sub.add_parser(
         "reference", help="re-derive the shipped reference results from their Parquet files"
     )
@@ -193,14 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which shipped set (default: the Martz 2025 protocol); see data/reference/",
     )
     _add_db(ref)
-    exp = sub.add_parser("export", help="write per-point results as CSV or Parquet")
-    exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    exp.add_argument("--out", required=True, help="output file")
-    exp.add_argument("--run", action="append", dest="runs", help="only this run (repeatable)")
-    _add_db(exp)
-    for name, parser in sub.choices.items():  # each subcommand runs its own function
-        parser.set_defaults(func=COMMANDS[name])
-    return ap
 
 
 def _spec_from_args(a: argparse.Namespace) -> RunSpec:

@@ -314,16 +314,6 @@ class Sweep:
         self._done(PointResult(scale, seed, "failed", {"error": msg}, [], [], []), 0.0)
 
 
-def use_packed(spec: RunSpec, device: torch.device) -> bool:
-    """The packed trainer wins where steps are launch-bound (GPU); on a CPU, compute-bound, it
-    measured slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential.
-    It trains LoRA (any batch size: each run's batch is its own rows of the packed step) without
-    in-training smoke tests; anything else is sequential."""
-    if spec.method != "lora" or spec.smoke_every > 0:
-        return False
-    return spec.trainer == "packed" or (spec.trainer == "auto" and device.type == "cuda")
-
-
 def run_sweep(
     spec: RunSpec,
     run_id: str,
@@ -369,7 +359,7 @@ def run_sweep(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        if use_packed(spec, device) and todo:
+        if method.packs(spec, device) and todo:
             status = _run_packed(sweep, base, todo, should_cancel, _checkpoint(run_id, only))
         else:
             status = _run_sequential(sweep, method, base, todo, should_cancel)
@@ -474,7 +464,7 @@ def _checkpoint(run_id: str, only: list[tuple[int, int]] | None):
 
 
 def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
-    """All points of the sweep share each forward/backward (see core/packed.py); the trainer
+    """All points of the sweep share each forward/backward (see core/packed/); the trainer
     saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
     from it."""
     from .packed import save_peft_adapter, train_packed
@@ -528,12 +518,12 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
                     run.pos,
                     run.losses,
                     time.perf_counter() - run.started,
-                    packer.P,
-                    n_base + packer.P,
+                    packer.params_per_slot,
+                    n_base + packer.params_per_slot,
                     save=lambda out: save_peft_adapter(packer, slot, spec, out),
                     message=msg,
                     deltas=lambda: packed_pairs(packer, slot),
-                    extra_bytes=packer.P * packer.W.element_size(),
+                    extra_bytes=packer.params_per_slot * packer.weights.element_size(),
                 ),
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:

@@ -260,6 +260,39 @@ def test_no_sql_outside_the_store():
             assert not sql.search(path.read_text()), path
 
 
+def _long_functions(root, paths, limit: int) -> list[str]:
+    """'file:line name (n lines)' for every function or method longer than `limit` lines."""
+    import ast
+
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+def test_no_function_in_core_or_pages_is_longer_than_100_lines():
+    """A newcomer reads a function at once: a longer one is split at its seams (the docstring
+    counts)."""
+    paths = [*(ROOT / "core").rglob("*.py"), *(ROOT / "pages").rglob("*.py"), ROOT / "app.py"]
+    long = _long_functions(ROOT, paths, 100)
+    assert not long, long
+
+
+def test_the_length_check_sees_methods_and_nested_functions(tmp_path):
+    body = "\n".join(f"      x{i} = {i}" for i in range(101))
+    f = tmp_path / "m.py"
+    f.write_text(f"class C:\n  def short(self):\n    def inner():\n{body}\n    return 1\n")
+    assert _long_functions(tmp_path, [f], 100) == [
+        "m.py:2 short (104 lines)",
+        "m.py:3 inner (102 lines)",
+    ]
+    assert _long_functions(tmp_path, [f], 104) == []
+
+
 def test_methods_page_compares_methods_with_spectral_and_adaptq_profile(tmp_path, monkeypatch):
     from core import runner
     from core.config import preset

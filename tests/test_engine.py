@@ -297,10 +297,10 @@ def test_queued_run_cancels_at_once_and_done_run_cannot_resume(db):
 
 
 def test_nan_loss_marks_point_diverged_packed(db, monkeypatch):
-    import core.packed
+    import core.packed.scheduler
 
-    real = core.packed.init_from_peft
-    monkeypatch.setattr(core.packed, "init_from_peft", lambda *a: real(*a) * float("nan"))
+    real = core.packed.scheduler.init_from_peft  # as the scheduler calls it
+    monkeypatch.setattr(core.packed.scheduler, "init_from_peft", lambda *a: real(*a) * float("nan"))
     s = Store(db)
     run_id = runner.create_run(s, preset("tiny-test", scales=(4, 6), trainer="packed"), "running")
     runner.run_foreground(s, run_id)

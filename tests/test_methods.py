@@ -273,3 +273,18 @@ def pd_isna(x):
     import pandas as pd
 
     return bool(pd.isna(x))
+
+
+def test_the_method_decides_whether_a_sweep_is_packed():
+    """LoRA (full-precision base) packs on CUDA under 'auto' or whenever asked; QLoRA, full
+    fine-tuning and ADAPT-Q never do, and in-training smoke tests keep LoRA sequential."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    lora = get_method("lora")
+    assert lora.packs(preset("tiny-test", trainer="auto"), cuda)
+    assert not lora.packs(preset("tiny-test", trainer="auto"), cpu)
+    assert lora.packs(preset("tiny-test", trainer="packed"), cpu)
+    assert not lora.packs(preset("tiny-test", trainer="sequential"), cuda)
+    assert not lora.packs(preset("tiny-test", trainer="packed", smoke_every=2), cuda)
+    for name in ("qlora", "full", "adaptq"):
+        spec = preset("tiny-test", method=name, trainer="packed")
+        assert not get_method(name).packs(spec, cuda), name

@@ -104,13 +104,13 @@ def test_idle_slot_is_not_touched():
     lm = load_model("tiny", "cpu")
     p = PackedLoRA(lm.model, spec, 2, target_modules(lm.model, "all-linear"))
     with torch.no_grad():
-        p.W.normal_()
+        p.weights.normal_()
     row = lm.tokenizer("the court held that the clause binds")["input_ids"]
     p.step([row, row], lm.tokenizer.pad_token_id)
-    w1, m1, t1 = p.W[1].detach().clone(), p.m[1].clone(), p.t[1].clone()
+    w1, m1, t1 = p.weights[1].detach().clone(), p.exp_avg[1].clone(), p.step_count[1].clone()
     p.step([row, None], lm.tokenizer.pad_token_id)
-    assert torch.equal(p.W[1], w1) and torch.equal(p.m[1], m1) and p.t[1] == t1
-    assert p.t[0] == 2
+    assert torch.equal(p.weights[1], w1) and torch.equal(p.exp_avg[1], m1) and p.step_count[1] == t1
+    assert p.step_count[0] == 2
     p.remove()
 
 
@@ -355,14 +355,14 @@ def test_dropout_masks_change_between_replays_of_a_captured_step(compiled):
     lm.model.train()
     pk = PackedLoRA(lm.model, spec, 2, target_modules(lm.model, spec.target_modules))
     with torch.no_grad():
-        pk.W.normal_(0, 0.05)
+        pk.weights.normal_(0, 0.05)
     pk.lr.zero_()  # nothing moves: only dropout can change the loss
     pk.enable_graphs()
     if compiled:
         pk.compile()
     rows = [lm.tokenizer(t)["input_ids"][:16] for t in data.domain_samples("legal", 2, seed=0)]
-    w0 = pk.W.clone()
+    w0 = pk.weights.clone()
     losses = [pk.step(rows, lm.tokenizer.pad_token_id) for _ in range(4)]
-    assert torch.equal(w0, pk.W)
+    assert torch.equal(w0, pk.weights)
     assert len({tuple(x.tolist()) for x in losses}) == 4
     pk.remove()

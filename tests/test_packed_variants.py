@@ -10,7 +10,8 @@ from torch import nn
 from core import data
 from core.config import preset
 from core.models import load_model
-from core.packed import PackedLoRA, PackedLoRALinear, _Ctx, _Group, train_packed
+from core.packed import PackedLoRA, PackedLoRALinear, train_packed
+from core.packed.layers import _Ctx, _Group
 
 
 @contextlib.contextmanager
@@ -195,25 +196,27 @@ def test_fused_adamw_equals_the_plain_update():
     p = PackedLoRA(lm.model, spec, 3, target_modules(lm.model, spec.target_modules))
     p.remove()
     torch.manual_seed(0)
-    state = {k: torch.randn_like(getattr(p, k)) for k in ("W", "m")}
-    state["v"] = torch.rand_like(p.v)
-    grads = [torch.randn_like(p.G) for _ in range(3)]
+    state = {k: torch.randn_like(getattr(p, k)) for k in ("weights", "exp_avg")}
+    state["exp_avg_sq"] = torch.rand_like(p.exp_avg_sq)
+    grads = [torch.randn_like(p.grads) for _ in range(3)]
     active = torch.tensor([True, False, True])
     results = []
     for fused in (False, True):
         with torch.no_grad():
             for k, v in state.items():
                 getattr(p, k).copy_(v)
-            p.t.zero_()
+            p.step_count.zero_()
         fn = torch.compile(p._adamw) if fused else p._adamw
         for g in grads:
-            p.G.copy_(g)
+            p.grads.copy_(g)
             fn(active)
-        results.append({k: getattr(p, k).clone() for k in ("W", "m", "v", "t")})
+        results.append(
+            {k: getattr(p, k).clone() for k in ("weights", "exp_avg", "exp_avg_sq", "step_count")}
+        )
     plain, fused = results
-    assert torch.equal(plain["t"], fused["t"])
-    assert torch.equal(fused["W"][1], state["W"][1])  # the idle slot is not touched
-    for k in ("W", "m", "v"):
+    assert torch.equal(plain["step_count"], fused["step_count"])
+    assert torch.equal(fused["weights"][1], state["weights"][1])  # the idle slot is not touched
+    for k in ("weights", "exp_avg", "exp_avg_sq"):
         err = (fused[k] - plain[k]).norm() / plain[k].norm()
         assert err <= 1e-5, (k, float(err))
 
@@ -309,7 +312,7 @@ def _packer(spec, slots=3):
     p = PackedLoRA(lm.model, spec, slots, target_modules(lm.model, spec.target_modules))
     torch.manual_seed(2)
     with torch.no_grad():
-        p.W.normal_(0, 0.02)  # B non-zero, so the LoRA path counts in the loss
+        p.weights.normal_(0, 0.02)  # B non-zero, so the LoRA path counts in the loss
     return p
 
 
@@ -338,7 +341,7 @@ def test_fused_head_equals_the_models_own_logits_and_loss():
     assert p._head_parts() is not None
     batch = _batch()
     plain = _loss_and_grads(p, *batch)
-    from core.packed import _head_loss
+    from core.packed.packer import _head_loss
 
     p._head_compiled = torch.compile(_head_loss)
     fused = _loss_and_grads(p, *batch)
@@ -356,7 +359,7 @@ def test_fused_head_with_cast_base_equals_autocast_in_bf16():
         p = _packer(spec)
     batch = _batch()
     plain = _loss_and_grads(p, *batch, precision="bf16")
-    from core.packed import _head_loss
+    from core.packed.packer import _head_loss
 
     p._head_compiled = torch.compile(_head_loss)
     p._head_lp = p.model.get_output_embeddings().weight.detach().to(torch.bfloat16)

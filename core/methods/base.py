@@ -16,6 +16,9 @@ class Method:
     name = "base"
     saves_adapters = False
     swap = None  # a QuantSwap when the method keeps some layers quantized
+    # the packed trainer (core/packed/: many runs share each forward/backward) can train it:
+    # LoRA on a frozen full-precision base
+    packable = False
 
     def info(self) -> dict:
         """Run-level facts the method learned while loading (e.g. ADAPT-Q's profile)."""
@@ -28,6 +31,16 @@ class Method:
         """(name, W_base, dW) per adapted matrix, for the spectral analysis (seed 002); dW dense
         or as low-rank factors (B, A)."""
         return iter(())
+
+    def packs(self, spec: RunSpec, device: torch.device) -> bool:
+        """Whether this sweep's points train together in the packed trainer instead of one after
+        another. It wins where steps are launch-bound (GPU); on a CPU, compute-bound, it measured
+        slower than the sequential loop (bench/results), so 'auto' keeps CPUs sequential. It
+        trains at any batch size (each run's batch is its own rows of the packed step) but runs
+        no in-training smoke tests."""
+        if not self.packable or spec.smoke_every > 0:
+            return False
+        return spec.trainer == "packed" or (spec.trainer == "auto" and device.type == "cuda")
 
     def load(self, spec: RunSpec, device: torch.device) -> LoadedModel:
         return load_model(spec.model, device)

@@ -37,6 +37,7 @@ class LoRA(Method):
 
     name = "lora"
     saves_adapters = True
+    packable = True
 
     def prepare(self, base: nn.Module, spec: RunSpec, seed: int) -> nn.Module:
         from peft import get_peft_model

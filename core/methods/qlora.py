@@ -19,6 +19,7 @@ class QLoRA(LoRA):
     the quantized base, so degradation isolates the adapter."""
 
     name = "qlora"
+    packable = False  # its base is quantized (or becomes so before measuring): sequential loop
 
     def __init__(self) -> None:
         self.swap: QuantSwap | None = None
