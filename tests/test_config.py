@@ -140,6 +140,7 @@ _PAPER = dict(
     target_modules="all-linear",
     probe="paper-8",
     domain_eval_size=50,
+    headline_metric="degradation_stmt_pct",  # Martz 2025's per-statement aggregation
 )
 # The presets as they were Python dicts in core/config.py, before they became data/presets/*.toml
 # (quick-cpu with its 2026-12-03 batch size and learning rate).
