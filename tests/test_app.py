@@ -148,7 +148,7 @@ def test_runs_page_deletes_only_after_confirmation(tmp_path, monkeypatch):
     run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "running")
     runner.run_foreground(s, run_id)
     at = _app("runs", db, monkeypatch)
-    at.selectbox[0].select(run_id).run()
+    next(b for b in at.selectbox if b.label == "Run to delete").select(run_id).run()
     delete = next(b for b in at.button if b.label == "Delete run")
     assert delete.disabled
     at.checkbox(key="confirm_delete").check().run()
