@@ -101,6 +101,14 @@ def available_metrics(points: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m in points.columns and points[m].notna().any()]
 
 
+def headline_metric(points: pd.DataFrame, preferred: str = "degradation_pct") -> str:
+    """The measure a run's headline uses: `preferred` (its settings' `headline_metric`, e.g.
+    the per-statement change for the paper-000 preset) when the points have values of it, else
+    the token-weighted change."""
+    metric_of(preferred)
+    return preferred if preferred in available_metrics(points) else "degradation_pct"
+
+
 def metric_curves(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """`per_scale` of a forgetting measure, mean and interval in the percentage the charts and
     the threshold use (`Metric.to_pct`; the identity for the % measures). `mean_raw` keeps the
@@ -459,12 +467,16 @@ def analyze(
 
 
 # -- methods comparison and spectral summaries (ADAPT-Q, Rathore et al. 2025) ------------------
-def method_summary(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: what training cost and what it did, averaged over finished points."""
+def method_summary(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
+    """One row per run: what training cost and what it did, averaged over finished points.
+    `degradation_at_largest` is forgetting under `metric` (`METRICS`; a nats measure as its %
+    equivalent, averaged in nats first); `intruder_dims_at_largest` the intruder dimensions
+    there (NaN where not counted)."""
+    met = metric_of(metric)
     ok = points[points["status"] == "done"].copy()
     if ok.empty:
         return pd.DataFrame()
-    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s"):
+    for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "intruder_dims", metric):
         if col not in ok:
             ok[col] = np.nan
     ok["ms_per_step"] = 1000 * ok["train_seconds"] / ok["steps"].where(ok["steps"] > 0)
@@ -484,19 +496,24 @@ def method_summary(points: pd.DataFrame) -> pd.DataFrame:
     )
     big = largest.groupby("run_id").agg(
         largest_scale=("scale", "first"),
-        degradation_at_largest=("degradation_pct", "mean"),
+        degradation_at_largest=(metric, "mean"),
         domain_gain_at_largest=("domain_improvement_pct", "mean"),
+        intruder_dims_at_largest=("intruder_dims", "mean"),
     )
+    big["degradation_at_largest"] = met.to_pct(big["degradation_at_largest"])
     return out.join(big).reset_index()
 
 
 def spectral_totals(spectral: pd.DataFrame) -> pd.DataFrame:
     """Per (run, scale): the whole update's ||dW||_F (root of the sum of squares over matrices),
-    the mean effective rank and the mean top-k cosine, averaged over seeds."""
+    the mean effective rank, the mean top-k cosine and the intruder dimensions summed over
+    matrices (NaN where not counted: reference rows, runs before schema 6), averaged over
+    seeds."""
+    cols = ["run_id", "scale", "method", "rank", "fro_norm", "eff_rank", "topk_cos"]
     if spectral.empty:
-        return pd.DataFrame(
-            columns=["run_id", "scale", "method", "rank", "fro_norm", "eff_rank", "topk_cos"]
-        )
+        return pd.DataFrame(columns=[*cols, "intruder_dims"])
+    if "intruder_dims" not in spectral:
+        spectral = spectral.assign(intruder_dims=np.nan)
     per_point = (
         spectral.assign(fro2=spectral["fro_norm"] ** 2)
         .groupby(["run_id", "scale", "seed"], sort=False)
@@ -506,6 +523,7 @@ def spectral_totals(spectral: pd.DataFrame) -> pd.DataFrame:
             fro2=("fro2", "sum"),
             eff_rank=("eff_rank", "mean"),
             topk_cos=("topk_cos", "mean"),
+            intruder_dims=("intruder_dims", lambda x: x.sum(min_count=1)),
         )
         .reset_index()
     )
@@ -518,6 +536,7 @@ def spectral_totals(spectral: pd.DataFrame) -> pd.DataFrame:
             fro_norm=("fro_norm", "mean"),
             eff_rank=("eff_rank", "mean"),
             topk_cos=("topk_cos", "mean"),
+            intruder_dims=("intruder_dims", "mean"),
         )
         .reset_index()
     )

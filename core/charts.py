@@ -703,10 +703,16 @@ def heatmap(matrix: pd.DataFrame, title: str, value_label: str) -> go.Figure:
 
 
 def compare_figure(
-    curves: pd.DataFrame, labels: dict[str, str], y_title: str, ratio_axis: bool = False
+    curves: pd.DataFrame,
+    labels: dict[str, str],
+    y_title: str,
+    ratio_axis: bool = False,
+    unit: str = "%",
 ) -> go.Figure:
     """Mean curve per run on a log x axis; `ratio_axis` puts degradation % on the same log-ratio
-    y axis as the Threshold chart. Legend names keep what differs between the labels."""
+    y axis as the Threshold chart. Legend names keep what differs between the labels. `unit`
+    "%" signs values and suffixes the axis; "" plots a count as it is."""
+    hover = "%{customdata:+,.1f}%" if unit == "%" else "%{customdata:,.3g}" + unit
     fig = go.Figure()
     ratios = [1.0]
     run_ids = list(curves["run_id"].unique())
@@ -722,7 +728,9 @@ def compare_figure(
                 y=y,
                 mode="lines+markers",
                 customdata=c["mean"],
-                hovertemplate="n=%{x:,}: %{customdata:+,.1f}%<extra>"
+                hovertemplate="n=%{x:,}: "
+                + hover
+                + "<extra>"
                 + str(labels.get(run_id, run_id))
                 + "</extra>",
                 name=legend[run_id],
@@ -738,7 +746,7 @@ def compare_figure(
         fig.update_yaxes(
             type="log", tickvals=tv, ticktext=tt, range=[math.log10(lo), math.log10(hi)]
         )
-    else:
+    elif unit == "%":
         fig.update_yaxes(ticksuffix="%")
     fig.update_yaxes(title_text=y_title)
     fig.update_layout(
@@ -789,25 +797,27 @@ def mc_figure(
     return fig
 
 
-def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
-    """||dW||_F of the whole update against LoRA rank (log x), one line per dataset size;
-    full fine-tuning, which has no rank, as an open marker at the right edge (Rathore et al. 2025)."""
+def fro_vs_rank(totals: pd.DataFrame, value: str = "fro_norm", name: str = "||ΔW||_F") -> go.Figure:
+    """||dW||_F of the whole update (or another column of `spectral_totals`, e.g. the intruder
+    dimensions, on a linear axis) against LoRA rank (log x), one line per dataset size; full
+    fine-tuning, which has no rank, as an open marker at the right edge (Rathore et al. 2025)."""
     fig = go.Figure()
+    totals = totals[totals[value].notna()]
     lora = totals[totals["method"].isin(["lora", "qlora"]) & totals["rank"].notna()]
     full = totals[totals["method"] == "full"]
     ranks = sorted(lora["rank"].unique())
     x_full = (max(ranks) * 2) if ranks else 1
     for i, (scale, c) in enumerate(lora.groupby("scale")):
-        c = c.groupby("rank", as_index=False)["fro_norm"].mean()
+        c = c.groupby("rank", as_index=False)[value].mean()
         color = PALETTE[i % len(PALETTE)]
         fig.add_trace(
             go.Scatter(
                 x=c["rank"],
-                y=c["fro_norm"],
+                y=c[value],
                 mode="lines+markers",
                 name=f"LoRA, n={scale:,}",
                 line=dict(color=color),
-                hovertemplate="r=%{x}: ||ΔW||_F %{y:.3g}<extra></extra>",
+                hovertemplate="r=%{x}: " + name + " %{y:.3g}<extra></extra>",
             )
         )
         f = full[full["scale"] == scale]
@@ -815,11 +825,11 @@ def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
             fig.add_trace(
                 go.Scatter(
                     x=[x_full],
-                    y=[float(f["fro_norm"].mean())],
+                    y=[float(f[value].mean())],
                     mode="markers",
                     marker=dict(symbol="diamond-open", size=11, color=color),
                     name=f"full FT, n={scale:,}",
-                    hovertemplate="full fine-tuning: ||ΔW||_F %{y:.3g}<extra></extra>",
+                    hovertemplate="full fine-tuning: " + name + " %{y:.3g}<extra></extra>",
                 )
             )
     ticks = [*ranks, x_full] if not full.empty else ranks
@@ -827,7 +837,10 @@ def fro_vs_rank(totals: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(
         type="log", title_text="LoRA rank r (log scale)", tickvals=ticks, ticktext=labels
     )
-    fig.update_yaxes(type="log", title_text="||ΔW||_F of the whole update (log scale)")
+    if value == "fro_norm":
+        fig.update_yaxes(type="log", title_text="||ΔW||_F of the whole update (log scale)")
+    else:
+        fig.update_yaxes(title_text=name)
     fig.update_layout(
         height=400,
         template="plotly_white",

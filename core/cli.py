@@ -67,6 +67,9 @@ OVERRIDES = [
     ("--quant-order", "quant_order", str),
     ("--smoke-every", "smoke_every", int),
     ("--spectral-topk", "spectral_topk", int),
+    ("--intruder-k", "intruder_k", int),
+    ("--intruder-eps", "intruder_eps", float),
+    ("--headline-metric", "headline_metric", str),
     ("--backend", "backend", str),
     ("--ray-address", "ray_address", str),
     ("--ray-units", "ray_units", int),
@@ -180,9 +183,11 @@ def _add_analyze(sub) -> None:
     )
     an.add_argument(
         "--metric",
-        default="degradation_pct",
+        default=None,
         choices=list(METRICS),
-        help="forgetting measure: degradation_pct (token-weighted perplexity change), "
+        help="forgetting measure (default: the run's headline_metric setting, e.g. "
+        "degradation_stmt_pct for the paper-000 preset, else degradation_pct): degradation_pct "
+        "(token-weighted perplexity change), "
         "degradation_stmt_pct (mean of per-statement perplexities, Martz 2025), "
         "general_ce_delta (cross-entropy change in nats, peft's method comparison), kl_to_base "
         "(KL to the base model in nats, Kalajdzievski 2024)",
@@ -407,22 +412,32 @@ def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
     """`analyze`: threshold with its interval, phases and growth fits."""
     from . import analysis
 
-    store.get_run(a.run_id)
+    spec = store.get_spec(a.run_id)
+    pts, items = store.points_df([a.run_id]), store.item_nll_df(a.run_id)
+    # the run's headline measure unless one is asked for (paper-000: Martz 2025's aggregation)
+    metric = a.metric or analysis.headline_metric(pts, spec.headline_metric)
     try:
-        rep = analysis.threshold_report(
-            store.points_df([a.run_id]), store.item_nll_df(a.run_id), a.level, metric=a.metric
+        rep = analysis.threshold_report(pts, items, a.level, metric=metric)
+        # the token-weighted change stays beside another headline, labelled
+        tw = (
+            analysis.threshold_report(pts, items, a.level)
+            if metric != "degradation_pct" and "degradation_pct" in analysis.available_metrics(pts)
+            else None
         )
     except ValueError as e:
         raise LabError(f"cannot analyze run {a.run_id}: {e}") from None
     if a.json:
-        print(json.dumps(rep.raw, indent=2, default=float))
+        out = {**rep.raw, "token_weighted": tw.raw} if tw is not None else rep.raw
+        print(json.dumps(out, indent=2, default=float))
         return 0
+    print(f"{metric}: {analysis.metric_of(metric).title}")
     print(rep.verdict())
     print(rep.interval_text())
     if rep.fit is not None:
         print(rep.fit_text(r2_digits=3))
-    nats = analysis.metric_of(a.metric).unit == "nats"
-    print(f"{a.metric}: {analysis.metric_of(a.metric).title}")
+    if tw is not None:
+        print(f"token-weighted perplexity change (degradation_pct): {tw.verdict()}")
+    nats = analysis.metric_of(metric).unit == "nats"
     for p in rep.points:
         value = f"{p['mean']:+10.4f} nats (≈ {p['mean_degradation_pct']:+.1f} %)" if nats else ""
         value = value or f"{p['mean_degradation_pct']:+10.1f} %"

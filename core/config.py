@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .analysis import METRICS
 from .errors import ConfigError
 
 METHODS = ("lora", "qlora", "full", "adaptq")
@@ -219,6 +220,40 @@ class RunSpec:
         label="Singular vectors compared",
         lo=1,
         hi=4096,
+    )
+    intruder_k: int = setting(
+        10,
+        "Intruder dimensions (Shuttleworth et al. 2024, LoRA vs full fine-tuning: an illusion of "
+        "equivalence): how many of each adapted matrix's k leading singular vectors after "
+        "training are counted when they have no close match (|cosine| below the similarity "
+        "threshold) among the base matrix's singular vectors; the point stores the sum over "
+        "matrices. Default 10, as in the authors' published code; 0 turns the count off. Needs "
+        "the spectral analysis; keeps every base singular vector in memory during a run.",
+        label="Intruder dimensions: leading vectors k",
+        lo=0,
+        hi=4096,
+    )
+    intruder_eps: float = setting(
+        0.5,
+        "Intruder dimensions: a leading singular vector after training is an intruder when its "
+        "largest |cosine| with any singular vector of the base is below this threshold "
+        "(epsilon). Default 0.5, as in the authors' published code.",
+        label="Intruder dimensions: similarity threshold",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        step=0.05,
+        form_min=0.01,
+    )
+    headline_metric: str = setting(
+        "degradation_pct",
+        "The forgetting measure a run's headline (threshold, phases, report) uses by default: "
+        "'degradation_pct' (token-weighted perplexity change), 'degradation_stmt_pct' (mean of "
+        "per-statement perplexities, Martz 2025's aggregation: the paper-000 preset), "
+        "'general_ce_delta' or 'kl_to_base'. Every measure stays selectable; a run without "
+        "values of this one falls back to the token-weighted change.",
+        choices=tuple(METRICS),
+        label="Headline forgetting measure",
     )
     probe: str = setting(
         "general-200",

@@ -146,6 +146,8 @@ class Baseline:
     probe_index: list[int]
     mc_items: list = field(default_factory=list)  # multiple-choice questions (empty: off)
     mc_before: float | None = None
+    mc_index: list[int] = field(default_factory=list)  # their indices in the whole set
+    mc_correct_before: list[bool] = field(default_factory=list)  # the base's answer right?
     base_vectors: dict = field(default_factory=dict)  # spectral: the base's singular vectors
 
 
@@ -224,14 +226,24 @@ def measure_point(
         adapter, disk = str(out.relative_to(lab_home())), _dir_mb(out)
     if base.mc_items:
         part("multiple choice")
-        acc = evaluate.mc_accuracy(model, base.tok, base.mc_items, spec.eval_batch_size)[0]
+        acc, correct = evaluate.mc_accuracy(model, base.tok, base.mc_items, spec.eval_batch_size)
         metrics.update(
             mc_acc_before=base.mc_before, mc_acc_after=acc, mc_drop_pts=(base.mc_before - acc) * 100
         )
+        mc_rows = [
+            dict(item=i, correct_before=b, correct_after=a)
+            for i, b, a in zip(base.mc_index, base.mc_correct_before, correct)
+        ]
+    else:
+        mc_rows = []
     spectral = []
     if spec.spectral and t.deltas is not None:
         part("spectral analysis")
-        spectral = analyse(t.deltas(), spec.spectral_topk, base.base_vectors)
+        spectral = analyse(
+            t.deltas(), spec.spectral_topk, base.base_vectors, spec.intruder_k, spec.intruder_eps
+        )
+        if spec.intruder_k > 0 and spectral:
+            metrics.update(intruder_dims=sum(int(x["intruder_dims"]) for x in spectral))
     g, d = after[GENERAL].ppl, after[dom].ppl
     metrics.update(
         general_ppl_after=g,
@@ -250,7 +262,7 @@ def measure_point(
     )
     evals, items = _eval_rows(base, after)
     return PointResult(
-        t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral
+        t.scale, t.seed, t.status, metrics, evals, items, _gens(gens), t.checks, spectral, mc_rows
     )
 
 
@@ -343,11 +355,12 @@ def run_sweep(
     probe_index = data.spread(len(data.load_probe(spec.probe)), spec.probe_items)
     baseline = Baseline(spec, run_id, device, tok, sets, before, prompts, probe_index)
     mc = data.load_mc() if spec.mc_eval else []
-    baseline.mc_items = [mc[i] for i in data.spread(len(mc), spec.mc_items)]
+    baseline.mc_index = data.spread(len(mc), spec.mc_items) if mc else []
+    baseline.mc_items = [mc[i] for i in baseline.mc_index]
     if baseline.mc_items:
-        baseline.mc_before = evaluate.mc_accuracy(
+        baseline.mc_before, baseline.mc_correct_before = evaluate.mc_accuracy(
             base, tok, baseline.mc_items, spec.eval_batch_size
-        )[0]
+        )
     sweep = Sweep(baseline, store, events)
     # The base goes through the same evaluation as every point: its time is the first estimate
     # of a point's evaluation (the whole-run ETA uses it until a point has been measured).

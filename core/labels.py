@@ -130,6 +130,12 @@ COLUMNS: dict[str, Col] = {
     "largest_scale": Col("largest size", format="localized"),
     "degradation_at_largest": Col("general PPL change there", format=_PCT),
     "domain_gain_at_largest": Col("domain PPL drop there", format=_PCT),
+    "intruder_dims_at_largest": Col(
+        "intruder dimensions there",
+        format="%.1f",
+        help="intruder dimensions summed over the adapted matrices, mean over seeds (Shuttleworth "
+        "et al. 2024); empty: not counted",
+    ),
     "mean": Col("general PPL change (mean over seeds)", format=_PCT),
     "phase": Col("phase", "text"),
     **{
@@ -146,6 +152,13 @@ COLUMNS: dict[str, Col] = {
         "top-k cosine (mean)",
         format="%.4f",
         help="how well the base weights' leading singular directions survive (1 = kept)",
+    ),
+    "intruder_dims": Col(
+        "intruder dimensions",
+        format="%.1f",
+        help="leading singular vectors after training with no close match among the base's "
+        "(Shuttleworth et al. 2024, LoRA vs full fine-tuning: an illusion of equivalence), summed "
+        "over the adapted matrices; empty: not counted",
     ),
     # Welch's test
     "mean_a": Col("mean change, run A", format=_PCT),
@@ -173,6 +186,23 @@ COLUMNS: dict[str, Col] = {
     "change_pct": Col("PPL change at the largest size", format="%+.1f%%"),
     "first_crossed": Col("first crossed the level at", format="%.0f"),
     "base": Col("base model", "text"),
+    # multiple-choice questions that flipped (core/forgotten.py)
+    "question_no": Col("question no.", format="%d"),
+    "question": Col("question", "text", width="large"),
+    "answer": Col("right answer", "text"),
+    "first_flipped": Col(
+        "first flipped at", format="%.0f", help="smallest size at which a seed got it wrong"
+    ),
+    "flipped_at_largest": Col(
+        "seeds wrong at the largest size", format="percent", help="share of seeds"
+    ),
+    "right_to_wrong": Col(
+        "right → wrong",
+        format="%.1f",
+        help="questions the base got right, wrong after (mean over seeds)",
+    ),
+    "wrong_to_right": Col("wrong → right", format="%.1f", help="mean over seeds"),
+    "questions": Col("questions scored", format="%d"),
 }
 
 

@@ -21,6 +21,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "kl_to_base": ("KL to the base model", "min"),
     "degradation_stmt_pct": ("general degradation per statement (%)", "min"),
     "general_ce_delta": ("general cross-entropy change", "min"),
+    "intruder_dims": ("intruder dimensions (Shuttleworth et al. 2024)", "min"),
 }
 # other metric columns a newer store may add are picked up by name
 _GENERIC = re.compile(r"(^kl_|_pct$|_delta$|_pts$)")

@@ -141,4 +141,6 @@ MEASURE_SOURCES = {
     "(arXiv 2401.05605)",
     "general_ce_delta": "Hugging Face peft's method_comparison benchmark (forgetting: "
     "cross-entropy after minus before on general text)",
+    "intruder_dims": 'Shuttleworth et al. 2024, "LoRA vs full fine-tuning: an illusion of '
+    'equivalence" (arXiv 2410.21228)',
 }

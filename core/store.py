@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import RunNotFound, StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 LOCK_TIMEOUT_S = 60.0
 FINAL_STATES = ("done", "failed", "cancelled")  # of a run
 # Of a point (points.status): done | failed | diverged | stopped. The one definition of which
@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS points (
     degradation_stmt_pct DOUBLE,
     kl_to_base DOUBLE,           -- mean per-token KL(p_base || p_tuned), NULL: not measured
     general_ce_delta DOUBLE,     -- mean per-token CE after minus before (nats)
+    intruder_dims INTEGER,       -- intruder dimensions summed over matrices, NULL: not counted
     adapter_path VARCHAR,
     error VARCHAR,
     finished_at TIMESTAMP,
@@ -121,7 +122,13 @@ CREATE TABLE IF NOT EXISTS step_losses (
 CREATE TABLE IF NOT EXISTS spectral (
     run_id VARCHAR, scale INTEGER, seed INTEGER, name VARCHAR, layer INTEGER, module VARCHAR,
     fro_norm DOUBLE, eff_rank DOUBLE, topk_cos DOUBLE, k INTEGER,
+    intruder_dims INTEGER,       -- NULL: not counted
     PRIMARY KEY (run_id, scale, seed, name)
+);
+CREATE TABLE IF NOT EXISTS mc_items (   -- each multiple-choice question, right before / after
+    run_id VARCHAR, scale INTEGER, seed INTEGER, item INTEGER,
+    correct_before BOOLEAN, correct_after BOOLEAN,
+    PRIMARY KEY (run_id, scale, seed, item)
 );
 CREATE TABLE IF NOT EXISTS run_info (
     run_id VARCHAR, key VARCHAR, value_json VARCHAR,
@@ -144,7 +151,7 @@ SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.d
        p.trainable_params, p.total_params, p.peak_mem_mb, p.mc_acc_before, p.mc_acc_after,
        p.mc_drop_pts, p.model_mem_mb, p.disk_mb, p.gen_tokens_per_s, p.stop_step,
        p.general_ppl_stmt_before, p.general_ppl_stmt_after, p.degradation_stmt_pct, p.kl_to_base,
-       p.general_ce_delta, p.error,
+       p.general_ce_delta, p.intruder_dims, p.error,
        r.device, r.git_commit, p.finished_at
 FROM points p JOIN runs r USING (run_id)
 """
@@ -172,6 +179,7 @@ class PointResult:
     generations: list[dict[str, Any]]
     checks: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (stage, gens)
     spectral: list[dict[str, Any]] = field(default_factory=list)
+    mc_items: list[dict[str, Any]] = field(default_factory=list)  # item, correct_before/after
 
 
 class Store:
@@ -307,6 +315,15 @@ class Store:
             "ALTER TABLE points ADD COLUMN kl_to_base DOUBLE",
             "ALTER TABLE points ADD COLUMN general_ce_delta DOUBLE",
         ],
+        5: [
+            "ALTER TABLE points ADD COLUMN intruder_dims INTEGER",
+            "ALTER TABLE spectral ADD COLUMN intruder_dims INTEGER",
+            """CREATE TABLE IF NOT EXISTS mc_items (
+                run_id VARCHAR, scale INTEGER, seed INTEGER, item INTEGER,
+                correct_before BOOLEAN, correct_after BOOLEAN,
+                PRIMARY KEY (run_id, scale, seed, item)
+            )""",
+        ],
     }
 
     def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:
@@ -439,6 +456,7 @@ class Store:
         with self.tx() as con:
             for t in (
                 "spectral",
+                "mc_items",
                 "run_info",
                 "step_losses",
                 "generations",
@@ -468,7 +486,7 @@ class Store:
         vals = [run_id, r.scale, r.seed, r.status, *m.values(), now()]
         key = [run_id, r.scale, r.seed]
         with self.tx() as con:
-            for t in ("evals", "item_nll", "points", "spectral"):
+            for t in ("evals", "item_nll", "points", "spectral", "mc_items"):
                 con.execute(f"DELETE FROM {t} WHERE run_id = ? AND scale = ? AND seed = ?", key)
             con.execute(
                 "DELETE FROM generations WHERE run_id = ? AND scale = ? AND seed = ? AND stage <> 'before'",
@@ -501,13 +519,28 @@ class Store:
                 self._insert_generations(con, run_id, r.scale, r.seed, stage, gens)
             if r.spectral:
                 con.executemany(
-                    "INSERT INTO spectral VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO spectral (run_id, scale, seed, name, layer, module, fro_norm, "
+                    "eff_rank, topk_cos, k, intruder_dims) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         [*key, x["name"], x["layer"], x["module"], x["fro_norm"], x["eff_rank"]]
-                        + [x["topk_cos"], x["k"]]
+                        + [x["topk_cos"], x["k"], x.get("intruder_dims")]  # older spills: none
                         for x in r.spectral
                     ],
                 )
+            if r.mc_items:  # one statement for a point's ~100 questions, as for item_nll
+                mc = pd.DataFrame(
+                    [
+                        (*key, int(x["item"]), bool(x["correct_before"]), bool(x["correct_after"]))
+                        for x in r.mc_items
+                    ],
+                    columns=["run_id", "scale", "seed", "item", "correct_before", "correct_after"],
+                )
+                con.register("_mc", mc)
+                con.execute(
+                    "INSERT INTO mc_items SELECT run_id, scale, seed, item, correct_before, "
+                    "correct_after FROM _mc"
+                )
+                con.unregister("_mc")
             con.execute(
                 "UPDATE progress SET phase = ?, updated_at = ? WHERE run_id = ? AND scale = ? AND seed = ?",
                 [r.status, now(), *key],
@@ -707,6 +740,13 @@ class Store:
         return self.query_df(
             "SELECT * FROM item_nll WHERE run_id = ? AND eval_set = ? ORDER BY scale, seed, item",
             [run_id, eval_set],
+        )
+
+    def mc_items_df(self, run_id: str) -> pd.DataFrame:
+        """Each multiple-choice question of each point: right before and after fine-tuning
+        (`item`: its index in the whole question set). Empty for runs stored before schema 6."""
+        return self.query_df(
+            "SELECT * FROM mc_items WHERE run_id = ? ORDER BY scale, seed, item", [run_id]
         )
 
     def export(self, out: str | os.PathLike, fmt: str, run_ids: list[str] | None = None) -> int:

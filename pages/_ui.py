@@ -164,6 +164,60 @@ def spectral_for(run_ids: list[str]) -> pd.DataFrame:
     )
 
 
+def headline_for(run_ids: list[str]) -> str:
+    """The forgetting measure the settings of the chosen own runs name as their headline
+    (`RunSpec.headline_metric`: the paper-000 preset names Martz 2025's per-statement
+    aggregation) when they all name the same one; else the token-weighted change. The shipped
+    reference runs carry no settings and name none."""
+    heads = set()
+    for r in run_ids:
+        if r.startswith(reference.REF_PREFIX):
+            continue
+        try:
+            heads.add(read("get_spec", r).headline_metric)
+        except LabError:
+            heads.add("degradation_pct")
+    return heads.pop() if len(heads) == 1 else "degradation_pct"
+
+
+MEASURE_HELP = (
+    "Which forgetting measure {what} use. Token-weighted: total loss over all probe tokens. Per "
+    "statement: the mean of each statement's perplexity (Martz 2025, scale-dependent "
+    "forgetting). Cross-entropy change: peft's method comparison. KL to the base: "
+    'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs". Only measures the '
+    "selected runs have are offered (older runs lack the newer ones); the default is the "
+    "runs' headline measure (their settings' headline_metric)."
+)
+
+
+def measure_select(points: pd.DataFrame, run_ids: list[str], key: str, what: str) -> str:
+    """The 'Forgetting measure' select every page that charts forgetting shows: the measures of
+    `analysis.METRICS` the points have values of, the runs' headline measure first chosen, and
+    the note on nats measures. Returns the chosen column name."""
+    measures = analysis.available_metrics(points) or ["degradation_pct"]
+    head = analysis.headline_metric(points, headline_for(run_ids))
+    measure = st.selectbox(
+        "Forgetting measure",
+        measures,
+        index=measures.index(head) if head in measures else 0,
+        format_func=lambda m: analysis.METRICS[m].title,
+        key=key,
+        help=MEASURE_HELP.format(what=what),
+    )
+    if analysis.METRICS[measure].unit == "nats":
+        st.caption(
+            "This measure is in nats (d); charts, levels and phase cut-offs show it as its "
+            "perplexity-ratio equivalent (e^d − 1) × 100 %. For the cross-entropy change this is "
+            "exactly the token-weighted perplexity change."
+        )
+    if measure == head != "degradation_pct":
+        st.caption(
+            f"**{analysis.METRICS[measure].title}** is the headline measure of these runs' "
+            "settings; the token-weighted change stays selectable and is shown beside it."
+        )
+    return measure
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _analysis(
     db: str, version: tuple, run_id: str, level: float, cutoffs: tuple, metric: str

@@ -4,7 +4,16 @@ compared on the same axes."""
 import streamlit as st
 
 from core import analysis, charts, reference
-from pages._ui import all_labels, no_results, pick_runs, points_for, read, runs, via_app
+from pages._ui import (
+    all_labels,
+    measure_select,
+    no_results,
+    pick_runs,
+    points_for,
+    read,
+    runs,
+    via_app,
+)
 
 via_app(__file__)
 
@@ -55,23 +64,31 @@ if len(m.index) < 2:
     st.caption("Only one training domain so far: queue runs on other domains to fill more rows.")
 
 st.subheader("Methods and ranks on the same axes")
-metric = st.radio(
+what = st.radio(
     "Metric",
-    ["degradation_pct", "domain_improvement_pct"],
+    ["general", "domain_improvement_pct"],
     horizontal=True,
     format_func={
-        "degradation_pct": "general degradation %",
+        "general": "general forgetting",
         "domain_improvement_pct": "domain improvement %",
     }.get,
 )
 chosen = pick_runs(df, "xd_runs", max_default=4)
 lab = all_labels(df)
 if chosen:
-    curves = analysis.per_scale(points_for(chosen), metric)
-    deg = metric == "degradation_pct"
+    pts = points_for(chosen)
+    if what == "general":
+        measure = measure_select(pts, chosen, "xd_measure", "the chart")
+        curves = analysis.metric_curves(pts, measure)
+        title = (
+            "general PPL change"
+            if measure == "degradation_pct"
+            else analysis.METRICS[measure].title
+        )
+    else:
+        curves = analysis.per_scale(pts, what)
+        title = "domain PPL drop"
     st.plotly_chart(
-        charts.compare_figure(
-            curves, lab, "general PPL change" if deg else "domain PPL drop", ratio_axis=deg
-        ),
+        charts.compare_figure(curves, lab, title, ratio_axis=what == "general"),
         key="methods",
     )

@@ -4,7 +4,7 @@ import dataclasses
 
 import streamlit as st
 
-from core import charts, data, runner
+from core import analysis, charts, data, runner
 from core.config import (
     PRESETS,
     SETTINGS,
@@ -189,6 +189,12 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             smoke_every = number(c1, "smoke_every", "Smoke test every N steps (0 = off)")
             smoke_stop = switch(c2, "smoke_stop")
             spectral = switch(c3, "spectral")
+            c1, c2, c3 = st.columns(3)
+            intruder_k = number(c1, "intruder_k")
+            intruder_eps = number(c2, "intruder_eps")
+            headline = choice(
+                c3, "headline_metric", format_func=lambda m: analysis.METRICS[m].title
+            )
         with st.expander("ADAPT-Q and quantization (methods adaptq, qlora)"):
             st.caption(
                 "ADAPT-Q (Martz 2025) trains the K = ⌊fraction × L⌋ blocks chosen below in full "
@@ -238,6 +244,9 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     "smoke_every": int(smoke_every),
                     "smoke_stop": bool(smoke_stop),
                     "spectral": bool(spectral),
+                    "intruder_k": int(intruder_k),
+                    "intruder_eps": float(intruder_eps),
+                    "headline_metric": headline,
                     "adaptq_fraction": float(fraction),
                     "adaptq_selection": selection,
                     "frozen_bits": int(bits),

@@ -8,6 +8,7 @@ from core import analysis, charts, sources
 from core.labels import short_names
 from pages._ui import (
     all_labels,
+    measure_select,
     no_results,
     pick_runs,
     points_for,
@@ -44,19 +45,22 @@ lab = all_labels(df)
 pts = points_for(chosen)
 short = dict(zip(chosen, short_names([lab.get(r, r) for r in chosen])))
 
+measure = measure_select(pts, chosen, "m_measure", "the forgetting chart and table")
+met = analysis.METRICS[measure]
 c1, c2 = st.columns(2)
-deg = analysis.per_scale(pts)
+deg = analysis.metric_curves(pts, measure)
 if deg.empty:
     st.warning("No finished points in the selected runs.")
     st.stop()
-c1.markdown("**General-knowledge perplexity change** (lower is better)")
-c1.plotly_chart(charts.compare_figure(deg, lab, "general PPL change", ratio_axis=True), key="m_deg")
+y_title = "general PPL change" if measure == "degradation_pct" else met.title
+c1.markdown(f"**Forgetting: {met.title}** (lower is better)")
+c1.plotly_chart(charts.compare_figure(deg, lab, y_title, ratio_axis=True), key="m_deg")
 gain = analysis.per_scale(pts, "domain_improvement_pct")
 c2.markdown("**Domain perplexity improvement** (higher is better)")
 c2.plotly_chart(charts.compare_figure(gain, lab, "domain PPL improvement"), key="m_gain")
 
 st.subheader("Cost per run")
-summary = analysis.method_summary(pts)
+summary = analysis.method_summary(pts, measure)
 summary.insert(0, "run", summary["run_id"].map(lambda r: short.get(r, lab.get(r, r))))
 # two narrow tables rather than one that scrolls: the cost figures are what this one compares
 table(
@@ -74,14 +78,55 @@ table(
     ]
 )
 st.markdown("**What it did at its largest dataset size**")
-table(summary[["run", "largest_scale", "degradation_at_largest", "domain_gain_at_largest"]])
+table(
+    summary[
+        [
+            "run",
+            "largest_scale",
+            "degradation_at_largest",
+            "intruder_dims_at_largest",
+            "domain_gain_at_largest",
+        ]
+    ],
+    overrides={"degradation_at_largest": f"{met.title} there"},
+)
 st.caption(
     "Medians over finished points. Memory counts the measured model's tensors (4-bit weights at "
     "their packed size plus quantization constants). Step times of the shipped H100 reference "
     "runs were measured with several runs sharing the GPU (see docs/RESULTS.md)."
 )
 
+st.subheader("Intruder dimensions")
+intr = analysis.per_scale(pts, "intruder_dims") if "intruder_dims" in pts else pd.DataFrame()
 spectral = spectral_for(chosen)
+totals = analysis.spectral_totals(spectral)
+if intr.empty:
+    st.caption(
+        "None of the selected runs counted intruder dimensions: they come from runs of this "
+        "version with the spectral analysis on (the shipped reference runs predate them)."
+    )
+else:
+    st.caption(
+        "Of each adapted matrix's k leading singular vectors after training, those with no close "
+        "match (largest |cosine| below the similarity threshold) among the base matrix's "
+        "singular vectors; summed over matrices, mean over seeds. Defaults k = 10 and threshold "
+        "0.5, those of the authors' published code (a run's own values are in its settings). "
+        f"{sources.MEASURE_SOURCES['intruder_dims']} report that LoRA creates them, full "
+        "fine-tuning hardly does, and that models with more of them forget more of the "
+        "pre-training distribution: compare with the forgetting chart above."
+    )
+    i1, i2 = st.columns(2)
+    i1.markdown("**Intruder dimensions against dataset size**")
+    i1.plotly_chart(charts.compare_figure(intr, lab, "intruder dimensions", unit=""), key="m_intr")
+    counted = totals[totals["intruder_dims"].notna()] if not totals.empty else totals
+    if counted[counted["method"].isin(["lora", "qlora"])]["rank"].nunique() > 1:
+        i2.markdown("**Intruder dimensions against LoRA rank**")
+        i2.plotly_chart(
+            charts.fro_vs_rank(counted, "intruder_dims", "intruder dimensions"), key="m_intr_rank"
+        )
+    else:
+        i2.caption("Pick LoRA runs of two or more ranks to see intruder dimensions against rank.")
+
 st.subheader("Spectral analysis of the weight update")
 if spectral.empty:
     st.info(
@@ -90,7 +135,6 @@ if spectral.empty:
         icon=":material/info:",
     )
 else:
-    totals = analysis.spectral_totals(spectral)
     st.caption(
         "Exact SVDs of every adapted matrix. ||ΔW||_F: size of the update; effective rank: "
         "exp(entropy) of ΔW's singular values; top-k cosine: how well the base weights' leading "
@@ -115,18 +159,27 @@ else:
     )
     one = spectral[spectral["run_id"] == run_sel]
     scale_sel = c2.selectbox("Dataset size", sorted(one["scale"].unique()), key="m_sscale")
+    values = ["topk_cos", "eff_rank", "fro_norm"]
+    if "intruder_dims" in one and one["intruder_dims"].notna().any():
+        values.append("intruder_dims")
     what = c3.selectbox(
         "Value",
-        ["topk_cos", "eff_rank", "fro_norm"],
+        values,
         format_func={
             "topk_cos": "top-k singular-vector cosine",
             "eff_rank": "effective rank of ΔW",
             "fro_norm": "||ΔW||_F",
+            "intruder_dims": "intruder dimensions",
         }.get,
         key="m_sval",
     )
     mat = analysis.layer_matrix(one[one["scale"] == scale_sel], what)
-    names = {"topk_cos": "top-k cosine", "eff_rank": "effective rank", "fro_norm": "||ΔW||_F"}
+    names = {
+        "topk_cos": "top-k cosine",
+        "eff_rank": "effective rank",
+        "fro_norm": "||ΔW||_F",
+        "intruder_dims": "intruder dimensions",
+    }
     st.plotly_chart(charts.layer_heatmap(mat, names[what]), key="m_heat")
 
 adapt = [r for r in chosen if run_info_for(r).get("profile")]

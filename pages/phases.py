@@ -5,7 +5,16 @@ import streamlit as st
 
 from core import analysis, charts, sources
 from core.labels import short_names
-from pages._ui import all_labels, no_results, pick_runs, points_for, runs, table, via_app
+from pages._ui import (
+    all_labels,
+    measure_select,
+    no_results,
+    pick_runs,
+    points_for,
+    runs,
+    table,
+    via_app,
+)
 
 via_app(__file__)
 
@@ -13,7 +22,8 @@ st.title("Phases")
 st.caption(
     "Phases by general-knowledge degradation: safe < 10 %, threshold 10–50 %, catastrophic "
     "50–1,000 %, exponential 1,000–10,000 %, collapse above (defaults from our reading of "
-    f"{sources.cite('000')}; change them on the Threshold page's sidebar)."
+    f"{sources.cite('000')}; change them on the Threshold page's sidebar), under the forgetting "
+    "measure chosen below."
 )
 df = runs()
 chosen = pick_runs(df, "phase_runs")
@@ -25,7 +35,9 @@ try:
     cutoffs = analysis.validate_cutoffs(cutoffs)
 except ValueError:
     cutoffs = analysis.DEFAULT_CUTOFFS
-curves = analysis.per_scale(points_for(chosen))
+pts = points_for(chosen)
+measure = measure_select(pts, chosen, "phase_measure", "the phases")
+curves = analysis.metric_curves(pts, measure)
 if curves.empty:
     st.warning("No finished points in the selected runs.")
     st.stop()
@@ -47,6 +59,8 @@ st.subheader("Smallest measured dataset size in each phase")
 table(pd.DataFrame(entries))
 
 st.subheader("Per point")
+met = analysis.METRICS[measure]
+mean_label = met.title + (" (% equivalent)" if met.unit == "nats" else "") + ", mean over seeds"
 for r, (name, t) in zip(ids, tables.items()):
     st.markdown(f"**{lab.get(r, name)}**")
-    table(t)
+    table(t, overrides={"mean": mean_label})

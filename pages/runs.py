@@ -10,6 +10,7 @@ from pages._ui import (
     changed,
     export_bytes,
     labels,
+    measure_select,
     no_results,
     read,
     runs,
@@ -62,11 +63,15 @@ st.subheader("Compare")
 chosen = st.multiselect("Runs to compare", list(lab), default=list(lab)[:2], format_func=lab.get)
 if chosen:
     pts = read("points_df", tuple(chosen))
-    curves = analysis.per_scale(pts)
+    measure = measure_select(pts, chosen, "runs_measure", "the comparison chart")
+    curves = analysis.metric_curves(pts, measure)
     if not curves.empty:
-        st.plotly_chart(
-            charts.compare_figure(curves, lab, "general PPL change", ratio_axis=True), key="cmp"
+        title = (
+            "general PPL change"
+            if measure == "degradation_pct"
+            else analysis.METRICS[measure].title
         )
+        st.plotly_chart(charts.compare_figure(curves, lab, title, ratio_axis=True), key="cmp")
         st.caption("Use the camera icon on any chart to download it as PNG.")
     short = dict(zip(chosen, short_names([lab.get(r, r) for r in chosen])))
     agg = analysis.run_summary(pts)

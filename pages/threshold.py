@@ -8,6 +8,7 @@ from pages._ui import (
     analysis_for,
     generations_for,
     items_for,
+    measure_select,
     no_results,
     pick_runs,
     points_for,
@@ -108,24 +109,7 @@ if metric == "multiple choice":
         "before fine-tuning. Threshold, phases and the slider use the perplexity metric."
     )
     st.stop()
-measures = analysis.available_metrics(pts) or ["degradation_pct"]
-measure = st.selectbox(
-    "Perplexity measure",
-    measures,
-    format_func=lambda m: analysis.METRICS[m].title,
-    key="thr_measure",
-    help="Which forgetting measure the curve, threshold, phases and slider use. Token-weighted: "
-    f"total loss over all probe tokens. Per statement: the mean of each statement's perplexity "
-    f"({sources.cite('000')}). Cross-entropy change: peft's method comparison. KL to the base: "
-    'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs". Only measures the '
-    "selected runs have are offered (older runs lack the newer ones).",
-)
-if analysis.METRICS[measure].unit == "nats":
-    st.caption(
-        "This measure is in nats (d); the chart, the level and the phase cut-offs show it as its "
-        "perplexity-ratio equivalent (e^d − 1) × 100 %. For the cross-entropy change this is "
-        "exactly the token-weighted perplexity change."
-    )
+measure = measure_select(pts, chosen, "thr_measure", "the curve, threshold, phases and slider")
 curves = analysis.metric_curves(pts, measure)
 dom = analysis.per_scale(pts, "domain_improvement_pct")
 if curves.empty:
@@ -230,6 +214,10 @@ for col, r in zip(cols, chosen):
     col.caption(rep.interval_text())
     col.write(rep.safe_text(strong="**"))
     col.caption(rep.fit_text())
+    if measure != "degradation_pct":  # the token-weighted change stays visible, labelled
+        tw = analysis_for(r, level, cutoffs)
+        if tw is not None:
+            col.caption(f"Token-weighted perplexity change: {tw.verdict()}")
 
 
 @timed_fragment
@@ -352,6 +340,28 @@ else:
             f"size at which it reached {level:g} %."
         )
         table(forgotten.forgotten_table(items, texts, level))
+    # the shipped reference stores no per-question results
+    mc = None if which.startswith(reference.REF_PREFIX) else read("mc_items_df", which)
+    if mc is not None and mc.empty:
+        st.caption(
+            "This run stored no per-question multiple-choice results (multiple choice off, or a "
+            "run made before they were stored)."
+        )
+    elif mc is not None:
+        st.markdown("**Multiple-choice questions that flipped from right to wrong**")
+        questions = data.load_mc()
+        named = {i: (q.question, q.options[q.answer]) for i, q in enumerate(questions)}
+        table(forgotten.mc_flip_counts(mc))
+        flips = forgotten.mc_flip_table(mc, named)
+        if flips.empty:
+            st.caption("No question the base model answered right was answered wrong after.")
+        else:
+            table(flips)
+            st.caption(
+                "Questions the base model answered right and a fine-tuned model got wrong: the "
+                "smallest size at which any seed did, and the share of seeds wrong at the "
+                "largest size."
+            )
     strip = forgotten.answer_strip(generations_for(which))
     if not strip.empty:
         st.markdown("**Smoke-test answers across sizes** (greedy decoding, one seed)")

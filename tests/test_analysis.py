@@ -342,3 +342,53 @@ def test_measure_agreement_puts_each_measures_threshold_and_phases_side_by_side(
     assert list(ph.index) == [100, 400, 1600] and len(ph.columns) == 2
     tok_col, stmt_col = (analysis.METRICS[m].title for m in t.index)
     assert ph.loc[400, tok_col] != ph.loc[400, stmt_col]  # 5 % vs 40 %: different phases
+
+
+def test_headline_metric_is_the_runs_setting_when_it_has_values():
+    pts = _points("r", {100: 1.0, 200: 30.0}, degradation_stmt_pct=lambda sc, s: 2.0 * sc)
+    assert analysis.headline_metric(pts, "degradation_stmt_pct") == "degradation_stmt_pct"
+    assert analysis.headline_metric(pts) == "degradation_pct"
+    # a run measured before the per-statement change existed falls back to the token-weighted
+    old = _points("r", {100: 1.0, 200: 30.0})
+    assert analysis.headline_metric(old, "degradation_stmt_pct") == "degradation_pct"
+    with pytest.raises(ValueError, match="unknown forgetting metric"):
+        analysis.headline_metric(pts, "bogus")
+
+
+def test_method_summary_and_spectral_totals_carry_the_measure_and_intruder_dimensions():
+    """At the largest size: forgetting under the chosen measure (a nats measure as its %
+    equivalent of the mean over seeds) and the intruder dimensions beside it; per point the
+    intruder dimensions are the sum over matrices, then the mean over seeds."""
+    pts = _points(
+        "r",
+        {100: 5.0, 200: 50.0},
+        seeds=(0, 1),
+        train_seconds=lambda sc, s: 1.0,
+        steps=lambda sc, s: sc,
+        trainable_params=lambda sc, s: 10,
+        total_params=lambda sc, s: 1000,
+        peak_mem_mb=lambda sc, s: 1.0,
+        method=lambda sc, s: "lora",
+        rank=lambda sc, s: 8,
+        domain_improvement_pct=lambda sc, s: 1.0,
+        general_ce_delta=lambda sc, s: [0.1, 0.3][s],
+        intruder_dims=lambda sc, s: sc // 100 + s,
+    )
+    row = analysis.method_summary(pts, "general_ce_delta").set_index("run_id").loc["r"]
+    assert row["largest_scale"] == 200
+    assert row["degradation_at_largest"] == pytest.approx((np.exp(0.2) - 1) * 100)
+    assert row["intruder_dims_at_largest"] == pytest.approx(2.5)  # seeds: 2 and 3
+    plain = analysis.method_summary(pts).set_index("run_id").loc["r"]
+    assert plain["degradation_at_largest"] == 50.0
+    spectral = pd.DataFrame(
+        [
+            dict(run_id="r", scale=100, seed=s, name=n, method="lora", rank=8, fro_norm=1.0)
+            | dict(eff_rank=1.0, topk_cos=0.9, intruder_dims=d)
+            for s, per in ((0, (1, 2)), (1, (3, 4)))
+            for n, d in zip(("a", "b"), per)
+        ]
+    )
+    t = analysis.spectral_totals(spectral).iloc[0]
+    assert t["intruder_dims"] == pytest.approx(5.0)  # (1 + 2 + 3 + 4) / 2 seeds
+    older = analysis.spectral_totals(spectral.drop(columns="intruder_dims")).iloc[0]
+    assert np.isnan(older["intruder_dims"])  # reference rows counted none

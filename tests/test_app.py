@@ -148,7 +148,7 @@ def test_runs_page_deletes_only_after_confirmation(tmp_path, monkeypatch):
     run_id = runner.create_run(s, preset("tiny-test", scales=(4,)), "running")
     runner.run_foreground(s, run_id)
     at = _app("runs", db, monkeypatch)
-    at.selectbox[0].select(run_id).run()
+    next(b for b in at.selectbox if b.label == "Run to delete").select(run_id).run()
     delete = next(b for b in at.button if b.label == "Delete run")
     assert delete.disabled
     at.checkbox(key="confirm_delete").check().run()
@@ -310,9 +310,9 @@ def test_methods_page_compares_methods_with_spectral_and_adaptq_profile(tmp_path
     at = _app("methods", db, monkeypatch)
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) == 5, len(
-        at.get("plotly_chart")
-    )  # curves x2, ||dW|| vs rank, heatmap, profile
+    # curves x2, intruder dimensions vs size and vs rank, ||dW|| vs rank, heatmap, profile
+    assert len(at.get("plotly_chart")) == 7, len(at.get("plotly_chart"))
+    assert any(m.value == "**Intruder dimensions against LoRA rank**" for m in at.markdown)
     assert at.multiselect[0].value and len(at.dataframe) >= 2
     facts = at.table[0].value
     assert "blocks trained" in facts.index and "1 of 2" in facts.loc["blocks trained"].value
@@ -480,3 +480,64 @@ def test_threshold_shows_what_the_re_measured_reference_forgot(tmp_path, monkeyp
     assert any("first measured size" in c.value for c in at.caption)  # the items heatmap
     assert any("Stored smoke-test generations" in m.value for m in at.markdown)
     assert any("Smoke-test answers across sizes" in m.value for m in at.markdown)
+
+
+@pytest.mark.parametrize("page, key", [("phases", "phase_measure"), ("methods", "m_measure")])
+def test_pages_charting_forgetting_offer_every_measure(page, key, tiny_run, monkeypatch):
+    """The Phases and Methods pages share the Threshold page's forgetting-measure select
+    (pages/_ui.measure_select over analysis.METRICS)."""
+    from core import analysis
+
+    db, _ = tiny_run
+    at = _app(page, db, monkeypatch)
+    box = at.selectbox(key=key)
+    assert box.options == [m.title for m in analysis.METRICS.values()]
+    assert box.value == "degradation_pct"
+    box.set_value("kl_to_base").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.get("plotly_chart") and any("in nats" in c.value for c in at.caption)
+
+
+def test_methods_page_draws_intruder_dimensions_beside_forgetting(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("methods", db, monkeypatch)
+    assert any(s.value == "Intruder dimensions" for s in at.subheader)
+    assert any(m.value == "**Intruder dimensions against dataset size**" for m in at.markdown)
+    largest = next(d.value for d in at.dataframe if "intruder_dims_at_largest" in d.value.columns)
+    assert largest["intruder_dims_at_largest"].notna().all()
+
+
+def test_threshold_lists_questions_that_flipped_from_right_to_wrong(tiny_run, monkeypatch):
+    db, _ = tiny_run
+    at = _app("threshold", db, monkeypatch)
+    assert not at.exception, at.exception
+    assert any(
+        m.value == "**Multiple-choice questions that flipped from right to wrong**"
+        for m in at.markdown
+    )
+    counts = next(d.value for d in at.dataframe if "right_to_wrong" in d.value.columns)
+    assert list(counts["scale"]) == [4, 8, 16] and (counts["questions"] == 108).all()
+
+
+def test_threshold_headlines_the_runs_measure_and_keeps_the_token_weighted_one(
+    tmp_path, monkeypatch
+):
+    """A run whose settings headline Martz 2025's per-statement aggregation (the paper-000
+    preset does) opens under it; each run's card still says the token-weighted threshold."""
+    from core import runner
+    from core.config import preset
+
+    db = tmp_path / "h.duckdb"
+    store = Store(db)
+    spec = preset("tiny-test", scales=(4, 8), headline_metric="degradation_stmt_pct")
+    rid = runner.create_run(store, spec, status="running")
+    assert runner.run_foreground(store, rid) == "done"
+    at = _app("threshold", db, monkeypatch)
+    assert not at.exception, at.exception
+    assert at.selectbox(key="thr_measure").value == "degradation_stmt_pct"
+    captions = " ".join(c.value for c in at.caption)
+    assert "headline measure of these runs' settings" in captions
+    assert "Token-weighted perplexity change: " in captions
+    at.selectbox(key="thr_measure").set_value("degradation_pct").run()
+    assert "Token-weighted perplexity change: " not in " ".join(c.value for c in at.caption)

@@ -145,3 +145,32 @@ def test_a_fresh_lab_home_is_created_on_first_use(tmp_path):
     r = cli("list", env=env)
     assert r.returncode == 0, r.stderr
     assert (home / "lab.duckdb").is_file()
+
+
+def test_analyze_headlines_the_runs_measure_and_keeps_the_token_weighted_one(db):
+    """A run whose settings name Martz 2025's per-statement aggregation as its headline (as the
+    paper-000 preset does) is analyzed under it by default; the token-weighted change is printed
+    beside it, labelled."""
+    import json
+
+    from core import runner
+    from core.config import preset
+    from core.store import Store
+
+    store = Store(db)
+    spec = preset("tiny-test", scales=(4, 8), headline_metric="degradation_stmt_pct")
+    rid = runner.create_run(store, spec, status="running")
+    assert runner.run_foreground(store, rid) == "done"
+    an = cli("analyze", rid, "--db", str(db))
+    assert an.returncode == 0, an.stderr
+    lines = an.stdout.splitlines()
+    assert (
+        lines[0]
+        == "degradation_stmt_pct: general perplexity change (mean of per-statement perplexities)"
+    )
+    assert any(x.startswith("token-weighted perplexity change (degradation_pct): ") for x in lines)
+    raw = json.loads(cli("analyze", rid, "--json", "--db", str(db)).stdout)
+    assert raw["metric"] == "degradation_stmt_pct"
+    assert raw["token_weighted"]["metric"] == "degradation_pct"
+    plain = cli("analyze", rid, "--metric", "degradation_pct", "--db", str(db)).stdout
+    assert "token-weighted perplexity change (degradation_pct)" not in plain

@@ -140,6 +140,7 @@ _PAPER = dict(
     target_modules="all-linear",
     probe="paper-8",
     domain_eval_size=50,
+    headline_metric="degradation_stmt_pct",  # Martz 2025's per-statement aggregation
 )
 # The presets as they were Python dicts in core/config.py, before they became data/presets/*.toml
 # (quick-cpu with its 2026-12-03 batch size and learning rate).
@@ -210,3 +211,18 @@ def test_a_preset_based_on_a_missing_one_is_refused(tmp_path):
     (tmp_path / "a.toml").write_text('based_on = "b"\nname = "a"\n')
     with pytest.raises(ConfigError, match="based_on 'b'"):
         load_presets(tmp_path)
+
+
+def test_paper_preset_headlines_martz_aggregation_and_the_choices_are_the_measures():
+    from core import analysis
+    from core.config import field_choices
+
+    assert field_choices("headline_metric") == tuple(analysis.METRICS)
+    assert preset("paper-000").headline_metric == "degradation_stmt_pct"
+    assert preset("fast-000").headline_metric == "degradation_stmt_pct"  # based on paper-000
+    assert preset("tiny-test").headline_metric == "degradation_pct"
+    # a run stored before the setting existed reads back with the default
+    d = preset("tiny-test").to_dict()
+    del d["headline_metric"], d["intruder_k"], d["intruder_eps"]
+    assert RunSpec.from_dict(d).headline_metric == "degradation_pct"
+    assert RunSpec.from_dict(d).intruder_k == 10 and RunSpec.from_dict(d).intruder_eps == 0.5

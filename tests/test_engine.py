@@ -75,6 +75,32 @@ def test_sweep_stores_the_other_forgetting_measures_consistent_with_item_losses(
     assert set(NEW_MEASURES) <= set(pd.read_csv(out).columns)
 
 
+def test_sweep_stores_intruder_dimensions_and_each_questions_answer(tiny_run, tmp_path):
+    """Every point of a tiny sweep counts intruder dimensions (Shuttleworth et al. 2024) per
+    matrix, the point's number is their sum and is exported; each multiple-choice question's
+    right/wrong before and after is stored and agrees with the stored accuracies."""
+    import pandas as pd
+
+    path, run_id = tiny_run
+    s = Store(path)
+    spec = s.get_spec(run_id)
+    pts = s.points_df([run_id]).set_index(["scale", "seed"])
+    spectral = s.spectral_df([run_id])
+    assert spectral.intruder_dims.notna().all()
+    assert spectral.intruder_dims.between(0, spec.intruder_k).all()
+    sums = spectral.groupby(["scale", "seed"]).intruder_dims.sum()
+    assert (pts.intruder_dims.loc[sums.index].astype(int) == sums.astype(int)).all()
+    out = tmp_path / "export.csv"
+    s.export(out, "csv", [run_id])
+    assert pd.read_csv(out).intruder_dims.notna().all()
+    mc = s.mc_items_df(run_id)
+    assert len(mc) == len(pts) * 108 and mc.item.nunique() == 108  # every question, every point
+    for (scale, seed), g in mc.groupby(["scale", "seed"]):
+        p = pts.loc[(scale, seed)]
+        assert g.correct_before.mean() == pytest.approx(p.mc_acc_before)
+        assert g.correct_after.mean() == pytest.approx(p.mc_acc_after)
+
+
 def test_before_is_measured_on_the_untouched_base(tiny_run):
     """peft PR #3419's third pitfall: 'before' must come from the base model as loaded, not from
     a model that already carries (or once carried) an adapter."""

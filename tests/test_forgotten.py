@@ -59,3 +59,52 @@ def test_answer_strip_is_prompt_by_size_with_the_base_first():
 def test_empty_inputs_give_empty_results():
     assert forgotten.item_change(pd.DataFrame(columns=["item", "scale", "tokens"])).empty
     assert forgotten.answer_strip(pd.DataFrame()).empty
+
+
+def _mc():
+    """Three questions, two sizes, two seeds. q0: right before, wrong at size 100 for both seeds
+    (and at 10 for seed 1); q1: right before, always right; q2: wrong before, right at 100."""
+    rows = []
+    after = {  # (item, scale, seed) -> right after?
+        (0, 10, 0): True,
+        (0, 10, 1): False,
+        (0, 100, 0): False,
+        (0, 100, 1): False,
+        (2, 100, 0): True,
+        (2, 100, 1): True,
+    }
+    before = {0: True, 1: True, 2: False}
+    for item in (0, 1, 2):
+        for scale in (10, 100):
+            for seed in (0, 1):
+                right = after.get((item, scale, seed), before[item])
+                rows.append(
+                    dict(
+                        item=item,
+                        scale=scale,
+                        seed=seed,
+                        correct_before=before[item],
+                        correct_after=right,
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+def test_mc_flips_are_questions_right_before_and_wrong_after():
+    m = forgotten.mc_flips(_mc())
+    assert list(m.index) == [0]  # only question 0 ever flipped from right to wrong
+    assert m.loc[0].tolist() == [0.5, 1.0]  # one seed of two at 10, both at 100
+    counts = forgotten.mc_flip_counts(_mc()).set_index("scale")
+    assert counts.loc[10].tolist() == [0.5, 0.0, 3.0]
+    assert counts.loc[100].tolist() == [1.0, 1.0, 3.0]  # question 2 went the other way
+    t = forgotten.mc_flip_table(_mc(), {0: ("The capital of France is", "Paris")})
+    assert t.to_dict("records") == [
+        dict(
+            question_no=0,
+            question="The capital of France is",
+            answer="Paris",
+            first_flipped=10.0,
+            flipped_at_largest=1.0,
+        )
+    ]
+    assert forgotten.mc_flip_table(pd.DataFrame()).empty and forgotten.mc_flips(_mc()[:0]).empty

@@ -156,13 +156,21 @@ NEW_MEASURES = (  # schema 5
 )
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def _to_schema_5(con) -> None:
+    """Undo schema 6: intruder dimensions and the per-question multiple-choice table."""
+    con.execute("ALTER TABLE points DROP COLUMN intruder_dims")
+    con.execute("ALTER TABLE spectral DROP COLUMN intruder_dims")
+    con.execute("DROP TABLE mc_items")
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_older_schema_is_migrated_without_losing_rows(db, version):
     s = Store(db)
     s.create_run("old", preset("tiny-test"))
     s.save_point("old", _point(4))
     con = duckdb.connect(str(db))  # turn it back into an older database
-    for col in NEW_MEASURES:
+    _to_schema_5(con)
+    for col in NEW_MEASURES if version <= 4 else ():
         con.execute(f"ALTER TABLE points DROP COLUMN {col}")
     if version <= 3:
         con.execute("ALTER TABLE generations DROP COLUMN reason")
@@ -179,8 +187,11 @@ def test_older_schema_is_migrated_without_losing_rows(db, version):
     again = Store(db)
     df = again.points_df(["old"])
     assert len(df) == 1 and df.degradation_pct[0] == 10.0
-    assert {"mc_drop_pts", "model_mem_mb", "stop_step", "kl_to_base"} <= set(df.columns)
-    assert df.kl_to_base.isna().all()  # points measured before the measure existed: NULL
+    assert {"mc_drop_pts", "model_mem_mb", "stop_step", "kl_to_base", "intruder_dims"} <= set(
+        df.columns
+    )
+    assert df.intruder_dims.isna().all()  # points measured before the measure existed: NULL
+    assert again.mc_items_df("old").empty
     again.save_run_info("old", "k", [1, 2])
     assert again.run_info("old") == {"k": [1, 2]} and again.spectral_df(["old"]).empty
     assert again.query_df("SELECT value FROM meta WHERE key = 'schema_version'").value[0] == str(
@@ -282,6 +293,7 @@ def test_a_migrated_database_has_the_fresh_schema_and_migrations_are_frozen(db, 
     s = Store(db)
     s.list_runs()
     con = duckdb.connect(str(db))
+    _to_schema_5(con)
     con.execute("ALTER TABLE generations DROP COLUMN reason")
     for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "stop_step", *NEW_MEASURES):
         con.execute(f"ALTER TABLE points DROP COLUMN {col}")
@@ -329,3 +341,31 @@ def test_reading_block_shares_one_connection(tmp_path, monkeypatch):
     assert len(opened) == 1
     assert len(s.progress_df(rid)) == 1  # the write inside the block was committed
     assert len(opened) == 2
+
+
+def test_per_question_results_and_intruder_dimensions_are_stored_replaced_and_deleted(db):
+    """Schema 6: each multiple-choice question's right/wrong before and after, and the intruder
+    dimensions per matrix (spectral) and per point, written with the point and replaced with it;
+    a point spilled by an older version (no intruder count) still saves."""
+    s = Store(db)
+    s.create_run("r", preset("tiny-test"))
+    p = _point(4)
+    p.metrics["intruder_dims"] = 3
+    p.mc_items = [
+        dict(item=7, correct_before=True, correct_after=False),
+        dict(item=9, correct_before=False, correct_after=False),
+    ]
+    row = dict(layer=0, module="q_proj", fro_norm=1.0, eff_rank=1.0, topk_cos=0.9, k=2)
+    p.spectral = [dict(row, name="a.0.q_proj", intruder_dims=3), dict(row, name="a.0.v_proj")]
+    s.save_point("r", p)
+    s.save_point("r", p)  # again: replaced, not doubled
+    mc = s.mc_items_df("r")
+    assert mc[["item", "correct_before", "correct_after"]].values.tolist() == [
+        [7, True, False],
+        [9, False, False],
+    ]
+    assert int(s.points_df(["r"]).intruder_dims[0]) == 3
+    spec = s.spectral_df(["r"]).set_index("name")["intruder_dims"]
+    assert spec["a.0.q_proj"] == 3 and pd.isna(spec["a.0.v_proj"])
+    s.delete_run("r")
+    assert s.mc_items_df("r").empty
