@@ -16,6 +16,7 @@ pages = [
     st.Page("pages/phases.py", title="Phases", icon=":material/timeline:"),
     st.Page("pages/cross_domain.py", title="Cross-domain", icon=":material/grid_on:"),
     st.Page("pages/methods.py", title="Methods", icon=":material/compare_arrows:"),
+    st.Page("pages/mitigation.py", title="Mitigation", icon=":material/shield:"),
     st.Page("pages/smoke_test.py", title="Smoke test", icon=":material/chat:"),
     st.Page("pages/pareto.py", title="Pareto", icon=":material/scatter_plot:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),

@@ -996,3 +996,120 @@ def item_heatmap(
         margin=dict(l=10, r=10, t=30, b=40),
     )
     return fig
+
+
+def replay_heatmap(
+    matrix: pd.DataFrame,
+    value_label: str,
+    better: str = "lower",
+    seeds: pd.DataFrame | None = None,
+    level: float | None = None,
+) -> go.Figure:
+    """A (replay fraction x dataset size) table of mean percentages as a heatmap (the
+    Mitigation page): colour by the sign-preserving log of the value, blue where it is good
+    (`better` = "lower" for degradation, "higher" for domain improvement); cells not measured
+    stay blank. `seeds` (same shape) goes into the hover; with `level`, cells at or above it
+    are marked with a dot."""
+    z = matrix.to_numpy(dtype=float)
+
+    def slog(v):
+        return np.sign(v) * np.log10(1 + np.abs(v))
+
+    zc = slog(z)
+    span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
+    marks = [m for m in (-99, -50, -10, 0, 10, 100, 1000, 10000) if abs(slog(m)) <= span * 1.05]
+    x = [f"{int(s):,}" for s in matrix.columns]
+    y = [f"{r:g}" for r in matrix.index]
+    n = seeds.reindex_like(matrix).to_numpy() if seeds is not None else np.full(z.shape, np.nan)
+
+    def cell(v: float) -> str:
+        if np.isnan(v):
+            return ""
+        return pct_label(v) + (" •" if level is not None and v >= level else "")
+
+    text = [[cell(v) for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=zc,
+            x=x,
+            y=y,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="RdBu_r" if better == "lower" else "RdBu",
+            zmid=0,
+            zmin=-span,
+            zmax=span,
+            customdata=np.dstack([z, n]),
+            hovertemplate="replay %{y}, %{x} samples<br>"
+            + value_label
+            + " %{customdata[0]:+,.1f}% (mean of %{customdata[1]} seed(s))<extra></extra>",
+            colorbar=dict(
+                title=value_label,
+                tickvals=[float(slog(m)) for m in marks],
+                ticktext=[pct_label(m) if m else "0" for m in marks],
+            ),
+        )
+    )
+    fig.update_layout(
+        height=max(300, 120 + 50 * len(matrix.index)),
+        template="plotly_white",
+        xaxis_title="training samples",
+        yaxis_title="replay fraction",
+        xaxis=dict(type="category"),
+        yaxis=dict(type="category"),
+        margin=dict(l=10, r=10, t=30, b=40),
+    )
+    return fig
+
+
+def replay_curve(by_replay: list[tuple[float, float]], level: float, answer=None) -> go.Figure:
+    """Degradation at the planner's dataset size against the replay fraction (measured
+    fractions, interpolated in size), the level as a line and, when the planner answered, its
+    fraction with its 95 % interval. `answer`: (fraction, (low, high) or None)."""
+    xs = [r for r, _ in by_replay]
+    ys = [v for _, v in by_replay]
+    ratios = [float(pct_to_ratio(v)) for v in ys] + [float(pct_to_ratio(level))]
+    fig = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=[float(pct_to_ratio(v)) for v in ys],
+            customdata=ys,
+            mode="lines+markers",
+            name="degradation at this size",
+            line=dict(color=PALETTE[0]),
+            hovertemplate="replay %{x:g}: %{customdata:+,.1f}%<extra></extra>",
+        )
+    )
+    fig.add_hline(
+        y=float(pct_to_ratio(level)),
+        line=dict(color="#b71c1c", dash="dash"),
+        annotation_text=f"level {level:g} %",
+        annotation_position="top right",
+    )
+    if answer is not None:
+        r, iv = answer
+        if iv is not None and all(math.isfinite(v) for v in iv) and iv[1] > iv[0]:
+            fig.add_vrect(x0=iv[0], x1=iv[1], fillcolor=PALETTE[2], opacity=0.12, line_width=0)
+        fig.add_vline(
+            x=r,
+            line=dict(color=PALETTE[2]),
+            annotation_text=f"replay {r:.3g}",
+            annotation_position="bottom right",
+        )
+    lo, hi = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
+    tv, tt = _ratio_ticks(lo, hi)
+    fig.update_yaxes(
+        type="log",
+        tickvals=tv,
+        ticktext=tt,
+        range=[math.log10(lo), math.log10(hi)],
+        title_text="general PPL change",
+    )
+    fig.update_xaxes(title_text="replay fraction")
+    fig.update_layout(
+        height=320,
+        template="plotly_white",
+        showlegend=False,
+        margin=dict(l=60, r=10, t=20, b=40),
+    )
+    return fig

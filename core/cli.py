@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from .analysis import METRICS
-from .config import PRESETS, RunSpec, field_help, parse_int_list, preset, rank_series
+from .config import (
+    PRESETS,
+    RunSpec,
+    field_help,
+    parse_float_list,
+    parse_int_list,
+    preset,
+    sweep_series,
+)
 from .errors import LabError
 from .labels import POINT_SUMMARY
 from .paths import resolve_db
@@ -32,7 +40,8 @@ def quiet_libraries() -> None:
         pass
 
 
-# (flag, RunSpec field, type) — help text comes from the RunSpec field itself.
+# (flag, RunSpec field, type) — help text comes from the RunSpec field itself. The sweep axes
+# (--rank, --replay, --lr) take comma lists: one series (run) per value, see SWEEP_HELP.
 OVERRIDES = [
     ("--name", "name", str),
     ("--model", "model", str),
@@ -42,7 +51,7 @@ OVERRIDES = [
     ("--scales", "scales", str),
     ("--seeds", "seeds", str),
     ("--epochs", "epochs", int),
-    ("--lr", "learning_rate", float),
+    ("--lr", "learning_rate", str),
     ("--weight-decay", "weight_decay", float),
     ("--batch-size", "batch_size", int),
     ("--max-length", "max_length", int),
@@ -60,7 +69,7 @@ OVERRIDES = [
     ("--precision", "precision", str),
     ("--eval-size", "domain_eval_size", int),
     ("--warmup", "warmup_ratio", float),
-    ("--replay", "replay", float),
+    ("--replay", "replay", str),
     ("--adaptq-fraction", "adaptq_fraction", float),
     ("--selection", "adaptq_selection", str),
     ("--frozen-bits", "frozen_bits", int),
@@ -84,6 +93,12 @@ SWITCHES = [
     ("--no-save-adapters", "save_adapters", False),
     ("--no-compile", "compile_step", False),
 ]
+# The sweep axes: a comma list queues one series (run) per value; several axes, every combination.
+SWEEP_HELP = {
+    "lora_rank": " A comma list (e.g. 4,8,16) runs one series per rank.",
+    "replay": " A comma list (e.g. 0,0.05,0.1,0.3) runs one series per fraction.",
+    "learning_rate": " A comma list (e.g. 5e-5,1e-4) runs one series per learning rate.",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,7 +139,8 @@ def _add_run(sub) -> None:
         "--preset", default="quick-cpu", help=f"one of: {', '.join(PRESETS)} (default quick-cpu)"
     )
     for flag, fname, _ in OVERRIDES:
-        run.add_argument(flag, dest=fname, default=None, help=field_help(fname))
+        extra = SWEEP_HELP.get(fname, "")
+        run.add_argument(flag, dest=fname, default=None, help=field_help(fname) + extra)
     run.add_argument(
         "--detach", action="store_true", help="queue it for the background worker and return"
     )
@@ -237,8 +253,8 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
         if fname in ("scales", "seeds"):
             over[fname] = parse_int_list(v, fname)
             continue
-        if fname == "lora_rank":
-            continue  # a list: one series per rank, see _specs_from_args
+        if fname in SWEEP_HELP:
+            continue  # a list: one series per value, see _specs_from_args
         try:
             over[fname] = typ(v)
         except ValueError:
@@ -250,10 +266,18 @@ def _spec_from_args(a: argparse.Namespace) -> RunSpec:
 
 
 def _specs_from_args(a: argparse.Namespace) -> list[RunSpec]:
-    """One spec per requested LoRA rank (`--rank 4,8,16` is a rank sweep: one series each)."""
+    """One spec per requested value of each sweep axis (`--rank 4,8,16`, `--replay 0,0.1`,
+    `--lr 5e-5,1e-4`: one series each; several axes: every combination)."""
     base = _spec_from_args(a)
-    ranks = parse_int_list(a.lora_rank, "rank") if a.lora_rank else (base.lora_rank,)
-    return rank_series(base, ranks, a.alpha_2r)
+    return sweep_series(
+        base,
+        ranks=parse_int_list(a.lora_rank, "rank") if a.lora_rank else None,
+        replays=parse_float_list(a.replay, "replay") if a.replay else None,
+        learning_rates=parse_float_list(a.learning_rate, "learning_rate")
+        if a.learning_rate
+        else None,
+        alpha_2r=a.alpha_2r,
+    )
 
 
 class _Progress:
@@ -361,6 +385,7 @@ def _run_one(store: Store, spec: RunSpec) -> int:
     run_id = runner.create_run(store, spec, status="running")
     print(
         f"run {run_id}: {spec.model} {spec.method} r{spec.lora_rank} on {spec.domain}, "
+        f"lr {spec.learning_rate:g}, replay {spec.replay:g}, "
         f"scales {list(spec.scales)}, seeds {list(spec.seeds)} -> {store.path}",
         file=sys.stderr,
     )
@@ -525,7 +550,8 @@ def cmd_prepare(store: Store, a: argparse.Namespace) -> int:
 
 
 def cmd_run(store: Store, a: argparse.Namespace) -> int:
-    """`run`: train one series per rank in the foreground, or queue them (--detach)."""
+    """`run`: train one series per swept value (rank, replay, learning rate) in the
+    foreground, one after another, or queue them (--detach)."""
     from . import runner
 
     specs = _specs_from_args(a)

@@ -618,20 +618,74 @@ def validate(spec: RunSpec) -> RunSpec:
     )
 
 
-def rank_series(spec: RunSpec, ranks: tuple[int, ...], alpha_2r: bool = False) -> list[RunSpec]:
-    """One spec per LoRA rank (a rank sweep); `alpha_2r` sets alpha = 2 x rank (Rathore et al. 2025)."""
-    if not ranks:
-        raise ConfigError("rank: give at least one rank")
-    if len(set(ranks)) != len(ranks):
-        raise ConfigError("rank: a rank appears more than once")
-    return [
-        validate(
-            dataclasses.replace(
-                spec,
-                lora_rank=r,
-                lora_alpha=2.0 * r if alpha_2r else spec.lora_alpha,
-                name=f"{spec.name} r{r}".strip() if len(ranks) > 1 else spec.name,
+def parse_float_list(text: str, what: str) -> tuple[float, ...]:
+    """'0, 0.05, 1e-1' -> (0.0, 0.05, 0.1). Rejects non-numbers with a message naming the item."""
+    items = [t.strip() for t in str(text).replace(";", ",").split(",")]
+    if not any(items):
+        raise ConfigError(f"{what}: give at least one number, e.g. 0,0.1")
+    out = []
+    for t in items:
+        if not t:
+            raise ConfigError(f"{what}: empty item in '{text}'")
+        try:
+            v = float(t.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{what}: '{t}' is not a number") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{what}: '{t}' is not a finite number")
+        out.append(v)
+    return tuple(out)
+
+
+# The sweep axes: a list of values for one of these settings queues one run ("series") per value.
+# (setting, how a series' name shows its value, the word its problems are named by, its noun)
+SWEEP_AXES = (
+    ("lora_rank", lambda v: f"r{v}", "rank", "rank"),
+    ("replay", lambda v: f"replay {v:g}", "replay", "replay fraction"),
+    ("learning_rate", lambda v: f"lr {v:g}", "learning_rate", "learning rate"),
+)
+
+
+def sweep_series(
+    spec: RunSpec,
+    ranks: tuple[int, ...] | None = None,
+    replays: tuple[float, ...] | None = None,
+    learning_rates: tuple[float, ...] | None = None,
+    alpha_2r: bool = False,
+) -> list[RunSpec]:
+    """One spec per combination of the listed values (a sweep over LoRA rank, replay fraction
+    and learning rate: one series, i.e. one run, each); an axis left None keeps the spec's value.
+    `alpha_2r` sets alpha = 2 x rank (Rathore et al. 2025). A swept axis' value is appended to
+    the series' name. Every series is validated here, before any is stored."""
+    import itertools
+
+    given = {"lora_rank": ranks, "replay": replays, "learning_rate": learning_rates}
+    axes: list[tuple[str, tuple]] = []
+    for name, _, word, noun in SWEEP_AXES:
+        values = given[name]
+        if values is None:
+            values = (getattr(spec, name),)
+        values = tuple(values)
+        if not values:
+            raise ConfigError(f"{word}: give at least one value")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{word}: a {noun} appears more than once")
+        axes.append((name, values))
+    swept = {name for name, values in axes if len(values) > 1}
+    fmt = {name: f for name, f, _, _ in SWEEP_AXES}
+    out = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        values = dict(zip((name for name, _ in axes), combo))
+        suffix = " ".join(fmt[n](values[n]) for n, _ in axes if n in swept)
+        r = values["lora_rank"]
+        out.append(
+            validate(
+                dataclasses.replace(
+                    spec,
+                    **values,
+                    lora_alpha=2.0 * r if alpha_2r else spec.lora_alpha,
+                    name=f"{spec.name} {suffix}".strip() if suffix else spec.name,
+                )
             )
         )
-        for r in ranks
-    ]
+    return out

@@ -49,6 +49,12 @@ COLUMNS: dict[str, Col] = {
     "method": Col("method", "text"),
     "rank": Col("LoRA rank", format="%d"),
     "lora_rank": Col("LoRA rank", format="%d"),
+    "replay": Col(
+        "replay fraction",
+        format="%.3g",
+        help="general sentences mixed into training, as a fraction of the domain samples",
+    ),
+    "learning_rate": Col("learning rate", format="%.2e"),
     "domain": Col("domain", "text"),
     "device": Col("device", "text"),
     "created_at": Col("created", "time"),

@@ -142,9 +142,14 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 """
 
-# The export's columns: one row per point with the run's configuration attached.
+# The export's columns: one row per point with the run's configuration attached. The sweep
+# settings that have no column of their own (replay fraction, learning rate) are read from the
+# stored spec, the one record of a run's settings; a spec stored before replay existed had none.
 EXPORT_SQL = """
-SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank, r.domain,
+SELECT p.run_id, r.name AS run_name, r.model, r.method, r.lora_rank AS rank,
+       CASE WHEN r.spec_json ->> '$.replay' IS NULL THEN 0.0
+            ELSE (r.spec_json ->> '$.replay')::DOUBLE END AS replay,
+       (r.spec_json ->> '$.learning_rate')::DOUBLE AS learning_rate, r.domain,
        p.scale, p.seed, p.status, p.general_ppl_before, p.general_ppl_after, p.degradation_pct,
        p.domain_ppl_before, p.domain_ppl_after, p.domain_improvement_pct, p.smoke_ok,
        p.smoke_min_new_tokens, p.steps, p.final_loss, p.train_seconds, p.eval_seconds,

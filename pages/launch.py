@@ -12,10 +12,11 @@ from core.config import (
     field_choices,
     field_help,
     field_labels,
+    parse_float_list,
     parse_int_list,
     preset,
-    rank_series,
     run_name,
+    sweep_series,
 )
 from core.errors import LabError
 from core.labels import POINT_SUMMARY
@@ -61,9 +62,22 @@ if any_active or "watch" in st.session_state:
 else:
     progress_slot = None
 
-# The form's label of each setting, so an error names the field the user sees. The rank box takes
-# several ranks, and rank_series() names its problems "rank".
-FORM_LABELS = {**field_labels(), "lora_rank": "LoRA rank(s)", "rank": "LoRA rank(s)"}
+# The form's label of each setting, so an error names the field the user sees. The sweep boxes
+# (rank, replay, learning rate) take several values, and sweep_series() names its problems
+# "rank", "replay" and "learning_rate".
+FORM_LABELS = {
+    **field_labels(),
+    "lora_rank": "LoRA rank(s)",
+    "rank": "LoRA rank(s)",
+    "replay": "Replay fraction(s)",
+    "learning_rate": "Learning rate(s)",
+}
+
+
+def as_text(v: float) -> str:
+    """A preset's number in a text box, short when that loses nothing ('5e-05', '0.1')."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def field_label(name: str) -> str:
@@ -154,7 +168,12 @@ with st.expander("New run", expanded=not df.empty and not any_active):
         )
         epochs = number(c3, "epochs")
         c1, c2, c3 = st.columns(3)
-        lr = number(c1, "learning_rate")
+        lr = c1.text_input(
+            "Learning rate(s)",
+            as_text(base.learning_rate),
+            help=field_help("learning_rate")
+            + " Several (e.g. 5e-5, 1e-4) queue one run per learning rate.",
+        )
         rank = c2.text_input(
             "LoRA rank(s)",
             str(base.lora_rank),
@@ -182,7 +201,13 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             compile_step = switch(c2, "compile_step")
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
-            replay = number(c1, "replay")
+            replay = c1.text_input(
+                "Replay fraction(s)",
+                as_text(base.replay),
+                help=field_help("replay")
+                + " Several (e.g. 0, 0.05, 0.1, 0.3) queue one run per fraction: the "
+                "Mitigation page plans from such a sweep.",
+            )
             warmup = number(c2, "warmup_ratio")
             clip = number(c3, "grad_clip", "Gradient clip (0 = off)")
             c1, c2, c3 = st.columns(3)
@@ -229,7 +254,6 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     "scales": parse_int_list(scales, field_label("scales")),
                     "seeds": parse_int_list(seeds, field_label("seeds")),
                     "epochs": int(epochs),
-                    "learning_rate": float(lr),
                     "lora_alpha": float(alpha),
                     "max_length": int(max_length),
                     "batch_size": int(batch),
@@ -238,7 +262,6 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     "target_modules": targets,
                     "device": device,
                     "name": name,
-                    "replay": float(replay),
                     "warmup_ratio": float(warmup),
                     "grad_clip": float(clip),
                     "smoke_every": int(smoke_every),
@@ -258,7 +281,13 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     "compile_step": bool(compile_step),
                 }
             )
-            specs = rank_series(spec, parse_int_list(rank, "LoRA rank(s)"), alpha_2r)
+            specs = sweep_series(
+                spec,
+                ranks=parse_int_list(rank, "LoRA rank(s)"),
+                replays=parse_float_list(replay, "Replay fraction(s)"),
+                learning_rates=parse_float_list(lr, "Learning rate(s)"),
+                alpha_2r=alpha_2r,
+            )
             if name.strip() == base.name:  # not renamed: say what differs from the preset
                 specs = [dataclasses.replace(sp, name=run_name(pname, sp)) for sp in specs]
             for sp in specs:  # all checked before any is stored
