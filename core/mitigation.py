@@ -420,7 +420,7 @@ def plan(g: ReplayGrid, level: float, scale: float, n_boot: int = N_BOOT, seed: 
     beyond, uncertainty = 0.0, ""
     if sol["status"] == ANSWER:
         interval, cost_interval, beyond, uncertainty = _bootstrap(
-            cube, g.metric, level, scale, n_boot, seed
+            _sizes_only(cube, sol["sizes"]), g.metric, level, scale, n_boot, seed
         )
     return Plan(
         sol["status"],
@@ -438,6 +438,21 @@ def plan(g: ReplayGrid, level: float, scale: float, n_boot: int = N_BOOT, seed: 
         degradation_by_replay=by_replay,
         uncertainty=uncertainty,
         notes=tuple(notes),
+    )
+
+
+def _sizes_only(cube: _Cube, sizes: tuple) -> _Cube:
+    """The cube at the measured sizes the answer was read between: a seed missing at some other
+    size (a run stopped before its largest size) does not take the interval away."""
+    keep = np.isin(cube.scales, np.asarray(sizes, dtype=float))
+    if not keep.any():
+        return cube
+    return _Cube(
+        cube.seeds,
+        cube.replays,
+        cube.scales[keep],
+        cube.metric[..., keep],
+        cube.improvement[..., keep],
     )
 
 

@@ -7,7 +7,8 @@
   measure, the per-statement losses and the smoke-test answers),
   `xdomain_smollm2_cpu` (quick-cpu settings on all four domains, every domain evaluated: the
   cross-domain matrix), `methods_smollm2_h100` (LoRA, QLoRA, full, ADAPT-Q side by side) and
-  `rank_smollm2_h100` (a LoRA rank sweep), the last two with their spectral analysis.
+  `rank_smollm2_h100` (a LoRA rank sweep), the last two with their spectral analysis, and
+  `replay_smollm2_h200` (replay ratios 0-0.3: the mitigation planner's reference).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REF_SETS = (
     "xdomain_smollm2_cpu",
     "methods_smollm2_h100",
     "rank_smollm2_h100",
+    "replay_smollm2_h200",
 )
 REF_NAME = REF_SETS[0]
 CROSS_DOMAIN_SETS = (
@@ -41,6 +43,8 @@ SET_TITLES = {
     "legal + financial, 50-1,000 (H200), 3 seeds",
     "xdomain_smollm2_cpu": "all four domains, quick-cpu settings (CPU)",
     "methods_smollm2_h100": "LoRA, QLoRA, full fine-tuning, ADAPT-Q on legal (H100, 1 seed)",
+    "replay_smollm2_h200": "replay 0 / 0.05 / 0.1 / 0.3 on legal, Martz 2025 protocol, 50-1,000 "
+    "(H200), 3 seeds",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
 }
 

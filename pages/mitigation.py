@@ -24,18 +24,25 @@ ref = reference.points()
 if not ref.empty and "replay" in ref:  # a shipped replay reference, when there is one
     parts.append(ref)
 points = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-families = mitigation.families(points)
-if not families:
+# your own sweeps first, then the shipped reference's
+families = sorted(mitigation.families(points), key=lambda f: f.source in reference.REF_SETS)
+if not any(f.source not in reference.REF_SETS for f in families):
     st.info(
-        "**No replay sweep yet.** The planner needs runs that differ only in their replay "
-        "fraction (same model, method, domain, LoRA rank and learning rate), with two or more "
-        "fractions. Launch one from the command line:\n\n"
-        f"```\n{mitigation.planner_command()}\n```\n\n"
+        "**No replay sweep of your own yet**"
+        + (
+            " — below: the shipped reference (measured on an H200, see docs/RESULTS.md)."
+            if families
+            else "."
+        )
+        + " The planner needs runs that differ only in their replay fraction (same model, "
+        "method, domain, LoRA rank and learning rate), with two or more fractions. Launch one "
+        f"from the command line:\n\n```\n{mitigation.planner_command()}\n```\n\n"
         "or on the **Launch** page: *Mitigation and checks* → *Replay fraction(s)* "
         "`0, 0.05, 0.1, 0.3` (one run per fraction; two or more seeds give the answer an "
         "interval).",
         icon=":material/info:",
     )
+if not families:
     st.stop()
 
 c1, c2, c3, c4 = st.columns([3, 1, 1, 2])

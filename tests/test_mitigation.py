@@ -290,8 +290,10 @@ def test_page_on_an_empty_database_explains_how_to_launch_a_replay_sweep(tmp_pat
     at = _app("mitigation", tmp_path / "empty.duckdb", monkeypatch)
     assert not at.exception, at.exception
     text = at.info[0].value
-    assert "No replay sweep yet" in text and mitigation.planner_command() in text
-    assert not at.get("plotly_chart")
+    assert "No replay sweep of your own yet" in text and mitigation.planner_command() in text
+    # the shipped replay reference answers meanwhile
+    assert "legal" in at.selectbox(key="mit_family").format_func(0)
+    assert len(at.get("plotly_chart")) == 3
 
 
 def test_page_answers_the_planner_question_on_a_tiny_replay_sweep(replay_sweep, monkeypatch):
@@ -335,3 +337,22 @@ def test_export_reads_replay_and_learning_rate_from_the_stored_spec(db):
     assert df.loc["new", "replay"] == 0.3 and df.loc["new", "learning_rate"] == 1e-4
     assert df.loc["old", "replay"] == 0.0  # its default, which is what it trained with
     assert df.loc["old", "learning_rate"] == preset("tiny-test").learning_rate
+
+
+def test_planner_answers_on_the_shipped_replay_reference():
+    """The shipped replay reference (legal, 50-1,000, replay 0-0.3, 3 seeds): at 500 samples
+    the answer lies between the measured fractions 0 and 0.05, with a seed interval even though
+    two runs stopped before all seeds of their largest size."""
+    from core import reference
+
+    pts = reference.points()
+    (fam,) = [f for f in mitigation.families(pts) if f.source == "replay_smollm2_h200"]
+    assert fam.replays == (0.0, 0.05, 0.1, 0.3)
+    p = mitigation.plan(mitigation.grid(pts, fam), 10.0, 500)
+    assert p.status == "answer" and p.bracket == (0.0, 0.05) and 0 < p.replay < 0.05
+    lo, hi = p.replay_interval
+    assert lo <= p.replay <= hi
+    # at 1,000 samples replay 0.3 was not reached and replay 0 has one seed: no interval, said so
+    p = mitigation.plan(mitigation.grid(pts, fam), 10.0, 1000)
+    assert p.replay_interval is None and "no two seeds" in p.uncertainty
+    assert any("replay 0.3" in n for n in p.notes)
