@@ -142,7 +142,7 @@ def training_samples(
     name: str, n: int, construction: str = "varied", seed: int = 0, replay: float = 0.0
 ) -> list[str]:
     """A point's training stream: `n` domain samples plus round(replay x n) general sentences
-    (seed 003's replay), drawn from the replay pool with the point's seed. The trainer shuffles
+    (the replay of Johnson 2025, silent forgetting), drawn from the replay pool with the point's seed. The trainer shuffles
     the whole stream every epoch, so the general sentences are spread through it."""
     out = domain_samples(name, n, construction, seed)
     k = round(replay * n)
