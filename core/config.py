@@ -476,19 +476,27 @@ def preset(preset_name: str, /, **overrides: Any) -> RunSpec:
 
 
 # -- parsing helpers shared by the CLI and the app ----------------------------------------------
-def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """'50,100, 1e3' -> (50, 100, 1000). Rejects non-integers with a message naming the item."""
+def _numbers(text: str, what: str, example: str) -> list[tuple[str, float]]:
+    """'50, 1e3' -> [('50', 50.0), ('1e3', 1000.0)]: each item with its value, or a message
+    naming the item that is not a number."""
     items = [t.strip() for t in str(text).replace(";", ",").split(",")]
     if not any(items):
-        raise ConfigError(f"{what}: give at least one number, e.g. 50,100,150")
+        raise ConfigError(f"{what}: give at least one number, e.g. {example}")
     out = []
     for t in items:
         if not t:
             raise ConfigError(f"{what}: empty item in '{text}'")
         try:
-            v = float(t.replace("_", ""))
+            out.append((t, float(t.replace("_", ""))))
         except ValueError:
             raise ConfigError(f"{what}: '{t}' is not a number") from None
+    return out
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """'50,100, 1e3' -> (50, 100, 1000). Rejects non-integers with a message naming the item."""
+    out = []
+    for t, v in _numbers(text, what, "50,100,150"):
         if not math.isfinite(v) or v != int(v):
             raise ConfigError(f"{what}: '{t}' is not a whole number")
         out.append(int(v))
@@ -620,17 +628,8 @@ def validate(spec: RunSpec) -> RunSpec:
 
 def parse_float_list(text: str, what: str) -> tuple[float, ...]:
     """'0, 0.05, 1e-1' -> (0.0, 0.05, 0.1). Rejects non-numbers with a message naming the item."""
-    items = [t.strip() for t in str(text).replace(";", ",").split(",")]
-    if not any(items):
-        raise ConfigError(f"{what}: give at least one number, e.g. 0,0.1")
     out = []
-    for t in items:
-        if not t:
-            raise ConfigError(f"{what}: empty item in '{text}'")
-        try:
-            v = float(t.replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{what}: '{t}' is not a number") from None
+    for t, v in _numbers(text, what, "0,0.1"):
         if not math.isfinite(v):
             raise ConfigError(f"{what}: '{t}' is not a finite number")
         out.append(v)
