@@ -60,9 +60,13 @@ class Family:
     def label(self) -> str:
         rank = f" r{int(self.rank)}" if self.rank is not None else ""
         lr = f" · lr {self.learning_rate:g}" if self.learning_rate is not None else ""
-        src = "" if self.source == "yours" else f"reference {self.source} · "
         fractions = ", ".join(f"{r:g}" for r in self.replays)
-        return f"{src}{self.model} · {self.method}{rank} · {self.domain}{lr} — replay {fractions}"
+        own = f"{self.model} · {self.method}{rank} · {self.domain}{lr} — replay {fractions}"
+        if self.source == "yours":
+            return own
+        from .reference import set_title
+
+        return f"reference: {set_title(self.source)} · {own}"
 
 
 @dataclass(frozen=True)
