@@ -14,6 +14,7 @@ from .config import (
     PRESETS,
     RunSpec,
     field_help,
+    pack_conflict,
     parse_float_list,
     parse_int_list,
     preset,
@@ -41,7 +42,7 @@ def quiet_libraries() -> None:
 
 
 # (flag, RunSpec field, type) — help text comes from the RunSpec field itself. The sweep axes
-# (--rank, --replay, --lr) take comma lists: one series (run) per value, see SWEEP_HELP.
+# (--domain, --rank, --replay, --lr) take comma lists: one series (run) per value, see SWEEP_HELP.
 OVERRIDES = [
     ("--name", "name", str),
     ("--model", "model", str),
@@ -95,6 +96,8 @@ SWITCHES = [
 ]
 # The sweep axes: a comma list queues one series (run) per value; several axes, every combination.
 SWEEP_HELP = {
+    "domain": " A comma list (e.g. legal,financial) runs one series per domain, trained in one "
+    "packed pass on a GPU.",
     "lora_rank": " A comma list (e.g. 4,8,16) runs one series per rank.",
     "replay": " A comma list (e.g. 0,0.05,0.1,0.3) runs one series per fraction.",
     "learning_rate": " A comma list (e.g. 5e-5,1e-4) runs one series per learning rate.",
@@ -177,7 +180,10 @@ def _add_run_commands(sub) -> None:
         ("delete", "delete a run and its points"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("run_id")
+        if name == "resume":  # runs trained in one pass continue in one pass
+            p.add_argument("run_id", nargs="+", help="one run, or the runs of one packed pass")
+        else:
+            p.add_argument("run_id")
         _add_db(p)
         if name == "resume":
             p.add_argument("--detach", action="store_true", help="resume in the background worker")
@@ -271,6 +277,7 @@ def _specs_from_args(a: argparse.Namespace) -> list[RunSpec]:
     base = _spec_from_args(a)
     return sweep_series(
         base,
+        domains=tuple(d.strip() for d in a.domain.split(",")) if a.domain else None,
         ranks=parse_int_list(a.lora_rank, "rank") if a.lora_rank else None,
         replays=parse_float_list(a.replay, "replay") if a.replay else None,
         learning_rates=parse_float_list(a.learning_rate, "learning_rate")
@@ -294,7 +301,8 @@ class _Progress:
 
     def _desc(self) -> str:
         k = self.key
-        return f"[{self.done}/{self.n} done, {len(self.live)} training] scale {k[0]} seed {k[1]}"
+        series = f"{k[2]}: " if k[2] else ""
+        return f"[{self.done}/{self.n} done, {len(self.live)} training] {series}scale {k[0]} seed {k[1]}"
 
     def _follow(self, key: tuple | None) -> None:
         if self.bar is not None:
@@ -313,13 +321,18 @@ class _Progress:
         )
 
     def __call__(self, ev: dict) -> None:
+        """An engine event; `series` (a run's name when several train in one pass) labels it."""
         t = ev["type"]
-        key = (ev.get("scale"), ev.get("seed"))
+        key = (ev.get("scale"), ev.get("seed"), ev.get("series"))
+        tag = f"{ev['series']}: " if ev.get("series") else ""
         if t == "phase" and "scale" not in ev:
-            print(f"... {ev['phase']}", file=sys.stderr)
+            print(f"... {tag}{ev['phase']}", file=sys.stderr)
         elif t == "plan" and ev["todo"] < ev["points"]:
-            self.done = ev["points"] - ev["todo"]
-            print(f"... {self.done} point(s) already stored, skipping them", file=sys.stderr)
+            self.done += ev["points"] - ev["todo"]
+            print(
+                f"... {tag}{ev['points'] - ev['todo']} point(s) already stored, skipping them",
+                file=sys.stderr,
+            )
         elif t == "point_start":
             self.live[key] = (0, None)
             if self.key is None:
@@ -343,7 +356,7 @@ class _Progress:
             )
         elif t == "smoke_check" and not ev["ok"]:
             self.tqdm.write(
-                f"!! scale {ev['scale']} seed {ev['seed']}: in-training smoke test failed at "
+                f"!! {tag}scale {ev['scale']} seed {ev['seed']}: in-training smoke test failed at "
                 f"step {ev['step']} (zero tokens or a degenerate answer)",
                 file=sys.stderr,
             )
@@ -357,7 +370,7 @@ class _Progress:
             m = ev["metrics"]
             if ev["status"] in ("done", "stopped"):
                 print(
-                    f"scale {ev['scale']:>6} seed {ev['seed']}: general ppl {m['general_ppl_before']:.2f} -> "
+                    f"{tag}scale {ev['scale']:>6} seed {ev['seed']}: general ppl {m['general_ppl_before']:.2f} -> "
                     f"{m['general_ppl_after']:.2f} ({m['degradation_pct']:+.1f}%), domain "
                     f"{m['domain_improvement_pct']:+.1f}% better, smoke {'ok' if m['smoke_ok'] else 'FAILED'} "
                     f"[{ev['seconds']:.1f}s]" + (f" -- {m['error']}" if m.get("error") else ""),
@@ -365,7 +378,7 @@ class _Progress:
                 )
             else:
                 print(
-                    f"scale {ev['scale']:>6} seed {ev['seed']}: {ev['status']} ({m.get('error', '')})",
+                    f"{tag}scale {ev['scale']:>6} seed {ev['seed']}: {ev['status']} ({m.get('error', '')})",
                     flush=True,
                 )
             if self.key is None and self.live:
@@ -379,23 +392,44 @@ def _print_table(df, cols) -> None:
     print(df[cols].to_string(index=False))
 
 
-def _run_one(store: Store, spec: RunSpec) -> int:
+def _run_group(store: Store, specs: list[RunSpec]) -> int:
+    """Train runs in this process on one loaded model (one packed pass where they can share
+    it); one run is a group of one."""
     from . import runner
 
-    run_id = runner.create_run(store, spec, status="running")
-    print(
-        f"run {run_id}: {spec.model} {spec.method} r{spec.lora_rank} on {spec.domain}, "
-        f"lr {spec.learning_rate:g}, replay {spec.replay:g}, "
-        f"scales {list(spec.scales)}, seeds {list(spec.seeds)} -> {store.path}",
-        file=sys.stderr,
+    ids = []
+    for spec in specs:
+        run_id = runner.create_run(store, spec, status="running")
+        ids.append(run_id)
+        print(
+            f"run {run_id}: {spec.model} {spec.method} r{spec.lora_rank} on {spec.domain}, "
+            f"lr {spec.learning_rate:g}, replay {spec.replay:g}, "
+            f"scales {list(spec.scales)}, seeds {list(spec.seeds)} -> {store.path}",
+            file=sys.stderr,
+        )
+    return _foreground(store, ids)
+
+
+def _foreground(store: Store, run_ids: list[str]) -> int:
+    """Execute stored runs here with one progress display; report how each ended."""
+    from . import runner
+
+    specs = [store.get_spec(r) for r in run_ids]
+    progress = _Progress(sum(len(s.points()) for s in specs))
+    names = [s.name or r for s, r in zip(specs, run_ids)] if len(run_ids) > 1 else [None]
+    status = runner.run_foreground_group(
+        store, run_ids, lambda i, ev: progress({**ev, "series": names[i]})
     )
-    status = runner.run_foreground(store, run_id, _Progress(len(spec.points())))
-    run = store.get_run(run_id)
-    if run["status"] == "failed":
-        print(f"error: run {run_id} failed: {run['error']}", file=sys.stderr)
-        return 1
-    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
-    return 0 if status == "done" and not run["error"] else 1
+    rc = 0 if status == "done" else 1
+    for run_id in run_ids:
+        run = store.get_run(run_id)
+        if run["status"] == "failed":
+            print(f"error: run {run_id} failed: {run['error']}", file=sys.stderr)
+            rc = 1
+            continue
+        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
+        rc = max(rc, 1 if run["error"] else 0)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,9 +595,11 @@ def cmd_run(store: Store, a: argparse.Namespace) -> int:
         for spec in specs:
             print(runner.launch(store, spec))
         return 0
+    if len(specs) > 1 and pack_conflict(specs) is None:  # e.g. --domain legal,financial
+        return _run_group(store, specs)
     worst = 0
-    for spec in specs:
-        worst = max(worst, _run_one(store, spec))
+    for spec in specs:  # series that differ in how they train (rank...): one after another
+        worst = max(worst, _run_group(store, [spec]))
     return worst
 
 
@@ -631,14 +667,13 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     from . import runner
 
     if a.detach:
-        runner.resume_background(store, a.run_id)
-        print(f"run {a.run_id}: queued")
+        for run_id in a.run_id:
+            runner.resume_background(store, run_id)
+            print(f"run {run_id}: queued")
         return 0
-    runner.prepare_resume(store, a.run_id)
-    spec = store.get_spec(a.run_id)
-    status = runner.run_foreground(store, a.run_id, _Progress(len(spec.points())))
-    print(f"run {a.run_id} {store.get_run(a.run_id)['status']}")
-    return 0 if status == "done" else 1
+    for run_id in a.run_id:  # every run is checked before any continues
+        runner.prepare_resume(store, run_id)
+    return _foreground(store, list(a.run_id))
 
 
 def cmd_delete(store: Store, a: argparse.Namespace) -> int:

@@ -639,6 +639,7 @@ def parse_float_list(text: str, what: str) -> tuple[float, ...]:
 # The sweep axes: a list of values for one of these settings queues one run ("series") per value.
 # (setting, how a series' name shows its value, the word its problems are named by, its noun)
 SWEEP_AXES = (
+    ("domain", lambda v: v, "domain", "domain"),
     ("lora_rank", lambda v: f"r{v}", "rank", "rank"),
     ("replay", lambda v: f"replay {v:g}", "replay", "replay fraction"),
     ("learning_rate", lambda v: f"lr {v:g}", "learning_rate", "learning rate"),
@@ -651,14 +652,21 @@ def sweep_series(
     replays: tuple[float, ...] | None = None,
     learning_rates: tuple[float, ...] | None = None,
     alpha_2r: bool = False,
+    domains: tuple[str, ...] | None = None,
 ) -> list[RunSpec]:
-    """One spec per combination of the listed values (a sweep over LoRA rank, replay fraction
-    and learning rate: one series, i.e. one run, each); an axis left None keeps the spec's value.
+    """One spec per combination of the listed values (a sweep over domain, LoRA rank, replay
+    fraction and learning rate: one series, i.e. one run, each); an axis left None keeps the
+    spec's value.
     `alpha_2r` sets alpha = 2 x rank (Rathore et al. 2025). A swept axis' value is appended to
     the series' name. Every series is validated here, before any is stored."""
     import itertools
 
-    given = {"lora_rank": ranks, "replay": replays, "learning_rate": learning_rates}
+    given = {
+        "domain": domains,
+        "lora_rank": ranks,
+        "replay": replays,
+        "learning_rate": learning_rates,
+    }
     axes: list[tuple[str, tuple]] = []
     for name, _, word, noun in SWEEP_AXES:
         values = given[name]
@@ -688,3 +696,45 @@ def sweep_series(
             )
         )
     return out
+
+
+# Settings that choose only a series' data, its learning rate or how it is measured: series that
+# differ in nothing else train together in one packed pass (`pack_conflict`). Everything else
+# (model, method, rank, epochs, batch size, precision...) shapes the shared step itself.
+PER_SERIES = frozenset(
+    {
+        "name",
+        "domain",
+        "construction",
+        "scales",
+        "seeds",
+        "replay",
+        "learning_rate",
+        "headline_metric",
+        "probe",
+        "probe_items",
+        "domain_eval_size",
+        "eval_all_domains",
+        "mc_eval",
+        "mc_items",
+        "eval_batch_size",
+        "smoke_max_new_tokens",
+        "save_adapters",
+        "spectral",
+        "spectral_topk",
+        "intruder_k",
+        "intruder_eps",
+    }
+)
+
+
+def pack_conflict(specs: list[RunSpec]) -> str | None:
+    """None when these series can share one packed pass, else the first setting that differs
+    between them (by its label), e.g. 'LoRA rank'."""
+    first = specs[0]
+    for f in dataclasses.fields(RunSpec):
+        if f.name in PER_SERIES:
+            continue
+        if any(getattr(s, f.name) != getattr(first, f.name) for s in specs[1:]):
+            return f.metadata.get("label") or f.name
+    return None

@@ -337,13 +337,64 @@ def run_sweep(
     """Execute every unfinished point of the run (or of `only`, a distributed work unit); return
     'done' or 'cancelled'. `store` is a Store, or anything with the same writing methods (the
     Ray backend's workers hand their writes to the driver instead)."""
+    return run_group([(spec, run_id, events)], store, should_cancel, only)
+
+
+def run_group(
+    series: list[tuple[RunSpec, str, Callable[[Event], None]]],
+    store: Store,
+    should_cancel: Callable[[], bool] = lambda: False,
+    only: list[tuple[int, int]] | None = None,
+) -> str:
+    """Execute several runs (series: spec, run id, its events) on one loaded model. Where they
+    differ only in settings of `config.PER_SERIES` (domain, replay, learning rate...) and the
+    method packs, every point of every series trains in one packed pass; otherwise the series
+    run one after another. Returns 'done' or 'cancelled' (for all of them)."""
+    from .config import pack_conflict
+
+    specs = [s for s, _, _ in series]
+    spec = specs[0]
     device = pick_device(spec.device)
     method = get_method(spec.method)
-    events({"type": "phase", "phase": "loading model"})
+    for _, _, events in series:
+        events({"type": "phase", "phase": "loading model"})
     lm = method.load(spec, device)
     base, tok = lm.model, lm.tokenizer
-    store.set_status(run_id, "running", device=str(device))
+    sweeps, todos = [], []
+    for sp, run_id, events in series:
+        sweep = _begin(sp, run_id, store, events, method, base, tok, device)
+        done = store.finished_points(run_id)
+        todo = [p for p in (only if only is not None else sp.points()) if p not in done]
+        events({"type": "plan", "points": len(sp.points()), "todo": len(todo)})
+        sweeps.append(sweep)
+        todos.append(todo)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    packed = all(method.packs(sp, device) for sp in specs) and pack_conflict(specs) is None
+    try:
+        if packed and any(todos):
+            ids = [run_id for _, run_id, _ in series]
+            status = _run_packed(sweeps, base, todos, should_cancel, _checkpoint(ids, only))
+        else:
+            status = "done"
+            for sweep, todo in zip(sweeps, todos):
+                status = _run_sequential(sweep, method, base, todo, should_cancel)
+                if status != "done":
+                    break
+    except BaseException:
+        for sweep in sweeps:
+            with contextlib.suppress(StoreError):  # keep what finished even if the sweep fails
+                sweep.writer.close()
+        raise
+    for sweep in sweeps:
+        sweep.writer.close()
+    return status
 
+
+def _begin(spec, run_id, store, events, method, base, tok, device) -> Sweep:
+    """Measure the base for one run (its evaluation sets, smoke-test answers, multiple choice)
+    and return its `Sweep`."""
+    store.set_status(run_id, "running", device=str(device))
     sets = eval_sets(spec)
     t_base = time.perf_counter()
     events({"type": "phase", "phase": "measuring the base model"})
@@ -365,23 +416,7 @@ def run_sweep(
     # The base goes through the same evaluation as every point: its time is the first estimate
     # of a point's evaluation (the whole-run ETA uses it until a point has been measured).
     events({"type": "base_done", "seconds": time.perf_counter() - t_base})
-
-    done = store.finished_points(run_id)
-    todo = [p for p in (only if only is not None else spec.points()) if p not in done]
-    events({"type": "plan", "points": len(spec.points()), "todo": len(todo)})
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        if method.packs(spec, device) and todo:
-            status = _run_packed(sweep, base, todo, should_cancel, _checkpoint(run_id, only))
-        else:
-            status = _run_sequential(sweep, method, base, todo, should_cancel)
-    except BaseException:
-        with contextlib.suppress(StoreError):  # keep what finished even if the sweep fails
-            sweep.writer.close()
-        raise
-    sweep.writer.close()
-    return status
+    return sweep
 
 
 def _run_sequential(sweep: Sweep, method, base, todo, should_cancel) -> str:
@@ -464,34 +499,57 @@ def _store_method_info(method, base, tok, spec, sets, run_id, store) -> None:
         store.save_run_info(run_id, key, value)
 
 
-def _checkpoint(run_id: str, only: list[tuple[int, int]] | None):
-    """The packed trainer's checkpoint of this run (or of this Ray work unit)."""
+def _checkpoint(run_ids: list[str], only: list[tuple[int, int]] | None):
+    """The packed trainer's checkpoint of this run, of this group of runs trained in one pass,
+    or of this Ray work unit."""
     import hashlib
 
     from .packed import Checkpoint
 
-    name = run_id
+    name = run_ids[0]
+    if len(run_ids) > 1:  # a group: found again by `resume` with the same runs, in any order;
+        # named after its first run id (deleting that run removes it)
+        ids = sorted(run_ids)
+        name = f"{ids[0]}-group-" + hashlib.sha1(" ".join(ids).encode()).hexdigest()[:12]
     if only is not None:  # a work unit: its own file, found again when Ray retries the unit
         name += "-" + hashlib.sha1(repr(sorted(only)).encode()).hexdigest()[:10]
     return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
 
 
-def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
-    """All points of the sweep share each forward/backward (see core/packed/); the trainer
+def _run_packed(sweeps: list[Sweep], base, todos, should_cancel, checkpoint) -> str:
+    """All points of the sweeps share each forward/backward (see core/packed/); the trainer
     saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
-    from it."""
+    from it. A point's key in the trainer is (scale, seed) for one sweep, (run id, scale, seed)
+    for several (a checkpoint names its runs, whatever order a resume lists them in)."""
     from .packed import save_peft_adapter, train_packed
     from .spectral import packed_pairs
 
-    spec = sweep.spec
+    spec = sweeps[0].spec
+    one = len(sweeps) == 1
+
+    by_id = {sw.base.run_id: sw for sw in sweeps}
+
+    def where(key: tuple) -> tuple[Sweep, int, int]:
+        if one:
+            return sweeps[0], *key
+        run_id, scale, seed = key
+        return by_id[run_id], scale, seed
+
     runs = [
-        ((sc, sd), sd, data.training_samples(spec.domain, sc, spec.construction, sd, spec.replay))
+        (
+            (sc, sd) if one else (sw.base.run_id, sc, sd),
+            sd,
+            data.training_samples(sw.spec.domain, sc, sw.spec.construction, sd, sw.spec.replay),
+            sw.spec.learning_rate,
+        )
+        for sw, todo in zip(sweeps, todos)
         for sc, sd in todo
     ]
     n_base = sum(p.numel() for p in base.parameters())
-    started = {key for key, _, _ in runs[: spec.pack_slots]}
+    started = {run[0] for run in runs[: spec.pack_slots]}
     for key in started:
-        sweep.events({"type": "point_start", "scale": key[0], "seed": key[1]})
+        sw, scale, seed = where(key)
+        sw.events({"type": "point_start", "scale": scale, "seed": seed})
 
     emitted: dict[tuple, int] = {}
 
@@ -500,16 +558,17 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
         for x in live:
             if x is None:
                 continue
+            sw, scale, seed = where(x.key)
             if x.key not in emitted:
                 emitted[x.key] = 0
                 if x.key not in started:
-                    sweep.events({"type": "point_start", "scale": x.key[0], "seed": x.key[1]})
+                    sw.events({"type": "point_start", "scale": scale, "seed": seed})
             for i in range(emitted[x.key], len(x.losses)):
-                sweep.events(
+                sw.events(
                     {
                         "type": "step",
-                        "scale": x.key[0],
-                        "seed": x.key[1],
+                        "scale": scale,
+                        "seed": seed,
                         "step": i + 1,
                         "total": x.total,
                         "loss": x.losses[i],
@@ -518,11 +577,11 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
             emitted[x.key] = len(x.losses)
 
     def on_done(packer, slot, run):
-        scale, seed = run.key
+        sw, scale, seed = where(run.key)
         status = "done" if math.isfinite(run.losses[-1]) else "diverged"
         msg = "" if status == "done" else f"loss became {run.losses[-1]} at step {run.pos}"
         try:
-            sweep.finish(
+            sw.finish(
                 base,
                 TrainedPoint(
                     scale,
@@ -533,20 +592,21 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
                     time.perf_counter() - run.started,
                     packer.params_per_slot,
                     n_base + packer.params_per_slot,
-                    save=lambda out: save_peft_adapter(packer, slot, spec, out),
+                    save=lambda out: save_peft_adapter(packer, slot, sw.spec, out),
                     message=msg,
                     deltas=lambda: packed_pairs(packer, slot),
                     extra_bytes=packer.params_per_slot * packer.weights.element_size(),
                 ),
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-            sweep.fail(scale, seed, e)
+            sw.fail(scale, seed, e)
 
-    if checkpoint.load_meta({key for key, _, _ in runs}) is not None:
-        sweep.events({"type": "phase", "phase": "resuming from the last checkpoint"})
+    if checkpoint.load_meta({run[0] for run in runs}) is not None:
+        for sw in sweeps:
+            sw.events({"type": "phase", "phase": "resuming from the last checkpoint"})
     status = train_packed(
         base,
-        sweep.tok,
+        sweeps[0].tok,
         spec,
         runs,
         spec.pack_slots,
@@ -554,7 +614,7 @@ def _run_packed(sweep: Sweep, base, todo, should_cancel, checkpoint) -> str:
         on_step,
         should_cancel,
         checkpoint=checkpoint,
-        compile_step=spec.compile_step and sweep.device.type == "cuda",
+        compile_step=spec.compile_step and sweeps[0].device.type == "cuda",
     )
     if status == "done":
         checkpoint.clear()

@@ -235,51 +235,74 @@ class StoreSink:
 
 def execute(store: Store, run_id: str, forward: Callable[[Event], None] | None = None) -> str:
     """Run (or continue) a run that is already marked running; record how it ended."""
-    run = store.get_run(run_id)
-    spec = spec_of(run)
-    sink = StoreSink(store, run_id, forward)
+    return execute_group(store, [run_id], forward and (lambda _i, ev: forward(ev)))
+
+
+def execute_group(
+    store: Store,
+    run_ids: list[str],
+    forward: Callable[[int, Event], None] | None = None,
+) -> str:
+    """Run (or continue) runs already marked running on one loaded model: in one packed pass
+    where they can share it (`engine.run_group`). `forward(i, event)` hears run i's events.
+    Each run's ending is recorded; a stop (cancel of any of them, SIGTERM) stops them all."""
+    specs = [spec_of(store.get_run(r)) for r in run_ids]
+    sinks = [
+        StoreSink(store, r, forward and (lambda ev, i=i: forward(i, ev)))
+        for i, r in enumerate(run_ids)
+    ]
+
+    def should_cancel() -> bool:
+        return any([s.should_cancel() for s in sinks])  # every sink polls its own flag
+
+    def set_all(status: str, error: str | None) -> None:
+        for r in run_ids:
+            store.set_status(r, status, error=error)
+
     try:
-        imported = import_spilled(store, run_id)  # points an earlier attempt could not store
-        if imported:
-            log.warning("run %s: imported %d spilled point(s)", run_id, imported)
-        if spec.backend == "ray":
+        for r in run_ids:
+            imported = import_spilled(store, r)  # points an earlier attempt could not store
+            if imported:
+                log.warning("run %s: imported %d spilled point(s)", r, imported)
+        if specs[0].backend == "ray":
             from .distributed import run_ray
 
-            status = run_ray(spec, run_id, store, sink, sink.should_cancel)
+            status = "done"
+            for spec, r, sink in zip(specs, run_ids, sinks):
+                status = run_ray(spec, r, store, sink, should_cancel)
+                if status != "done":
+                    break
         else:
             from . import engine  # torch: imported only where a run executes
 
-            status = engine.run_sweep(spec, run_id, store, sink, sink.should_cancel)
+            status = engine.run_group(list(zip(specs, run_ids, sinks)), store, should_cancel)
     except KeyboardInterrupt:
-        store.set_status(run_id, "cancelled", error="stopped from the keyboard")
+        set_all("cancelled", "stopped from the keyboard")
         raise
     except LabError as e:
         try:
             # A settings problem fails the same way again: say so, and offer no resume for it.
-            why = f"{SETTINGS_ERROR}{e}" if isinstance(e, ConfigError) else str(e)
-            store.set_status(run_id, "failed", error=why)
+            set_all("failed", f"{SETTINGS_ERROR}{e}" if isinstance(e, ConfigError) else str(e))
         except StoreError:  # the database itself is the problem: say so where the user looks
-            log.error("run %s failed: %s", run_id, e)
+            log.error("runs %s failed: %s", ", ".join(run_ids), e)
             raise e from None
         return "failed"
     except Exception as e:  # anything else: keep the reason, never lose finished points
-        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        store.set_status(
-            run_id,
-            "failed",
-            error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-        )
+        log.error("runs %s failed:\n%s", ", ".join(run_ids), traceback.format_exc())
+        set_all("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return "failed"
-    if status == "cancelled":
-        why = (
-            f"stopped by {stop_signalled()}; resume continues from where it stopped"
-            if stop_signalled()
-            else "cancelled by the user"
-        )
-        store.set_status(run_id, "cancelled", error=why)
-    else:
-        failed = store.count_points(run_id, "failed")
-        store.set_status(run_id, "done", error=f"{failed} point(s) failed" if failed else None)
+    for r, spec in zip(run_ids, specs):
+        n_done = len(store.finished_points(r))
+        if status == "cancelled" and n_done < len(spec.points()):
+            why = (
+                f"stopped by {stop_signalled()}; resume continues from where it stopped"
+                if stop_signalled()
+                else "cancelled by the user"
+            )
+            store.set_status(r, "cancelled", error=why)
+        else:  # done (a run of a stopped group may have finished before the stop)
+            failed = store.count_points(r, "failed")
+            store.set_status(r, "done", error=f"{failed} point(s) failed" if failed else None)
     return status
 
 
@@ -396,7 +419,16 @@ def resume_background(store: Store, run_id: str) -> None:
 def run_foreground(
     store: Store, run_id: str, forward: Callable[[Event], None] | None = None
 ) -> str:
-    store.set_status(
-        run_id, "running", pid=os.getpid(), host=socket.gethostname(), cancel_requested=False
-    )
-    return execute(store, run_id, forward)
+    return run_foreground_group(store, [run_id], forward and (lambda _i, ev: forward(ev)))
+
+
+def run_foreground_group(
+    store: Store, run_ids: list[str], forward: Callable[[int, Event], None] | None = None
+) -> str:
+    """Runs executed in this process (CLI `run`, `resume`): in one packed pass where they can
+    share it."""
+    for r in run_ids:
+        store.set_status(
+            r, "running", pid=os.getpid(), host=socket.gethostname(), cancel_requested=False
+        )
+    return execute_group(store, run_ids, forward)

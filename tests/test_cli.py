@@ -89,6 +89,24 @@ def test_rank_sweep_runs_one_series_per_rank_with_alpha_2r(db):
     assert alphas == [4.0, 8.0] and all(n.endswith(("r2", "r4")) for n in runs.name)
 
 
+def test_a_domain_list_trains_one_series_per_domain_in_one_pass(db):
+    r = cli(
+        "run", "--preset", "tiny-test", "--scales", "4", "--domain", "legal,financial",
+        "--trainer", "packed", "--db", str(db),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from core.store import Store
+
+    runs = Store(db).list_runs().sort_values("domain")
+    assert list(runs.domain) == ["financial", "legal"] and list(runs.status) == ["done"] * 2
+    assert list(runs.name) == ["tiny-test financial", "tiny-test legal"]
+    # the progress names each series (one pass: tests/test_engine.py counts the passes)
+    assert "tiny-test financial: scale      4 seed 0" in r.stdout
+    assert "tiny-test legal: scale      4 seed 0" in r.stdout
+    again = cli("resume", *runs.run_id, "--db", str(db))
+    assert again.returncode == 2 and "is complete" in again.stderr
+
+
 @pytest.mark.parametrize("ref_set", [None, "methods_smollm2_h100", "rank_smollm2_h100"])
 def test_reference_numbers_are_re_derived_from_the_shipped_files(ref_set):
     import json

@@ -226,3 +226,16 @@ def test_paper_preset_headlines_martz_aggregation_and_the_choices_are_the_measur
     del d["headline_metric"], d["intruder_k"], d["intruder_eps"]
     assert RunSpec.from_dict(d).headline_metric == "degradation_pct"
     assert RunSpec.from_dict(d).intruder_k == 10 and RunSpec.from_dict(d).intruder_eps == 0.5
+
+
+def test_series_differing_in_data_or_rate_pack_together_others_do_not():
+    from core.config import pack_conflict, sweep_series
+
+    base = preset("tiny-test")
+    assert (
+        pack_conflict(sweep_series(base, domains=("legal", "financial"), replays=(0, 0.2))) is None
+    )
+    assert pack_conflict(sweep_series(base, learning_rates=(1e-3, 2e-3))) is None
+    assert pack_conflict(sweep_series(base, ranks=(2, 4))) == "LoRA rank"
+    with pytest.raises(ConfigError, match="domain"):
+        sweep_series(base, domains=("legal", "legal"))

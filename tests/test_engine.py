@@ -2,6 +2,7 @@ import os
 import signal
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -263,6 +264,70 @@ def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatc
     discard_run_files(cut)
     assert not (adapters_dir() / cut).exists() and not list(checkpoints_dir().glob(f"{cut}*"))
     assert (adapters_dir() / whole).is_dir()  # other runs' files stay
+
+
+def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkeypatch):
+    """Four series (legal/financial x two learning rates) train in ONE packed pass, each point
+    as it trains apart; stopped mid-pass and resumed with the runs named in another order, the
+    group continues from its checkpoint and stores the same numbers."""
+    import core.engine
+    import core.packed
+    from core.config import sweep_series
+    from core.engine import run_group, run_sweep
+    from core.packed import Checkpoint
+    from core.paths import checkpoints_dir, discard_run_files
+
+    monkeypatch.setattr(core.engine, "CHECKPOINT_EVERY_STEPS", 4)
+    s = Store(db)
+    base = preset("tiny-test", trainer="packed", pack_slots=12, lora_dropout=0.0)
+    specs = sweep_series(base, domains=("legal", "financial"), learning_rates=(5e-3, 2e-2))
+    assert [(x.domain, x.learning_rate) for x in specs] == [
+        ("legal", 5e-3),
+        ("legal", 2e-2),
+        ("financial", 5e-3),
+        ("financial", 2e-2),
+    ]
+    apart = [runner.create_run(s, x, "running") for x in specs]
+    for x, r in zip(specs, apart):
+        assert run_sweep(x, r, s) == "done"
+
+    passes = []
+    real = core.packed.train_packed
+
+    def counted(*args, **kwargs):
+        passes.append(len(args[3]))  # the runs of this pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.packed, "train_packed", counted)
+    together = [runner.create_run(s, x, "running") for x in specs]
+    calls = [0]
+
+    def stop_after_5():
+        calls[0] += 1
+        return calls[0] > 5
+
+    group = [(x, r, lambda e: None) for x, r in zip(specs, together)]
+    assert run_group(group, s, stop_after_5) == "cancelled"
+    assert passes == [12]  # 4 series x 3 scales, one pass
+    ck = sorted(checkpoints_dir().glob(f"{sorted(together)[0]}-group-*.json"))
+    assert len(ck) == 1 and Checkpoint(ck[0].with_suffix("")).load_meta()["step"] == 5
+    assert all(s.finished_points(r) == {(4, 0)} for r in together)
+    phases = []
+    back = [(x, r, phases.append) for x, r in reversed(list(zip(specs, together)))]
+    assert run_group(back, s) == "done"
+    assert passes == [12, 8]  # the 4-sample points were stored before the stop
+    assert {"type": "phase", "phase": "resuming from the last checkpoint"} in phases
+    assert not list(checkpoints_dir().glob("*group*"))
+    cols = ["scale", "general_ppl_after", "domain_ppl_after", "final_loss"]
+    for a, b in zip(apart, together):
+        x = s.points_df([a]).sort_values("scale")[cols].reset_index(drop=True)
+        y = s.points_df([b]).sort_values("scale")[cols].reset_index(drop=True)
+        assert len(x) == 3
+        pd.testing.assert_frame_equal(x, y, rtol=1e-5)
+    # the learning rate reached each series: the two rates end differently
+    finals = [float(s.points_df([r]).final_loss.iloc[-1]) for r in together]
+    assert finals[0] != pytest.approx(finals[1], rel=1e-3)
+    discard_run_files(sorted(together)[0])
 
 
 def _wait_for(pred, timeout=120):

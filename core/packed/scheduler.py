@@ -33,6 +33,7 @@ class Slot:
     diverged: bool = False
     started: float = field(default_factory=time.perf_counter)  # when it took its slot
     batch: int = 1  # samples per optimizer step
+    lr: float = 0.0  # its learning rate (series of one pass may differ in it)
 
     @property
     def per_epoch(self) -> int:
@@ -55,7 +56,7 @@ def train_packed(
     model: nn.Module,
     tokenizer,
     spec: RunSpec,
-    runs: list[tuple[tuple, int, list[str]]],
+    runs: list[tuple],
     slots: int,
     on_done: Callable[[PackedLoRA, int, Slot], None],
     on_step: Callable[[list[Slot | None], list[float]], None] | None = None,
@@ -65,7 +66,8 @@ def train_packed(
     sync_every: int = SYNC_EVERY,
     checkpoint: Checkpoint | None = None,
 ) -> str:
-    """Train every run (key, seed, samples) with continuous batching over `slots` slots. When a
+    """Train every run (key, seed, samples[, learning rate]; without one, the spec's) with
+    continuous batching over `slots` slots. When a
     run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
     in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'.
 
@@ -114,7 +116,7 @@ class Scheduler:
         model: nn.Module,
         tokenizer,
         spec: RunSpec,
-        runs: list[tuple[tuple, int, list[str]]],
+        runs: list[tuple],
         slots: int,
         on_done: Callable[[PackedLoRA, int, Slot], None],
         on_step: Callable[[list[Slot | None], list[float]], None] | None = None,
@@ -156,11 +158,16 @@ class Scheduler:
         self.step_no = meta["step"] if meta else 0
         self.last_save, self.saved_step = time.monotonic(), self.step_no
 
-    def new_slot(self, run, pos: int = 0, losses: list[float] | None = None) -> Slot:
-        key, seed, samples = run
+    def place(self, s: int, run, pos: int = 0, losses: list[float] | None = None) -> None:
+        """Run `run` trains in slot s from step `pos` (the slot's weights are set by the caller)."""
+        key, seed, samples = run[:3]
         spec = self.spec
+        lr = run[3] if len(run) > 3 else spec.learning_rate
         rows = self.tokenizer(samples, truncation=True, max_length=spec.max_length)["input_ids"]
-        return Slot(key, seed, rows, spec.epochs, pos, list(losses or []), batch=spec.batch_size)
+        self.live[s] = Slot(
+            key, seed, rows, spec.epochs, pos, list(losses or []), batch=spec.batch_size, lr=lr
+        )
+        self.packer.lr[s] = lr
 
     def fill(self, s: int) -> None:
         """Slot s takes the next queued run, starting from its seed's initial adapter."""
@@ -169,7 +176,7 @@ class Scheduler:
         if seed not in self.inits:
             self.inits[seed] = init_from_peft(self.model, self.spec, seed, self.packer)
         self.packer.reset_slot(s, self.inits[seed])
-        self.live[s] = self.new_slot(run)
+        self.place(s, run)
 
     def read_back(self) -> None:
         """One host-device sync for every step since the last one."""
@@ -198,7 +205,7 @@ class Scheduler:
             if key not in self.by_key:
                 continue  # an empty slot, or a run finished (and stored) after the save
             self.queue.remove(self.by_key[key])
-            self.live[s] = self.new_slot(self.by_key[key], x["pos"], x["losses"])
+            self.place(s, self.by_key[key], x["pos"], x["losses"])
 
     def checkpoint_due(self) -> bool:
         """Whether the checkpoint's interval (time, or steps) has passed."""
@@ -224,10 +231,7 @@ class Scheduler:
         spec, packer, live = self.spec, self.packer, self.live
         rows = [x.next_rows() if x is not None else None for x in live]
         if spec.warmup_ratio > 0:  # per-slot warm-up, same schedule as the sequential loop
-            lrs = [
-                spec.learning_rate * lr_factor(x.pos, x.total, spec.warmup_ratio) if x else 0.0
-                for x in live
-            ]
+            lrs = [x.lr * lr_factor(x.pos, x.total, spec.warmup_ratio) if x else 0.0 for x in live]
             packer.lr.copy_(torch.tensor(lrs, dtype=packer.lr.dtype))
         with step_precision(spec.precision, packer.weights.device):  # captured graphs keep it
             losses = packer.step(rows, self.tokenizer.pad_token_id)
