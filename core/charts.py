@@ -658,37 +658,47 @@ def phase_timeline(tables: dict[str, pd.DataFrame]) -> go.Figure:
     return fig
 
 
+def signed_log(v):
+    """The sign-preserving log of a percentage, sign(v) * log10(1 + |v|): one colour scale
+    shows +5 % and +5,000 % both, and -99 % stays on the other side of zero."""
+    return np.sign(v) * np.log10(1 + np.abs(v))
+
+
+def signed_log_colour(z: np.ndarray, title: str, marks: tuple[float, ...]) -> dict:
+    """A heatmap's colour settings for a table of percentages `z`: the cells coloured by
+    `signed_log`, a range symmetric about 0 (at least +-1 decade) and a colourbar labelled in
+    percent at those of `marks` the range holds. Spread into `go.Heatmap(...)`."""
+    zc = signed_log(z)
+    span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
+    shown = [m for m in marks if abs(signed_log(m)) <= span * 1.05]
+    return dict(
+        z=zc,
+        zmid=0,
+        zmin=-span,
+        zmax=span,
+        colorbar=dict(
+            title=title,
+            tickvals=[float(signed_log(m)) for m in shown],
+            ticktext=[pct_label(m) if m else "0" for m in shown],
+        ),
+    )
+
+
 def heatmap(matrix: pd.DataFrame, title: str, value_label: str) -> go.Figure:
     z = matrix.values.astype(float)
     text = [[("" if np.isnan(v) else pct_label(v)) for v in row] for row in z]
-
-    # Colour by the sign-preserving log of the change so +5 % and +5,000 % both show.
-    def slog(v):
-        return np.sign(v) * np.log10(1 + np.abs(v))
-
-    zc = slog(z)
-    span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
-    marks = [m for m in (-99, 0, 10, 100, 1000, 10000, 100000) if abs(slog(m)) <= span * 1.05]
     fig = go.Figure(
         go.Heatmap(
-            z=zc,
             x=list(matrix.columns),
             y=list(matrix.index),
             text=text,
             texttemplate="%{text}",
             colorscale="RdBu_r",
-            zmid=0,
-            zmin=-span,
-            zmax=span,
             customdata=z,
             hovertemplate="trained on %{y}<br>evaluated on %{x}<br>"
             + value_label
             + " %{customdata:+,.1f}%<extra></extra>",
-            colorbar=dict(
-                title=value_label,
-                tickvals=[float(slog(m)) for m in marks],
-                ticktext=[pct_label(m) if m else "0" for m in marks],
-            ),
+            **signed_log_colour(z, value_label, (-99, 0, 10, 100, 1000, 10000, 100000)),
         )
     )
     fig.update_layout(
@@ -1011,13 +1021,6 @@ def replay_heatmap(
     stay blank. `seeds` (same shape) goes into the hover; with `level`, cells at or above it
     are marked with a dot."""
     z = matrix.to_numpy(dtype=float)
-
-    def slog(v):
-        return np.sign(v) * np.log10(1 + np.abs(v))
-
-    zc = slog(z)
-    span = max(float(np.nanmax(np.abs(zc))) if np.isfinite(zc).any() else 1.0, 1.0)
-    marks = [m for m in (-99, -50, -10, 0, 10, 100, 1000, 10000) if abs(slog(m)) <= span * 1.05]
     x = [f"{int(s):,}" for s in matrix.columns]
     y = [f"{r:g}" for r in matrix.index]
     n = seeds.reindex_like(matrix).to_numpy() if seeds is not None else np.full(z.shape, np.nan)
@@ -1030,24 +1033,16 @@ def replay_heatmap(
     text = [[cell(v) for v in row] for row in z]
     fig = go.Figure(
         go.Heatmap(
-            z=zc,
             x=x,
             y=y,
             text=text,
             texttemplate="%{text}",
             colorscale="RdBu_r" if better == "lower" else "RdBu",
-            zmid=0,
-            zmin=-span,
-            zmax=span,
             customdata=np.dstack([z, n]),
             hovertemplate="replay %{y}, %{x} samples<br>"
             + value_label
             + " %{customdata[0]:+,.1f}% (mean of %{customdata[1]} seed(s))<extra></extra>",
-            colorbar=dict(
-                title=value_label,
-                tickvals=[float(slog(m)) for m in marks],
-                ticktext=[pct_label(m) if m else "0" for m in marks],
-            ),
+            **signed_log_colour(z, value_label, (-99, -50, -10, 0, 10, 100, 1000, 10000)),
         )
     )
     fig.update_layout(

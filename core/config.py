@@ -256,8 +256,10 @@ class RunSpec:
         label="Headline forgetting measure",
     )
     probe: str = setting(
-        "general-200",
-        "General-knowledge probe: 'general-200' (broad, own-written) or 'paper-8' (Martz 2025's eight facts).",
+        "general",
+        f"General-knowledge probe: 'general' ({len(data.load_probe('general'))} broad, own-written "
+        "statements over six topics; runs stored before it was renamed call it 'general-200') or "
+        "'paper-8' (Martz 2025's eight facts).",
         choices=tuple(data.list_probes()),
         label="General probe",
     )
@@ -598,6 +600,8 @@ def validate(spec: RunSpec) -> RunSpec:
     """Check every field once against its metadata; return a normalised spec (sorted scales,
     floats as floats, text stripped) or raise ConfigError listing every problem found."""
     problems: list[str] = []
+    if isinstance(spec.probe, str):  # a probe's former name (old runs, old spec files) still loads
+        spec = dataclasses.replace(spec, probe=data.probe_name(spec.probe))
     lists: dict[str, tuple[int, ...]] = {}
     for name in ("scales", "seeds"):
         try:

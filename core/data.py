@@ -183,15 +183,30 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+# Former names of probes, kept so that runs stored and specs written under them still load:
+# 'general-200' held 213 statements by the time it was renamed 'general'.
+PROBE_ALIASES = {"general-200": "general"}
+
+
+def probe_name(name: str) -> str:
+    """A probe's current name: `name` itself, or the probe a former name now stands for."""
+    return PROBE_ALIASES.get(name, name)
+
+
 def list_probes() -> list[str]:
     return sorted(p.stem for p in (DATA_DIR / "probes").glob("*.tsv") if p.stem != "smoke")
 
 
-def load_probe(name: str) -> list[str]:
+def _probe_rows(name: str) -> list[dict[str, str]]:
+    name = probe_name(name)
     p = DATA_DIR / "probes" / f"{name}.tsv"
     if not p.is_file() or name == "smoke":
         raise DataError(f"unknown probe '{name}'; available: {', '.join(list_probes())}")
-    return [r["text"] for r in _read_tsv(p)]
+    return _read_tsv(p)
+
+
+def load_probe(name: str) -> list[str]:
+    return [r["text"] for r in _probe_rows(name)]
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -203,7 +218,7 @@ def spread(n: int, k: int) -> list[int]:
 
 
 def probe_categories(name: str) -> list[str]:
-    return [r["category"] for r in _read_tsv(DATA_DIR / "probes" / f"{name}.tsv")]
+    return [r["category"] for r in _probe_rows(name)]
 
 
 @dataclass(frozen=True)

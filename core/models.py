@@ -153,7 +153,7 @@ def build_tiny(out: Path) -> Path:
 
     from . import data
 
-    corpus: list[str] = list(data.load_probe("general-200")) + data.smoke_prompts()
+    corpus: list[str] = list(data.load_probe("general")) + data.smoke_prompts()
     for d in data.list_domains():
         corpus += data.domain_eval(d, 200)
         corpus += data.domain_samples(d, 200, "paper")

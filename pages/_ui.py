@@ -18,6 +18,9 @@ ACTIVE = ("queued", "running")
 # How often live parts (the Launch page's panel, the sidebar's run list) refresh while a run is
 # active: each refresh costs the server and the browser CPU that a run on a small machine shares.
 REFRESH_S = 5.0
+# How long the quick-cpu preset takes, said the same way on every page; the measurement (97 s on
+# two CPU cores, bench/results) lives in the README's quick-start section, not here.
+QUICK_CPU_TIME = "in under two minutes on two CPU cores (measured in the README)"
 
 
 def via_app(page_file: str) -> None:
@@ -287,7 +290,7 @@ def export_bytes(fmt: str, run_ids: list[str] | None) -> tuple[int, bytes]:
 def no_results(what: str = "results") -> None:
     st.info(
         f"No {what} yet. Start a run on the **Launch** page — the *quick-cpu* preset measures a "
-        "real forgetting curve on the embedded model in a few minutes.",
+        f"real forgetting curve on the embedded model {QUICK_CPU_TIME}.",
         icon=":material/info:",
     )
 

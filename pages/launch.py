@@ -21,7 +21,18 @@ from core.config import (
 from core.errors import LabError
 from core.labels import POINT_SUMMARY
 from core.progress import format_eta, run_progress
-from pages._ui import ACTIVE, REFRESH_S, changed, label, read, runs, store, table, via_app
+from pages._ui import (
+    ACTIVE,
+    QUICK_CPU_TIME,
+    REFRESH_S,
+    changed,
+    label,
+    read,
+    runs,
+    store,
+    table,
+    via_app,
+)
 
 via_app(__file__)
 
@@ -40,8 +51,8 @@ if df.empty:
     st.info(
         "**Welcome.** No runs yet. The *quick-cpu* preset fine-tunes the embedded SmolLM2-135M on "
         f"{quick.domain} text at {len(quick.scales)} dataset sizes "
-        f"({quick.scales[0]} → {quick.scales[-1]} samples) and measures its forgetting curve in "
-        "under two minutes on two CPU cores.",
+        f"({quick.scales[0]} → {quick.scales[-1]} samples) and measures its forgetting curve "
+        f"{QUICK_CPU_TIME}.",
         icon=":material/waving_hand:",
     )
     if st.button("▶ Start quick-cpu now", type="primary", key="quickstart"):

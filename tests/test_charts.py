@@ -226,3 +226,26 @@ def test_item_heatmap_marks_where_each_statement_first_crossed():
     heat, marks = fig.data
     assert list(heat.y) == ["Paris", "water"] and list(heat.x) == ["10", "100"]
     assert list(marks.x) == ["10"] and list(marks.y) == ["Paris"]  # 'water' never crossed
+
+
+def test_cross_domain_and_replay_heatmaps_share_one_signed_log_colour_scale():
+    """Both heatmaps colour a percentage by sign(v)·log10(1 + |v|): the same values give the
+    same colour range, and a label both colourbars show stands at the same place."""
+    import math
+
+    values = [[-40.0, 3.0], [250.0, float("nan")]]
+    cross = charts.heatmap(pd.DataFrame(values, index=["a", "b"], columns=["a", "b"]), "t", "PPL")
+    replay = charts.replay_heatmap(
+        pd.DataFrame(values, index=[0.0, 0.1], columns=[100, 1000]), "PPL"
+    )
+    c, r = cross.data[0], replay.data[0]
+    span = math.log10(251)  # the largest |value|, 250 %, on the signed-log scale
+    for h in (c, r):
+        assert (h.zmid, h.zmin, h.zmax) == (0, pytest.approx(-span), pytest.approx(span))
+        assert h.z[0][0] == pytest.approx(-math.log10(41)) and h.z[1][0] == pytest.approx(span)
+        assert h.colorbar.title.text == "PPL"
+    at_c = dict(zip(c.colorbar.ticktext, c.colorbar.tickvals))
+    at_r = dict(zip(r.colorbar.ticktext, r.colorbar.tickvals))
+    assert {"0", "+10%", "+100%"} <= set(at_c) & set(at_r)
+    assert all(at_c[k] == pytest.approx(at_r[k]) for k in set(at_c) & set(at_r))
+    assert "+1,000%" not in at_c and "+1,000%" not in at_r  # beyond the range: no label

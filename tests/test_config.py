@@ -155,7 +155,7 @@ _EXPECTED_PRESETS = {
         batch_size=4,  # since 2026-12-03 (issue 23)
         learning_rate=2e-3,
         max_length=48,
-        probe="general-200",
+        probe="general",  # named 'general-200' until 2026-12-03 (issue 22)
         domain_eval_size=16,
         eval_all_domains=False,
         eval_batch_size=32,
@@ -239,3 +239,25 @@ def test_series_differing_in_data_or_rate_pack_together_others_do_not():
     assert pack_conflict(sweep_series(base, ranks=(2, 4))) == "LoRA rank"
     with pytest.raises(ConfigError, match="domain"):
         sweep_series(base, domains=("legal", "legal"))
+
+
+def test_probe_choices_name_the_general_probe_and_its_former_name_still_loads():
+    """The probe once called 'general-200' (213 statements) is 'general': the Launch form and
+    the CLI offer the new name, and a spec saying the old one (a stored run, an old spec file such
+    as the shipped cross-domain reference's) loads as the new one."""
+    import json
+
+    from core import config
+    from core.data import DATA_DIR
+
+    assert "general" in config.field_choices("probe")
+    assert "general-200" not in config.field_choices("probe")
+    assert RunSpec().probe == "general"
+    assert "'general' (213 " in config.SETTINGS["probe"].metadata["help"]
+    assert RunSpec.from_dict({"probe": "general-200"}).probe == "general"
+    assert RunSpec.from_dict(RunSpec(probe="general-200").to_dict()) == RunSpec()
+    old = json.loads((DATA_DIR / "reference" / "xdomain_smollm2_cpu.json").read_text())["spec"]
+    assert old["probe"] == "general-200"  # stored provenance keeps the name it ran under
+    assert RunSpec.from_dict(old).probe == "general"
+    with pytest.raises(ConfigError, match="probe"):
+        RunSpec.from_dict({"probe": "general-999"})

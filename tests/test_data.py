@@ -8,11 +8,25 @@ from core.errors import DataError
 
 def test_builtin_domains_and_probes():
     assert {"legal", "financial", "medical", "code"} <= set(data.list_domains())
-    assert len(data.load_probe("general-200")) >= 200
+    assert len(data.load_probe("general")) >= 200
     assert len(data.load_probe("paper-8")) == 8
-    cats = set(data.probe_categories("general-200"))
+    cats = set(data.probe_categories("general"))
     assert {"science", "geography", "history", "arithmetic", "language", "everyday"} <= cats
-    assert len(set(data.load_probe("general-200"))) == len(data.load_probe("general-200"))
+    assert len(set(data.load_probe("general"))) == len(data.load_probe("general"))
+
+
+def test_the_general_probe_s_former_name_loads_the_same_statements():
+    """'general-200' held 213 statements and was renamed 'general'; runs stored and spec files
+    written under the old name (data/reference/xdomain_smollm2_cpu.json) still load it."""
+    assert data.probe_name("general-200") == "general" and data.probe_name("paper-8") == "paper-8"
+    assert data.load_probe("general-200") == data.load_probe("general")
+    assert data.probe_categories("general-200") == data.probe_categories("general")
+    assert len(data.load_probe("general")) == 213
+    assert "general" in data.list_probes() and "general-200" not in data.list_probes()
+    with pytest.raises(DataError, match="unknown probe 'nope'"):
+        data.load_probe("nope")
+    with pytest.raises(DataError, match="unknown probe"):
+        data.load_probe("smoke")
 
 
 @pytest.mark.parametrize("construction", ["varied", "paper"])

@@ -40,10 +40,16 @@ def test_perplexity_equals_hand_computation(tiny):
 
 
 def test_batch_size_does_not_change_perplexity(tiny):
+    """Not only the aggregate: every statement's NLL and token count, which the per-statement
+    measures and the items heatmap read, is the same batched (with padding) as alone."""
     texts = ["a b c", "The Pacific is the largest ocean on the planet.", "Hi."]
-    a = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=1).ppl
-    b = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=3).ppl
-    assert a == pytest.approx(b, rel=1e-5)
+    a = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=1)
+    b = evaluate.perplexity(tiny.model, tiny.tokenizer, texts, batch_size=3)
+    assert a.ppl == pytest.approx(b.ppl, rel=1e-5)
+    assert a.tokens == b.tokens == sum(a.item_tokens) and a.item_tokens == b.item_tokens
+    assert len(set(a.item_tokens)) > 1  # lengths differ: the batch really pads
+    assert b.item_nll == pytest.approx(a.item_nll, rel=1e-5)
+    assert a.nll_sum == pytest.approx(sum(a.item_nll), rel=1e-9)
 
 
 def test_degradation_and_improvement_formulas():
