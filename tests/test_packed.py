@@ -215,6 +215,35 @@ def test_bf16_packed_runs_stay_close_to_fp32_and_tf32_is_fp32_on_cpu():
         assert all(v.dtype == torch.float32 for v in bf16[key][0].values())
 
 
+def test_last_runs_move_to_a_smaller_packer_and_train_the_same(monkeypatch):
+    """Once no run waits and at most half the slots train, the live runs move to a packer of
+    their own size (idle slots would cost a padded row in every step); every run ends with the
+    adapter and losses it gets without the move."""
+    from core.packed import Scheduler
+
+    runs = [
+        ((n, s), s, data.domain_samples("legal", n, seed=s))
+        for n, s in [(2, 0), (3, 1), (2, 2), (9, 0), (8, 1)]
+    ]
+    sizes = []
+    real = Scheduler.shrink_packer
+
+    def recorded(self):
+        real(self)
+        sizes.append(self.packer.slots)
+
+    monkeypatch.setattr(Scheduler, "shrink_packer", recorded)
+    moved = _train(runs, 5, sync_every=3)
+    assert sizes == [2, 1]  # 5 slots -> the two long runs -> the last one
+    monkeypatch.setattr(Scheduler, "shrink", False)
+    kept = _train(runs, 5, sync_every=3)
+    assert sizes == [2, 1] and set(moved) == set(kept) == {r[0] for r in runs}
+    for key in kept:
+        (w1, l1, p1, _), (w2, l2, p2, _) = moved[key], kept[key]
+        assert p1 == p2 == len(l1) and l1 == pytest.approx(l2, rel=1e-6)
+        assert all(torch.allclose(w1[k], w2[k], rtol=1e-5, atol=1e-7) for k in w1)
+
+
 def _runs_ckpt():
     return [
         ((n, s), s, data.domain_samples("legal", n, seed=s))

@@ -98,6 +98,9 @@ class PackedLoRA:
     side by side; docs/ARCHITECTURE.md has the numbers); tests/test_packed_variants.py checks each
     against the plain expression, tests/test_packed.py the defaults against the sequential loop."""
 
+    # the per-slot tensors that make up the training state (a checkpoint saves the first four)
+    STATE = ("weights", "exp_avg", "exp_avg_sq", "step_count", "lr", "weight_decay")
+
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
     fused_adamw: bool = True  # with compile(): the optimizer as one compiled function

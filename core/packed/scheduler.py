@@ -100,7 +100,10 @@ def train_packed(
 
 
 class Scheduler:
-    """One packed sweep's continuous batching (`train_packed` says what it does). Its state:
+    """One packed sweep's continuous batching (`train_packed` says what it does). When no run
+    waits any more and at most half the slots train, the live runs move to a smaller packer
+    (`shrink_packer`): a paper-size sweep spends most of its steps on its two or three largest
+    runs. Its state:
 
     - `queue`: the runs still waiting for a slot, in order; `by_key`: every run by its key;
     - `live[s]`: the run training in slot s (None: the slot is idle);
@@ -110,6 +113,8 @@ class Scheduler:
     - `step_no`: packed steps taken (continued from a checkpoint); `last_save`, `saved_step`:
       when and at which step the state was last checkpointed;
     - `meta`: the checkpoint being resumed, or None (a fresh start)."""
+
+    shrink: bool = True  # move the last runs to a smaller packer (`shrink_due`)
 
     def __init__(
         self,
@@ -139,6 +144,7 @@ class Scheduler:
         if meta is not None:
             slots = meta["slots"]
         self.sync_every = max(1, int(sync_every))
+        self.targets, self.cuda_graphs, self.compile_step = targets, cuda_graphs, compile_step
         self.packer = packer = PackedLoRA(model, spec, slots, targets)
         # another adapter layout (saved before grouped layouts had a name: per-module): start afresh
         if meta is not None and (
@@ -147,16 +153,43 @@ class Scheduler:
         ):
             meta = None
         self.meta = meta
-        if cuda_graphs:
-            packer.enable_graphs()
-        if compile_step:
-            packer.compile()
+        self._ready(packer)
         self.inits: dict[int, torch.Tensor] = {}
         self.live: list[Slot | None] = [None] * slots
         self.pending: list[tuple[list[int], torch.Tensor]] = []  # (slots that had a row, losses)
         model.train()
         self.step_no = meta["step"] if meta else 0
         self.last_save, self.saved_step = time.monotonic(), self.step_no
+
+    def _ready(self, packer: PackedLoRA) -> None:
+        if self.cuda_graphs:
+            packer.enable_graphs()
+        if self.compile_step:
+            packer.compile()
+
+    def shrink_due(self) -> bool:
+        """No run waits for a slot and at most half the slots train: every idle slot still costs
+        a padded row in each step, so the live runs move to a packer of their own size."""
+        n = sum(x is not None for x in self.live)
+        return self.shrink and not self.queue and 0 < n <= len(self.live) // 2
+
+    def shrink_packer(self) -> None:
+        """Move the live runs (adapters, AdamW state, step counts, learning rates) into a new
+        packer with one slot each; the old one's modules and captured graphs go. Each run's
+        numbers do not change: rows never interact (tests/test_packed.py checks it)."""
+        self.read_back()  # pending losses are indexed by the old slots
+        keep = [s for s, x in enumerate(self.live) if x is not None]
+        old = self.packer
+        state = {a: getattr(old, a)[keep].clone() for a in PackedLoRA.STATE}
+        old.remove()
+        old.graphs = None
+        self.packer = PackedLoRA(self.model, self.spec, len(keep), self.targets)
+        self._ready(self.packer)
+        with torch.no_grad():
+            for a, t in state.items():
+                getattr(self.packer, a).copy_(t)
+        self.live = [self.live[s] for s in keep]
+        log.info("packed trainer: %d slots -> %d", len(old.weights), len(keep))
 
     def place(self, s: int, run, pos: int = 0, losses: list[float] | None = None) -> None:
         """Run `run` trains in slot s from step `pos` (the slot's weights are set by the caller)."""
@@ -276,6 +309,8 @@ class Scheduler:
                     return "cancelled"
                 self.step()
                 self.hand_over()
+                if self.shrink_due():
+                    self.shrink_packer()
             return "done"
         finally:
             self.model.eval()
