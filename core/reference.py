@@ -29,6 +29,7 @@ REF_SETS = (
     "methods_smollm2_h100",
     "rank_smollm2_h100",
     "replay_smollm2_h200",
+    "paper000_grid_smollm2_h200_bf16",
 )
 REF_NAME = REF_SETS[0]
 CROSS_DOMAIN_SETS = (
@@ -46,6 +47,8 @@ SET_TITLES = {
     "replay_smollm2_h200": "replay 0 / 0.05 / 0.1 / 0.3 on legal, Martz 2025 protocol, 50-1,000 "
     "(H200), 3 seeds",
     "rank_smollm2_h100": "LoRA rank sweep r = 8-128, alpha = 2r, on legal (H100, 1 seed)",
+    "paper000_grid_smollm2_h200_bf16": "Martz 2025 protocol, the whole grid in one packed pass, "
+    "legal + financial, 50-25,000 (H200, bf16, 1 seed; 50,000 still training)",
 }
 
 
