@@ -6,8 +6,10 @@ last point stored, over as many chained commands as it takes.
     python bench/fullgrid.py resume                                               # the next chunk
     python bench/fullgrid.py report --device "NVIDIA H200" --out bench/results    # the result
 
-`start` and `resume` train until done or until SIGTERM (e.g. `timeout -s TERM 570 ...`: the
-packed trainer saves its checkpoint at the stop, and `resume` continues from that step). Each
+`start` and `resume` train until done or until SIGTERM (e.g. `timeout -s TERM 480 ...`: the
+packed trainer saves its checkpoint at the stop, and `resume` continues from that step). Leave
+a few minutes between the stop and a hard limit: a stop that lands in a compile (a fresh process,
+or the packer shrinking to a new size) is honoured only when the compile is over. Each
 chunk appends its timings to `fullgrid-state.json` in the lab home: wall time from its first
 training step to its end (the last point stored, or the stop), model load and base measurement
 before it, evaluation inside it, and the packed step time at every width (rows in flight) from the
@@ -66,6 +68,7 @@ class Timer:
         self._last: tuple[float, int] | None = None
         self._handover = 0.0
         self.shrinks: list[tuple[int, int]] = []  # (packed step, slots after)
+        self.on_point = None  # called with the summary so far whenever points are stored
         S = scheduler.Scheduler
         timer = self
         read_back, hand_over, step, shrink = S.read_back, S.hand_over, S.step, S.shrink_packer
@@ -97,6 +100,8 @@ class Timer:
                 timer.eval_s += dt_
                 timer._handover += dt_
                 timer.last_point = time.perf_counter()
+                if timer.on_point is not None:  # a record that survives a killed command
+                    timer.on_point(timer.summary(timer.last_point))
 
         def timed_shrink(sched):  # its time stays in the interval: one-time work
             shrink(sched)
@@ -136,13 +141,21 @@ class Timer:
 def _chunk(store: Store, run_ids: list[str], state: dict, kind: str) -> int:
     timer = Timer()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    chunks = state.setdefault("chunks", [])
+    chunks.append({"kind": kind, "started": started, "status": "running"})
+
+    def record(summary: dict, status: str = "killed before its end (last record: a point stored)"):
+        done = sum(len(store.finished_points(r)) for r in state["run_ids"])
+        chunks[-1] = {"kind": kind, "started": started, "status": status, "points_stored": done}
+        chunks[-1].update(summary)
+        _save_state(state)
+
+    # Until the chunk ends, its record is the summary at its last stored point: a command killed
+    # (e.g. by a machine's time limit) before its stop could save still counts what it stored.
+    timer.on_point = record
     status = runner.run_foreground_group(store, run_ids, _printer())
-    end = time.perf_counter()
-    done = sum(len(store.finished_points(r)) for r in run_ids)
-    chunk = {"kind": kind, "started": started, "status": status, "points_stored": done}
-    chunk.update(timer.summary(end))
-    state.setdefault("chunks", []).append(chunk)
-    _save_state(state)
+    record(timer.summary(time.perf_counter()), status)
+    chunk = chunks[-1]
     print(json.dumps(chunk), flush=True)
     return 0 if status in ("done", "cancelled") else 1
 
