@@ -33,10 +33,11 @@ from .paths import REPO_ROOT, git_commit
 from .store import Store, now, spec_of
 
 log = logging.getLogger(__name__)
-# The training thread waits for each progress write (~50 ms on a 2-core machine, one database
-# connection each): every 3 s costs ~2 % of a CPU run's training, every second cost ~8 % with the
-# separate cancel poll. The app's live panel reads every 5 s; the CLI prints every step anyway.
-PROGRESS_EVERY_S = 3.0
+# The training thread waits for each progress write (~50-120 ms on a 2-core machine, one database
+# connection each; py-spy on a watched quick-cpu worker: 4 % of its time at one write every 3 s).
+# The app's live panel reads every 5 s (pages/_ui.REFRESH_S): writing more often shows nothing
+# more. The CLI prints every step anyway.
+PROGRESS_EVERY_S = 5.0
 SETTINGS_ERROR = "settings: "  # the start of a failed run's error when its settings were wrong
 CANCEL_POLL_S = 3.0  # when no progress write (which reads the cancel flag too) came sooner
 HEARTBEAT_STALE_S = 90.0  # a running run on another host without a heartbeat this long is gone

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,16 +198,19 @@ class Store:
     def reading(self) -> Iterator[None]:
         """Several reads in one connection: `with store.reading(): ...`. Opening one costs ~20 ms
         on a 2-core machine and holds the database's lock meanwhile; the app's live panel reads
-        four tables every few seconds while a worker writes progress."""
-        if getattr(self._held, "con", None) is not None:
+        four tables every few seconds while a worker writes progress. The connection opens at the
+        block's first read, so a block whose reads are all answered from the app's caches opens
+        none."""
+        if getattr(self._held, "stack", None) is not None:
             yield
             return
-        with self._connect() as con:
-            self._held.con = con
-            try:
-                yield
-            finally:
-                self._held.con = None
+        stack = ExitStack()
+        self._held.stack = stack
+        try:
+            yield
+        finally:
+            self._held.stack = self._held.con = None
+            stack.close()
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -215,6 +218,16 @@ class Store:
         if held is not None:  # inside reading(): its connection, closed when the block ends
             yield held
             return
+        stack = getattr(self._held, "stack", None)
+        if stack is not None:  # the first read of a reading() block opens its connection
+            self._held.con = stack.enter_context(self._open())
+            yield self._held.con
+            return
+        with self._open() as con:
+            yield con
+
+    @contextmanager
+    def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         delay = 0.01
         if not self._ready:  # a fresh lab home: DuckDB does not create the folder

@@ -89,6 +89,6 @@ def test_settings_errors_at_run_time_are_marked(db, monkeypatch):
     def bad(*a, **k):
         raise ConfigError("lora_rank: 64 is larger than the narrowest targeted layer (32)")
 
-    monkeypatch.setattr("core.engine.run_sweep", bad)
+    monkeypatch.setattr("core.engine.run_group", bad)
     assert runner.execute(store, run_id) == "failed"
     assert store.get_run(run_id)["error"].startswith(runner.SETTINGS_ERROR)

@@ -341,6 +341,9 @@ def test_reading_block_shares_one_connection(tmp_path, monkeypatch):
     assert len(opened) == 1
     assert len(s.progress_df(rid)) == 1  # the write inside the block was committed
     assert len(opened) == 2
+    with s.reading():  # a block whose reads never reach the database opens no connection
+        pass
+    assert len(opened) == 2
 
 
 def test_per_question_results_and_intruder_dimensions_are_stored_replaced_and_deleted(db):
