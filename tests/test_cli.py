@@ -139,18 +139,27 @@ def test_progress_bar_follows_the_longest_point_of_a_packed_sweep(capsys):
     }  # fmt: skip
     for sc in (4, 8, 16):
         pr({"type": "point_start", "scale": sc, "seed": 0})
-    assert pr.key == (4, 0)
+    assert pr.key == (4, 0, None)
     for step in (1, 2, 3):
         for sc in (4, 8, 16):
             pr({"type": "step", "scale": sc, "seed": 0, "step": step, "total": 3 * sc, "loss": 1.0})
-    assert pr.key == (16, 0) and pr.bar.n == 3 and pr.bar.total == 48
+    assert pr.key == (16, 0, None) and pr.bar.n == 3 and pr.bar.total == 48
     pr({"type": "point_done", "scale": 4, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
-    assert pr.key == (16, 0) and pr.bar.n == 3 and "1/3 done, 2 training" in pr.bar.desc
+    assert pr.key == (16, 0, None) and pr.bar.n == 3 and "1/3 done, 2 training" in pr.bar.desc
     pr({"type": "point_done", "scale": 16, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
-    assert pr.key == (8, 0) and pr.bar.n == 3 and pr.bar.total == 24
+    assert pr.key == (8, 0, None) and pr.bar.n == 3 and pr.bar.total == 24
     pr({"type": "point_done", "scale": 8, "seed": 0, "status": "done", "metrics": m, "seconds": 1})
     assert pr.key is None and pr.bar is None
     assert capsys.readouterr().out.count("general ppl 1.00 -> 2.00") == 3
+    # series trained in one pass (--domain legal,financial): the same size is two points
+    pr = _Progress(2)
+    for dom in ("legal", "financial"):
+        pr({"type": "point_start", "scale": 4, "seed": 0, "series": dom})
+    assert len(pr.live) == 2 and "legal: scale 4 seed 0" in pr.bar.desc
+    pr({"type": "point_done", "scale": 4, "seed": 0, "status": "done", "metrics": m,
+        "seconds": 1, "series": "financial"})  # fmt: skip
+    assert "financial: scale      4 seed 0: general ppl" in capsys.readouterr().out
+    assert list(pr.live) == [(4, 0, "legal")]
 
 
 def test_a_fresh_lab_home_is_created_on_first_use(tmp_path):
