@@ -34,7 +34,18 @@ from core.config import preset  # noqa: E402
 from core.paths import git_commit  # noqa: E402
 from core.store import Store, now  # noqa: E402
 
-PAGES = ["launch", "threshold", "phases", "cross_domain", "methods", "smoke_test", "runs"]
+# every page of the app's navigation (app.py) that reads the database, in its order
+PAGES = [
+    "launch",
+    "threshold",
+    "phases",
+    "cross_domain",
+    "methods",
+    "mitigation",
+    "smoke_test",
+    "pareto",
+    "runs",
+]
 
 
 def build(db: Path, n_runs: int, n_scales: int, n_items: int) -> int:

@@ -938,7 +938,9 @@ def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figu
                     ),
                     line=dict(width=0.5, color="#424242"),
                 ),
-                customdata=np.stack([g["label"], g["scale"]], axis=1),
+                # label, size, run id: the hover shows the first two; a click is looked up by
+                # the last two (`pareto.picked_point`)
+                customdata=np.stack([g["label"], g["scale"], g["run_id"]], axis=1),
                 hovertemplate="%{customdata[0]}<br>n=%{customdata[1]:,}<br>"
                 + f"{metric_label(x)}: %{{x:,.4g}}<br>{metric_label(y)}: %{{y:,.4g}}<extra></extra>",
             )

@@ -5,6 +5,7 @@ Pure functions over DataFrames; no streamlit, no SQL."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -52,12 +53,20 @@ def assemble(own: pd.DataFrame, ref: pd.DataFrame, labels: dict[str, str]) -> pd
         ["run_id", "label", "source", "method", "rank", "domain", "scale"], dropna=False
     )[cols].mean()
     out = grouped.reset_index()
-    out["seeds"] = (
-        df.groupby(["run_id", "scale"])
-        .size()
-        .reindex(pd.MultiIndex.from_frame(out[["run_id", "scale"]]))
+    at = pd.MultiIndex.from_frame(out[["run_id", "scale"]])
+    by_point = df.groupby(["run_id", "scale"])
+    out["seeds"] = by_point.size().reindex(at).to_numpy()
+    # which seeds each point averages (a point's generations are stored per seed) and, for the
+    # reference, the shipped set it comes from: what a click on the point looks up
+    seed_ids = df["seed"] if "seed" in df else pd.Series(0, index=df.index)
+    out["seed_list"] = (
+        seed_ids.groupby([df["run_id"], df["scale"]])
+        .agg(lambda s: tuple(sorted({int(v) for v in s.dropna()})))
+        .reindex(at)
         .to_numpy()
     )
+    ref_set = df["ref_set"] if "ref_set" in df else pd.Series(None, index=df.index, dtype=object)
+    out["ref_set"] = ref_set.groupby(df["run_id"]).first().reindex(out["run_id"]).to_numpy()
     return out
 
 
@@ -112,3 +121,47 @@ def series_name(row) -> str:
         if pd.notna(r) and row["method"] in ("lora", "qlora")
         else str(row["method"])
     )
+
+
+@dataclass(frozen=True)
+class PickedPoint:
+    """The (run, size) behind a point clicked in the chart: where its smoke-test answers live
+    (`source` "yours": the database; "reference": the shipped set `ref_set`) and its seeds."""
+
+    run_id: str
+    label: str
+    source: str
+    ref_set: str | None
+    scale: int
+    seeds: tuple[int, ...]
+
+
+def picked_point(data: pd.DataFrame, selection) -> PickedPoint | None:
+    """The point of `data` (`assemble`'s rows) that a chart selection names, or None.
+    `selection`: the selection state `st.plotly_chart(on_select=...)` returns (a dict with
+    "points", each carrying the customdata of `charts.pareto_figure`: label, size, run id).
+    With several points selected, the first one that is still in `data` wins."""
+    sel = selection.get("selection", selection) if selection else None
+    for p in (sel or {}).get("points", []) or []:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if not isinstance(cd, (list, tuple)) or len(cd) < 3:
+            continue  # the front line, or a chart drawn without run ids
+        try:
+            scale = int(float(cd[1]))
+        except (TypeError, ValueError):
+            continue
+        rows = data[(data["run_id"] == cd[2]) & (data["scale"] == scale)]
+        if rows.empty:
+            continue  # filtered away since the click
+        r = rows.iloc[0]
+        seeds = r.get("seed_list")
+        ref_set = r.get("ref_set")
+        return PickedPoint(
+            run_id=str(r["run_id"]),
+            label=str(r["label"]),
+            source=str(r["source"]),
+            ref_set=str(ref_set) if isinstance(ref_set, str) and ref_set else None,
+            scale=scale,
+            seeds=tuple(seeds) if isinstance(seeds, tuple) and seeds else (0,),
+        )
+    return None

@@ -260,3 +260,65 @@ def test_a_looping_answer_is_flagged_with_its_reason(page, app_url):
         _shot(page, "04b-threshold-loop-flagged")
     finally:
         store.delete_run(run_id)  # the other tests' run pickers see the database as before
+
+
+# The screen position of every point of the Pareto chart (from Plotly's own axes), with the run
+# id the point carries (customdata[2], see charts.pareto_figure).
+_PARETO_POINTS = """() => {
+  const gd = document.querySelector('.js-plotly-plot');
+  if (!gd || !gd.calcdata || !gd._fullLayout) return null;
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.getBoundingClientRect();
+  const out = [];
+  for (const cd of gd.calcdata) {
+    const t = cd[0].trace;
+    if (!t.customdata || t.mode !== 'markers') continue;
+    cd.forEach((p, i) => {
+      if (!isFinite(p.x) || !isFinite(p.y)) return;
+      out.push({run_id: String(t.customdata[i][2]),
+                px: box.left + xa._offset + xa.l2p(p.x),
+                py: box.top + ya._offset + ya.l2p(p.y)});
+    });
+  }
+  return out;
+}"""
+
+
+def test_pareto_click_a_point_to_see_its_generations(page, app_url, finished_run):
+    """Issue 21: a click on a point of the Pareto chart shows that point's stored smoke-test
+    answers (the base model's and the fine-tuned one's) below the chart."""
+    page.goto(app_url + "/pareto")
+    page.get_by_role("heading", name="Pareto explorer").wait_for()
+    page.get_by_text("Click a point in the chart").wait_for()
+    chart = page.locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    time.sleep(1.5)  # let the chart finish drawing
+    pts = page.evaluate(_PARETO_POINTS)
+    assert pts, "no points found in the Pareto chart"
+    own = [p for p in pts if p["run_id"] == finished_run]
+    assert own, "the finished run's points are not in the chart"
+
+    def room(p):  # distance to the nearest point of another run: click the loneliest own point
+        return min(
+            [
+                ((p["px"] - q["px"]) ** 2 + (p["py"] - q["py"]) ** 2) ** 0.5
+                for q in pts
+                if q["run_id"] != p["run_id"]
+            ]
+            or [1e9]
+        )
+
+    target = max(own, key=room)
+    page.mouse.move(target["px"], target["py"])
+    time.sleep(0.3)  # Plotly picks the hovered point on click
+    page.mouse.click(target["px"], target["py"])
+    try:
+        page.get_by_text("Stored smoke-test generations").wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"samples · your run")).wait_for()
+        answers = page.get_by_test_id("stTable")
+        answers.first.wait_for()
+        assert "The capital of France is" in answers.first.inner_text()
+        assert page.get_by_text("Traceback").count() == 0
+        answers.first.scroll_into_view_if_needed()  # the screenshot shows the answers
+    finally:
+        _shot(page, "07-pareto-clicked-point")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import pareto
+from core import pareto, reference
 from tests.conftest import ROOT
 
 
@@ -82,3 +82,105 @@ def test_page_on_a_populated_database_includes_your_runs(tiny_run, monkeypatch):
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     labels = [c[0] for t in fig["data"] for c in t.get("customdata", [])]
     assert labels and not any(lab.startswith("reference") for lab in labels)
+
+
+def test_a_clicked_point_is_looked_up_by_its_run_and_size():
+    data = pareto.assemble(
+        pd.DataFrame(
+            {
+                "run_id": ["a", "a", "a"],
+                "method": "lora",
+                "rank": 8,
+                "domain": "legal",
+                "scale": [50, 50, 100],
+                "seed": [1, 0, 0],
+                "status": "done",
+                "degradation_pct": [10.0, 20.0, 40.0],
+            }
+        ),
+        pd.DataFrame(
+            {
+                "run_id": ["ref:r"],
+                "method": "full",
+                "domain": "legal",
+                "scale": [50],
+                "seed": [3],
+                "status": "done",
+                "degradation_pct": [5.0],
+                "ref_set": ["some_set"],
+            }
+        ),
+        {"a": "run a"},
+    )
+
+    def sel(*points):
+        return {"selection": {"points": list(points), "point_indices": [], "box": [], "lasso": []}}
+
+    own = pareto.picked_point(data, sel({"x": 1, "y": 2}, {"customdata": ["run a", 50, "a"]}))
+    # the front line's point (no customdata) is skipped; the seeds are the point's, sorted
+    assert own == pareto.PickedPoint("a", "run a", "yours", None, 50, (0, 1))
+    ref = pareto.picked_point(data, sel({"customdata": ["ref:r", 50.0, "ref:r"]}))
+    assert (ref.source, ref.ref_set, ref.scale, ref.seeds) == ("reference", "some_set", 50, (3,))
+    assert pareto.picked_point(data, sel()) is None
+    assert pareto.picked_point(data, None) is None
+    # a point filtered away since the click names nothing
+    assert (
+        pareto.picked_point(data[data.run_id != "a"], sel({"customdata": ["x", 50, "a"]})) is None
+    )
+
+
+def _click(at: AppTest, run_id: str, scale: int) -> AppTest:
+    """What a click on a point sends: AppTest cannot click a Plotly chart, so the chart's
+    selection state is injected as the browser would report it."""
+    chart = at.get("plotly_chart")[0]
+    states = at._tree.get_widget_states()
+    w = states.widgets.add()
+    w.id = chart.proto.id
+    w.string_value = json.dumps(
+        {
+            "selection": {
+                "points": [
+                    {"curve_number": 0, "point_index": 0, "customdata": ["", scale, run_id]}
+                ],
+                "point_indices": [0],
+                "box": [],
+                "lasso": [],
+            }
+        }
+    )
+    return at._run(states)
+
+
+def _texts(at: AppTest) -> str:
+    return " ".join(m.value for m in [*at.markdown, *at.caption])
+
+
+def test_a_clicked_reference_point_shows_its_generations(tmp_path, monkeypatch):
+    at = _app(tmp_path / "empty.duckdb", monkeypatch)
+    assert "Click a point in the chart" in _texts(at) and not at.table
+    pts = reference.points()
+    row = pts[pts.ref_set == "paper000_smollm2_h200"].sort_values("scale").iloc[0]
+    at = _click(at, row.run_id, int(row.scale))
+    assert not at.exception, at.exception
+    assert "Stored smoke-test generations" in _texts(at)
+    assert "Martz 2025 protocol re-measured" in _texts(at)  # the set's title, not its file name
+    shown = at.table[0].value
+    assert len(shown) > 0 and shown.index[0] == "The capital of France is"
+    # a reference set measured before answers were stored says so instead
+    old = pts[pts.ref_set == "rank_smollm2_h100"].iloc[0]
+    at = _click(at, old.run_id, int(old.scale))
+    assert not at.exception, at.exception
+    assert "No smoke-test answers are stored" in _texts(at) and not at.table
+
+
+def test_a_clicked_point_of_your_run_shows_its_generations_per_seed(tiny_run, monkeypatch):
+    db, run_id = tiny_run
+    at = _app(db, monkeypatch)
+    at = _click(at, run_id, 8)
+    assert not at.exception, at.exception
+    assert "your run" in _texts(at) and "8 samples" in _texts(at)
+    assert at.selectbox(key="pareto_seed").options == ["0", "1"]
+    assert len(at.table[0].value) > 0
+    at.selectbox(key="pareto_seed").set_value(1).run()
+    assert not at.exception, at.exception
+    assert len(at.table[0].value) > 0
