@@ -34,18 +34,8 @@ from core.config import preset  # noqa: E402
 from core.paths import git_commit  # noqa: E402
 from core.store import Store, now  # noqa: E402
 
-# every page of the app's navigation (app.py) that reads the database, in its order
-PAGES = [
-    "launch",
-    "threshold",
-    "phases",
-    "cross_domain",
-    "methods",
-    "mitigation",
-    "smoke_test",
-    "pareto",
-    "runs",
-]
+# every page of the app (pages/*.py, not the helpers) that reads the database
+PAGES = sorted(p.stem for p in (ROOT / "pages").glob("[!_]*.py") if p.stem != "about")
 
 
 def build(db: Path, n_runs: int, n_scales: int, n_items: int) -> int:
