@@ -516,17 +516,12 @@ def _checkpoint(run_ids: list[str], only: list[tuple[int, int]] | None):
     return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
 
 
-def _run_packed(sweeps: list[Sweep], base, todos, should_cancel, checkpoint) -> str:
-    """All points of the sweeps share each forward/backward (see core/packed/); the trainer
-    saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
-    from it. A point's key in the trainer is (scale, seed) for one sweep, (run id, scale, seed)
-    for several (a checkpoint names its runs, whatever order a resume lists them in)."""
-    from .packed import save_peft_adapter, train_packed
-    from .spectral import packed_pairs
-
-    spec = sweeps[0].spec
+def _keyed_runs(sweeps: list[Sweep], todos) -> tuple[list[tuple], Callable]:
+    """The packed trainer's runs (key, seed, samples, learning rate) for every sweep's points,
+    and `where(key) -> (sweep, scale, seed)`. A key is (scale, seed) for one sweep, (run id,
+    scale, seed) for several (a checkpoint names its runs, whatever order a resume lists them
+    in)."""
     one = len(sweeps) == 1
-
     by_id = {sw.base.run_id: sw for sw in sweeps}
 
     def where(key: tuple) -> tuple[Sweep, int, int]:
@@ -545,6 +540,18 @@ def _run_packed(sweeps: list[Sweep], base, todos, should_cancel, checkpoint) -> 
         for sw, todo in zip(sweeps, todos)
         for sc, sd in todo
     ]
+    return runs, where
+
+
+def _run_packed(sweeps: list[Sweep], base, todos, should_cancel, checkpoint) -> str:
+    """All points of the sweeps share each forward/backward (see core/packed/); the trainer
+    saves its state every CHECKPOINT_EVERY_S and when stopped, and a resumed run continues
+    from it."""
+    from .packed import save_peft_adapter, train_packed
+    from .spectral import packed_pairs
+
+    spec = sweeps[0].spec
+    runs, where = _keyed_runs(sweeps, todos)
     n_base = sum(p.numel() for p in base.parameters())
     started = {run[0] for run in runs[: spec.pack_slots]}
     for key in started:

@@ -1,0 +1,59 @@
+"""bench/fullgrid.py on the tiny model (CPU): a stopped chunk, its resume and the report agree
+with the database, so a GPU session never finds the bench broken."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT
+
+
+def _bench(*args, env):
+    return subprocess.Popen(
+        [sys.executable, "bench/fullgrid.py", *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_a_stopped_chunk_resumes_and_the_report_sums_both(tmp_path):
+    env = dict(os.environ, FORGETTING_LAB_HOME=str(tmp_path / "lab"))
+    env.pop("FORGETTING_LAB_DB", None)
+    start = ["start", "--model", "tiny", "--run-device", "cpu", "--precision", "fp32"]
+    p = _bench(*start, "--scales", "4,200", "--seeds", "0", env=env)
+    state = tmp_path / "lab" / "fullgrid-state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # stop once the small points are stored (a chunk record)
+        try:
+            chunks = json.loads(state.read_text())["chunks"]
+        except (OSError, ValueError, KeyError):  # not written yet, or being written
+            chunks = []
+        if chunks and chunks[-1].get("points_stored"):
+            break
+        time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out
+    first = json.loads(state.read_text())["chunks"][0]
+    assert first["status"] == "cancelled" and first["points_stored"] == 2
+    r = subprocess.run(
+        [sys.executable, "bench/fullgrid.py", "resume"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(
+        [sys.executable, "bench/fullgrid.py", "report", "--device", "test cpu", "--out",
+         str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (res,) = (tmp_path / "out").glob("*-fullgrid-fp32.json")
+    got = json.loads(res.read_text())
+    chunks = got["chunks"]
+    assert [c["kind"] for c in chunks] == ["start", "resume"] and got["complete"]
+    assert got["points"] == "4/4" and got["domains"] == ["financial", "legal"]
+    total = sum(c["wall_s"] for c in chunks) / 60
+    assert got["full_grid_measured_min"] == round(total, 2) > 0
+    # every training step of the 200-sample runs is counted once across the two chunks
+    assert sum(c["steps"] for c in chunks) == 3 * 200
