@@ -163,8 +163,7 @@ ABLATIONS = {
 }
 
 # The packed step's variants (PackedLoRA's switches), each compiled as the engine runs on a GPU.
-# A switch not named is on (the engine default).
-SWITCHES = ("transposed", "grouped", "fused_adamw", "cast_base", "fused_head")
+# A switch not named keeps the engine default (PackedLoRA's class values).
 _OLD = dict(cast_base=False, fused_head=False)  # the levers before the cast/head ones
 STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-ablate-*.json)
     "before: h @ A^T products (leaf gradients copied), eager AdamW": dict(
@@ -175,12 +174,16 @@ STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-a
     ),
     "+ fused (compiled) AdamW": dict(grouped=False, **_OLD),
     "grouped products, eager AdamW": dict(fused_adamw=False, **_OLD),
-}
-STEP_VARIANTS = {
+    # bench/results/2026-12-03-*-ablate-*.json
     "+ grouped q/k/v and gate/up products (engine default before cast_base/fused_head)": _OLD,
     "+ cast_base (bf16: base weights cast once)": dict(fused_head=False),
     "+ fused_head (compiled LM head + cross-entropy)": dict(cast_base=False),
-    "+ cast_base + fused_head (engine default)": {},
+}
+STEP_VARIANTS = {
+    "engine default (grouped, cast_base, fused_head)": {},
+    "+ small_products (LoRA products as fused reductions)": dict(small_products=True),
+    "+ combo_kernels (Inductor horizontal fusion)": dict(combo_kernels=True),
+    "+ small_products + combo_kernels": dict(small_products=True, combo_kernels=True),
 }
 
 
@@ -217,7 +220,7 @@ def step_ablation(
     if compiled:  # every variant x precision x width is a compiled trace of the same layer
         torch._dynamo.config.recompile_limit = 256
         torch._dynamo.config.accumulated_recompile_limit = 4096
-    saved = {k: getattr(PackedLoRA, k) for k in SWITCHES}
+    saved = {k: getattr(PackedLoRA, k) for k in PackedLoRA.SWITCHES}
     variants = {**(STEP_VARIANTS_EARLIER if earlier else {}), **STEP_VARIANTS}
     out: dict = {}
     for precision in precisions:
@@ -228,8 +231,8 @@ def step_ablation(
                 for k, dom in enumerate(("legal", "financial") * rows)
             ][:rows]
             for name, flags in variants.items():
-                for k in SWITCHES:
-                    setattr(PackedLoRA, k, flags.get(k, True))
+                for k in PackedLoRA.SWITCHES:
+                    setattr(PackedLoRA, k, flags.get(k, saved[k]))
                 try:
                     t0 = time.perf_counter()
                     bench_packed(model, tok, sp, runs, rows, device, 3, compile_step=compiled)
@@ -332,6 +335,9 @@ def main() -> None:
     )
     ap.add_argument("--ablate-steps", type=int, default=96)
     ap.add_argument(
+        "--suffix", default="", help="appended to the result file's name (a second run that day)"
+    )
+    ap.add_argument(
         "--ablate-earlier",
         action="store_true",
         help="with --ablate-rows: also the earlier levers' variants (STEP_VARIANTS_EARLIER)",
@@ -410,7 +416,11 @@ def main() -> None:
         }
         print(json.dumps(result, indent=2))
         tag = "-".join(args.ablate_precisions.split(","))
-        write_result(args.out, f"{result['date']}-{device_tag(device)}-ablate-{tag}.json", result)
+        write_result(
+            args.out,
+            f"{result['date']}-{device_tag(device)}-ablate-{tag}{args.suffix}.json",
+            result,
+        )
         return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -69,11 +69,50 @@ def causal_attention(model: nn.Module):
         cfg._attn_implementation = old
 
 
+# Inductor's pass that rewrites a small batched product as a broadcast multiply + sum, which then
+# fuses with its neighbours (dropout, scaling, the add to the base output) instead of running as
+# a cuBLAS kernel (+ split-K reduction) of a few microseconds. Off by default in PyTorch, and on
+# CUDA only for batches >= 10,240: `PackedLoRA.small_products` opens it for LoRA's products
+# (rank r and a slot's tokens both small; the base projections keep cuBLAS: their weights are
+# d_out x d_in, larger than `SMALL_PRODUCT_DIM` on both sides).
+SMALL_PRODUCT_DIM = 64
+
+
+def _inductor_options(small_products: bool, combo_kernels: bool) -> dict | None:
+    opts: dict = {}
+    if small_products:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm as dmm
+
+        # its thresholds are module constants read once at import; the pass runs only in the
+        # compiles that name it below
+        dmm.min_first_dimension_decomposition = 1
+        dmm.max_other_dimension_decomposition = SMALL_PRODUCT_DIM
+        opts["post_grad_fusion_options"] = {"decompose_mm_pass": {}}
+    if combo_kernels:  # independent small kernels of one graph launched as one
+        opts["combo_kernels"] = True
+    return opts or None
+
+
 @functools.cache
-def _compiled_forward(layer_type: type, dynamic: bool | None, mode: str | None = None) -> Callable:
+def _compiled_forward(
+    layer_type: type, dynamic: bool | None, mode: str | None = None, options: tuple = ()
+) -> Callable:
     """One compiled forward per layer class, kept for the process: a later sweep (or packer)
-    reuses what an earlier one compiled when its shapes pass the guards."""
+    reuses what an earlier one compiled when its shapes pass the guards. `options`: Inductor
+    options as (name, value) pairs (torch.compile takes them or a mode, not both)."""
+    if options:
+        return torch.compile(layer_type.forward, dynamic=dynamic, options=_unfreeze(options))
     return torch.compile(layer_type.forward, dynamic=dynamic, mode=mode)
+
+
+def _freeze(options: dict | None) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in (options or {}).items()))
+
+
+def _unfreeze(options: tuple) -> dict:
+    import ast
+
+    return {k: ast.literal_eval(v) for k, v in options}
 
 
 def _head_loss(hidden, weight, bias, ids, mask, slots: int) -> torch.Tensor:
@@ -101,11 +140,23 @@ class PackedLoRA:
     # the per-slot tensors that make up the training state (a checkpoint saves the first four)
     STATE = ("weights", "exp_avg", "exp_avg_sq", "step_count", "lr", "weight_decay")
 
+    # the step's switches (bench/trainer.py times them, tests/test_packed_variants.py checks them)
+    SWITCHES = (
+        "transposed",
+        "grouped",
+        "fused_adamw",
+        "cast_base",
+        "fused_head",
+        "small_products",
+        "combo_kernels",
+    )
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
     fused_adamw: bool = True  # with compile(): the optimizer as one compiled function
     cast_base: bool = True  # bf16 steps: frozen base weights cast to bf16 once, not every step
     fused_head: bool = True  # with compile(): LM head + cross-entropy as one compiled function
+    small_products: bool = False  # with compile(): LoRA's small products fused (Inductor pass)
+    combo_kernels: bool = False  # with compile(): Inductor's horizontal fusion of small kernels
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -389,7 +440,10 @@ class PackedLoRA:
             self._adamw_compiled = torch.compile(self._adamw, dynamic=dynamic, mode=mode)
         if not layers:
             return
-        fwd = {t: _compiled_forward(t, dynamic, mode) for t in {type(m) for m in layers}}
+        opts = _freeze(_inductor_options(self.small_products, self.combo_kernels))
+        if opts and mode is not None:
+            raise ValueError("Inductor options (small_products, combo_kernels) exclude a mode")
+        fwd = {t: _compiled_forward(t, dynamic, mode, opts) for t in {type(m) for m in layers}}
 
         def run(ids, mask):
             for layer in layers:
