@@ -62,6 +62,19 @@ def timed(fn, n: int, device) -> float:
 PROFILES: dict = {}
 
 
+def _kernel_kind(name: str) -> str:
+    n = name.lower()
+    if "splitk" in n or "reduce_kernel" in n and "gemm" in n:
+        return "split-K reduction"
+    if any(t in n for t in ("gemm", "cutlass", "xmma", "cublas", "sm90_", "sm80_")):
+        return "matrix product (cuBLAS)"
+    if "flash" in n or "fmha" in n or "attention" in n:
+        return "attention"
+    if n.startswith("triton"):
+        return "Inductor (Triton)"
+    return "other (ATen)"
+
+
 def profile(p, rows, pad, variant) -> float:
     """One uncaptured step under the profiler: kernel count and the costliest kernels."""
     from torch.profiler import ProfilerActivity
@@ -76,8 +89,14 @@ def profile(p, rows, pad, variant) -> float:
     ev = [e for e in pr.key_averages() if e.device_type.name == "CUDA"]
     total_us = sum(e.self_device_time_total for e in ev)
     top = sorted(ev, key=lambda e: -e.self_device_time_total)[:25]
+    kinds: dict[str, list] = {}  # kind -> [kernels, GPU ms]
+    for e in ev:
+        k = kinds.setdefault(_kernel_kind(e.key), [0, 0.0])
+        k[0] += e.count
+        k[1] = round(k[1] + e.self_device_time_total / 1000, 3)
     PROFILES[f"{variant}@{len(rows)}"] = {
         "kernels": sum(e.count for e in ev),
+        "by_kind": kinds,
         "gpu_busy_ms": round(total_us / 1000, 2),
         "top": [[e.key[:90], e.count, round(e.self_device_time_total / 1000, 3)] for e in top],
     }

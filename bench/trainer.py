@@ -179,11 +179,17 @@ STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-a
     "+ cast_base (bf16: base weights cast once)": dict(fused_head=False),
     "+ fused_head (compiled LM head + cross-entropy)": dict(cast_base=False),
 }
+STEP_VARIANTS_EARLIER.update(  # bench/results/2026-12-03-*-ablate-bf16-inductor.json
+    {
+        "+ small_products (LoRA products as fused reductions)": dict(small_products=True),
+        "+ small_products + combo_kernels": dict(small_products=True, combo_kernels=True),
+    }
+)
 STEP_VARIANTS = {
     "engine default (grouped, cast_base, fused_head)": {},
-    "+ small_products (LoRA products as fused reductions)": dict(small_products=True),
     "+ combo_kernels (Inductor horizontal fusion)": dict(combo_kernels=True),
-    "+ small_products + combo_kernels": dict(small_products=True, combo_kernels=True),
+    "+ cast_adapters (bf16: adapters cast once per step)": dict(cast_adapters=True),
+    "+ cast_adapters + combo_kernels": dict(cast_adapters=True, combo_kernels=True),
 }
 
 

@@ -292,6 +292,35 @@ def test_variants_train_alike_on_a_gpu_compiled_and_captured():
         assert worst <= 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cast_adapters_trains_alike_on_a_gpu_compiled_and_captured():
+    """bf16 on a GPU, compiled and captured as the engine runs: the default against
+    cast_adapters (+ combo_kernels)."""
+    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, precision="bf16")
+    runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
+    got = []
+    for flags in ({}, dict(cast_adapters=True, combo_kernels=True)):
+        lm = load_model("tiny", "cuda")
+        out = {}
+
+        def on_done(packer, slot, run, out=out):
+            out[run.key] = (packer.slot_state(slot), list(run.losses))
+
+        with switches(**flags):
+            train_packed(lm.model, lm.tokenizer, spec, runs, 2, on_done, compile_step=True)
+        got.append(out)
+    worst = 0.0
+    for key, (want, want_losses) in got[0].items():
+        have, have_losses = got[1][key]
+        assert have_losses == pytest.approx(want_losses, rel=1e-3)
+        for k in want:
+            worst = max(worst, float((have[k] - want[k]).norm() / want[k].norm()))
+    print(
+        f"GPU bf16 compiled+captured, default vs cast_adapters: max relative difference {worst:.2e}"
+    )
+    assert worst <= 1e-3
+
+
 def _loss_and_grads(p, ids, mask, precision="fp32", fn=None):
     from core.train import step_precision
 
@@ -398,3 +427,18 @@ def test_small_products_compile_the_step_it_computes_plain(monkeypatch):
     assert torch.allclose(fast[0], plain[0], rtol=1e-5, atol=0)
     for a, b in zip(fast[1], plain[1]):
         assert float((a - b).norm() / b.norm()) <= 1e-5
+
+
+def test_cast_adapters_trains_like_autocast_in_bf16():
+    """bf16 steps: the adapters copied to bf16 once per step and read as views
+    (PackedLoRA.cast_adapters) against autocast's per-module casts: the same rounding of the
+    same weights, so the same losses and adapters (dropout 0; grouped and per-module layouts)."""
+    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, precision="bf16")
+    for grouped in (True, False):
+        plain = _train(spec, grouped=grouped, cast_adapters=False)
+        cast = _train(spec, grouped=grouped, cast_adapters=True)
+        for key, (want, want_losses) in plain.items():
+            have, have_losses = cast[key]
+            assert have_losses == pytest.approx(want_losses, rel=1e-6), grouped
+            for k in want:
+                assert torch.allclose(have[k], want[k], rtol=1e-6, atol=1e-9), (grouped, k)

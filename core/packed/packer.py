@@ -149,6 +149,7 @@ class PackedLoRA:
         "fused_head",
         "small_products",
         "combo_kernels",
+        "cast_adapters",
     )
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
@@ -157,6 +158,7 @@ class PackedLoRA:
     fused_head: bool = True  # with compile(): LM head + cross-entropy as one compiled function
     small_products: bool = False  # with compile(): LoRA's small products fused (Inductor pass)
     combo_kernels: bool = False  # with compile(): Inductor's horizontal fusion of small kernels
+    cast_adapters: bool = False  # bf16 steps: every adapter cast to bf16 in one kernel per step
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -191,11 +193,27 @@ class PackedLoRA:
         self.lr = torch.full((slots,), spec.learning_rate, device=device, dtype=dtype)
         self.weight_decay = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
         # in layout order: their gradients concatenated are `grads`
-        self.leaves = [
-            self.weights[:, a:b].view(slots, *shape).detach().requires_grad_()
-            for a, b, shape in spans
+        self.leaves = self._leaves(self.weights, spans)
+        # `cast_adapters`: under bf16 autocast every module casts its fp32 A and B to bf16 in
+        # every step, and backward casts their gradients back: two kernels per leaf. Instead,
+        # a bf16 training step copies the whole flat buffer to bf16 once (one kernel) and the
+        # modules read views of it; their bf16 gradients are gathered into the fp32 `grads`.
+        # The values are autocast's: the same rounding of the same weights, and a bf16 product's
+        # gradient is bf16 either way. Evaluation (fp32) reads `weights`.
+        self.weights_lp: torch.Tensor | None = None
+        self.leaves_lp: list[torch.Tensor] = []
+        if self.cast_adapters and spec.precision == "bf16":
+            self.weights_lp = torch.zeros_like(self.weights, dtype=torch.bfloat16)
+            self.leaves_lp = self._leaves(self.weights_lp, spans)
+        by_offset = {a: t for (a, _, _), t in zip(spans, self.leaves)}
+        lp_by_offset = {a: t for (a, _, _), t in zip(spans, self.leaves_lp)}
+        self._inject(found, groups, by_offset, lp_by_offset)
+
+    def _leaves(self, flat: torch.Tensor, spans: list) -> list[torch.Tensor]:
+        """Each leaf (start, end, shape) of `spans` as a view of `flat`, requiring its gradient."""
+        return [
+            flat[:, a:b].view(self.slots, *shape).detach().requires_grad_() for a, b, shape in spans
         ]
-        self._inject(found, groups, {a: t for (a, _, _), t in zip(spans, self.leaves)})
 
     def _lay_out(
         self, found: list[tuple[str, nn.Module]], groups: dict[str, tuple[str, ...]]
@@ -243,9 +261,10 @@ class PackedLoRA:
         found: list[tuple[str, nn.Module]],
         groups: dict[str, tuple[str, ...]],
         leaf: dict[int, torch.Tensor],
+        leaf_lp: dict[int, torch.Tensor],
     ) -> None:
         """Replace every target module by its `PackedLoRALinear` (`leaf`: each leaf by the
-        offset where it starts)."""
+        offset where it starts; `leaf_lp`: the same in the bf16 copy, or empty)."""
         spec, model = self.spec, self.model
         mods = dict(found)
         grouped = {n for g in groups.values() for n in g}
@@ -258,6 +277,9 @@ class PackedLoRA:
                 a0, b0, _ = self.layout[members[0]]
                 gb = leaf[b0] if leaf[b0].dim() == 4 else None
                 group = _Group(leaf[a0], gb)
+                if leaf_lp:
+                    group.A_lp = leaf_lp[a0]
+                    group.B_lp = leaf_lp[b0] if gb is not None else None
             for i, n in enumerate(members):
                 a_off, b_off, _ = self.layout[n]
                 A = None if group else leaf[a_off]
@@ -275,6 +297,9 @@ class PackedLoRA:
                 )
                 if group is not None:
                     group.members.append(pm)
+                if leaf_lp:
+                    pm._A_lp = None if A is None else leaf_lp[a_off]
+                    pm._B_lp = None if B is None else leaf_lp[b_off]
                 if (
                     self.cast_base
                     and spec.precision == "bf16"
@@ -336,6 +361,7 @@ class PackedLoRA:
         """Route every row to slot s (evaluation and generation)."""
         self.ctx.slot = s
         self.ctx.dropout_on = False
+        self.ctx.lp = False
 
     def remove(self) -> nn.Module:
         for name, mod in self._orig.items():
@@ -384,14 +410,21 @@ class PackedLoRA:
         sees a pad, and pads are left out of the loss."""
         self.ctx.slot = None
         self.ctx.dropout_on = self.spec.lora_dropout > 0
+        lp = self.weights_lp is not None and torch.is_autocast_enabled(ids.device.type)
+        self.ctx.lp = lp
+        leaves = self.leaves_lp if lp else self.leaves
+        if lp:
+            with torch.no_grad():
+                self.weights_lp.copy_(self.weights)  # `cast_adapters`: every adapter at once
         with causal_attention(self.model):
             slot_loss = (self._compiled or self._slot_loss)(ids, mask)
-        for leaf in self.leaves:  # backward hands each leaf its gradient (no accumulation kernel)
+        for leaf in leaves:  # backward hands each leaf its gradient (no accumulation kernel)
             leaf.grad = None
         (slot_loss * active).sum().backward()
+        self.ctx.lp = False
         # one concatenation fills the flat gradient (instead of one add per leaf: 420 kernels for
-        # SmolLM2's 210 adapted matrices)
-        torch.cat([leaf.grad.view(self.slots, -1) for leaf in self.leaves], dim=1, out=self.grads)
+        # SmolLM2's 210 adapted matrices; bf16 ones are widened to fp32 in the same kernel)
+        torch.cat([leaf.grad.view(self.slots, -1) for leaf in leaves], dim=1, out=self.grads)
         (self._adamw_compiled or self._adamw)(active)
         return torch.where(active, slot_loss.detach(), torch.full_like(slot_loss, float("nan")))
 
