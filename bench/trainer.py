@@ -179,17 +179,12 @@ STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-a
     "+ cast_base (bf16: base weights cast once)": dict(fused_head=False),
     "+ fused_head (compiled LM head + cross-entropy)": dict(cast_base=False),
 }
-STEP_VARIANTS_EARLIER.update(  # bench/results/2026-12-03-*-ablate-bf16-inductor.json
-    {
-        "+ small_products (LoRA products as fused reductions)": dict(small_products=True),
-        "+ small_products + combo_kernels": dict(small_products=True, combo_kernels=True),
-    }
-)
+# Measured and dropped (bench/results/2026-12-03-cuda-h200-ablate-bf16-{inductor,cast}.json, at
+# the commits named there): LoRA's small products as fused reductions (Inductor's
+# decompose_mm_pass) and the adapters cast to bf16 once per step; docs/ARCHITECTURE.md.
 STEP_VARIANTS = {
     "engine default (grouped, cast_base, fused_head)": {},
     "+ combo_kernels (Inductor horizontal fusion)": dict(combo_kernels=True),
-    "+ cast_adapters (bf16: adapters cast once per step)": dict(cast_adapters=True),
-    "+ cast_adapters + combo_kernels": dict(cast_adapters=True, combo_kernels=True),
 }
 
 

@@ -1,6 +1,5 @@
 """The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw, .cast_base,
-.fused_head, .small_products, .combo_kernels) compute what the plain PyTorch expression
-computes."""
+.fused_head, .combo_kernels) compute what the plain PyTorch expression computes."""
 
 import contextlib
 
@@ -260,15 +259,15 @@ def test_a_checkpoint_of_another_layout_is_not_restored(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_variants_train_alike_on_a_gpu_compiled_and_captured():
     """On a GPU, compiled and captured as the engine runs: the before-variant (h @ A^T, eager
-    AdamW), the engine default and the default with Inductor's fusions (small_products,
-    combo_kernels) train the same adapters (fp32, dropout 0)."""
+    AdamW), the engine default and the default with Inductor's horizontal fusion
+    (combo_kernels) train the same adapters (fp32, dropout 0)."""
     spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, grad_clip=0.5)
     runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
     got = {}
     before = dict(
         transposed=False, grouped=False, fused_adamw=False, cast_base=False, fused_head=False
     )
-    fused = dict(small_products=True, combo_kernels=True)
+    fused = dict(combo_kernels=True)
     for name, flags in (("before", before), ("default", {}), ("fused", fused)):
         lm = load_model("tiny", "cuda")
         out = {}
@@ -292,43 +291,14 @@ def test_variants_train_alike_on_a_gpu_compiled_and_captured():
         assert worst <= 1e-4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cast_adapters_trains_alike_on_a_gpu_compiled_and_captured():
-    """bf16 on a GPU, compiled and captured as the engine runs: the default against
-    cast_adapters (+ combo_kernels)."""
-    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, precision="bf16")
-    runs = [((n, s), s, data.domain_samples("legal", n, seed=s)) for n, s in [(3, 0), (5, 1)]]
-    got = []
-    for flags in ({}, dict(cast_adapters=True, combo_kernels=True)):
-        lm = load_model("tiny", "cuda")
-        out = {}
-
-        def on_done(packer, slot, run, out=out):
-            out[run.key] = (packer.slot_state(slot), list(run.losses))
-
-        with switches(**flags):
-            train_packed(lm.model, lm.tokenizer, spec, runs, 2, on_done, compile_step=True)
-        got.append(out)
-    worst = 0.0
-    for key, (want, want_losses) in got[0].items():
-        have, have_losses = got[1][key]
-        assert have_losses == pytest.approx(want_losses, rel=1e-3)
-        for k in want:
-            worst = max(worst, float((have[k] - want[k]).norm() / want[k].norm()))
-    print(
-        f"GPU bf16 compiled+captured, default vs cast_adapters: max relative difference {worst:.2e}"
-    )
-    assert worst <= 1e-3
-
-
-def _loss_and_grads(p, ids, mask, precision="fp32", fn=None):
+def _loss_and_grads(p, ids, mask, precision="fp32"):
     from core.train import step_precision
 
     for leaf in p.leaves:
         leaf.grad = None
     p.ctx.slot, p.ctx.dropout_on = None, False
     with step_precision(precision, ids.device):
-        loss = (fn or p._slot_loss)(ids, mask)
+        loss = p._slot_loss(ids, mask)
     loss.sum().backward()
     return loss.detach().clone(), [leaf.grad.clone() for leaf in p.leaves]
 
@@ -403,42 +373,3 @@ def test_fused_head_with_cast_base_equals_autocast_in_bf16():
     assert torch.allclose(fused[0], plain[0], rtol=1e-3, atol=0)
     for a, b in zip(fused[1], plain[1]):
         assert float((a - b).norm() / b.norm()) <= 1e-2
-
-
-def test_small_products_compile_the_step_it_computes_plain(monkeypatch):
-    """The compiled step with LoRA's small products rewritten as fused reductions
-    (PackedLoRA.small_products: Inductor's decompose_mm_pass) against the plain uncompiled step:
-    per-slot loss and every adapter gradient within 1e-5 (fp32). On CPU the pass's batch rule is
-    opened as the packer opens it for CUDA, and the test checks that the pass did rewrite
-    products. (combo_kernels fuses Triton kernels: GPU only, in the GPU test above.)"""
-    from torch._dynamo.utils import counters
-    from torch._inductor.fx_passes import decompose_mem_bound_mm as dmm
-
-    monkeypatch.setattr(dmm, "cpu_max_first_dimension_decomposition", 64)
-    counters.clear()
-    spec = preset("tiny-test", lora_dropout=0.0)
-    with switches(fused_head=False, fused_adamw=False, small_products=True):
-        p = _packer(spec)
-        batch = _batch()
-        plain = _loss_and_grads(p, *batch)
-        p.compile()
-        fast = _loss_and_grads(p, *batch, fn=p._compiled)
-    assert counters["inductor"]["decompose_bmm"] > 0
-    assert torch.allclose(fast[0], plain[0], rtol=1e-5, atol=0)
-    for a, b in zip(fast[1], plain[1]):
-        assert float((a - b).norm() / b.norm()) <= 1e-5
-
-
-def test_cast_adapters_trains_like_autocast_in_bf16():
-    """bf16 steps: the adapters copied to bf16 once per step and read as views
-    (PackedLoRA.cast_adapters) against autocast's per-module casts: the same rounding of the
-    same weights, so the same losses and adapters (dropout 0; grouped and per-module layouts)."""
-    spec = preset("tiny-test", lora_dropout=0.0, learning_rate=1e-3, epochs=2, precision="bf16")
-    for grouped in (True, False):
-        plain = _train(spec, grouped=grouped, cast_adapters=False)
-        cast = _train(spec, grouped=grouped, cast_adapters=True)
-        for key, (want, want_losses) in plain.items():
-            have, have_losses = cast[key]
-            assert have_losses == pytest.approx(want_losses, rel=1e-6), grouped
-            for k in want:
-                assert torch.allclose(have[k], want[k], rtol=1e-6, atol=1e-9), (grouped, k)

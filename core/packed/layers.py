@@ -21,7 +21,6 @@ class _Ctx:
 
     slot: int | None = None
     dropout_on: bool = False
-    lp: bool = False  # a bf16 training step reads the adapters' bf16 copy (`cast_adapters`)
 
 
 # Sibling projections that read the same input (Llama-style names): their LoRA products can be
@@ -37,8 +36,6 @@ class _Group:
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor | None):
         self.A, self.B = A, B  # [slots, k, r, d_in], [slots, k, d_out, r] or None
-        self.A_lp: torch.Tensor | None = None  # their bf16 copies (`PackedLoRA.cast_adapters`)
-        self.B_lp: torch.Tensor | None = None
         self.members: list[PackedLoRALinear] = []
         self.src: torch.Tensor | None = None  # the input the pending updates were computed from
         self.pending: dict[int, torch.Tensor] = {}  # member index -> its update
@@ -75,21 +72,13 @@ class PackedLoRALinear(nn.Module):
         # autocast dtype, used by training steps run under that autocast
         self.base_lp: torch.Tensor | None = None
         self.bias_lp: torch.Tensor | None = None
-        # `PackedLoRA.cast_adapters`: A and B as views of the packer's bf16 copy of its flat
-        # buffer, read by bf16 training steps (`ctx.lp`) instead of autocast's per-module casts
-        self._A_lp: torch.Tensor | None = None
-        self._B_lp: torch.Tensor | None = None
 
     @property
     def A(self) -> torch.Tensor:
-        if self.ctx.lp:
-            return self._A_lp if self._A_lp is not None else self.group.A_lp[:, self.index]
         return self._A if self._A is not None else self.group.A[:, self.index]
 
     @property
     def B(self) -> torch.Tensor:
-        if self.ctx.lp:
-            return self._B_lp if self._B_lp is not None else self.group.B_lp[:, self.index]
         return self._B if self._B is not None else self.group.B[:, self.index]
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +123,7 @@ class PackedLoRALinear(nn.Module):
         # The first member (or a call out of the expected order): every member's update at once.
         # Each member keeps its own dropout mask: dropout of the input broadcast to k copies
         # draws k independent masks, and the k products run as one batched product.
-        A = g.A_lp if self.ctx.lp else g.A
+        A = g.A
         slots, k = A.shape[0], A.shape[1]
         h = x.reshape(slots, 1, -1, x.shape[-1]).to(A.dtype)
         if self.ctx.dropout_on and self.p > 0:
@@ -143,10 +132,9 @@ class PackedLoRALinear(nn.Module):
         else:  # one input: the members' A side by side are one [k*r, d_in] matrix per slot
             hA = torch.bmm(A.flatten(1, 2), h[:, 0].transpose(1, 2)).view(slots, k, self.r, -1)
         if g.B is not None:
-            B = g.B_lp if self.ctx.lp else g.B
-            ups = torch.matmul(B, hA).transpose(-1, -2).unbind(1)
+            ups = torch.matmul(g.B, hA).transpose(-1, -2).unbind(1)
         else:
-            ups = [torch.bmm(m.B, t).transpose(1, 2) for m, t in zip(g.members, hA.unbind(1))]
+            ups = [torch.bmm(m._B, t).transpose(1, 2) for m, t in zip(g.members, hA.unbind(1))]
         if self.index != 0:  # a follower called out of order: its own update, none left pending
             return ups[self.index]
         g.src, g.pending = x, dict(enumerate(ups))

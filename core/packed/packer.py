@@ -69,50 +69,17 @@ def causal_attention(model: nn.Module):
         cfg._attn_implementation = old
 
 
-# Inductor's pass that rewrites a small batched product as a broadcast multiply + sum, which then
-# fuses with its neighbours (dropout, scaling, the add to the base output) instead of running as
-# a cuBLAS kernel (+ split-K reduction) of a few microseconds. Off by default in PyTorch, and on
-# CUDA only for batches >= 10,240: `PackedLoRA.small_products` opens it for LoRA's products
-# (rank r and a slot's tokens both small; the base projections keep cuBLAS: their weights are
-# d_out x d_in, larger than `SMALL_PRODUCT_DIM` on both sides).
-SMALL_PRODUCT_DIM = 64
-
-
-def _inductor_options(small_products: bool, combo_kernels: bool) -> dict | None:
-    opts: dict = {}
-    if small_products:
-        from torch._inductor.fx_passes import decompose_mem_bound_mm as dmm
-
-        # its thresholds are module constants read once at import; the pass runs only in the
-        # compiles that name it below
-        dmm.min_first_dimension_decomposition = 1
-        dmm.max_other_dimension_decomposition = SMALL_PRODUCT_DIM
-        opts["post_grad_fusion_options"] = {"decompose_mm_pass": {}}
-    if combo_kernels:  # independent small kernels of one graph launched as one
-        opts["combo_kernels"] = True
-    return opts or None
-
-
 @functools.cache
 def _compiled_forward(
-    layer_type: type, dynamic: bool | None, mode: str | None = None, options: tuple = ()
+    layer_type: type, dynamic: bool | None, mode: str | None = None, combo_kernels: bool = False
 ) -> Callable:
     """One compiled forward per layer class, kept for the process: a later sweep (or packer)
-    reuses what an earlier one compiled when its shapes pass the guards. `options`: Inductor
-    options as (name, value) pairs (torch.compile takes them or a mode, not both)."""
-    if options:
-        return torch.compile(layer_type.forward, dynamic=dynamic, options=_unfreeze(options))
+    reuses what an earlier one compiled when its shapes pass the guards. `combo_kernels`:
+    Inductor's horizontal fusion (independent small kernels of one graph launched as one);
+    torch.compile takes options or a mode, not both."""
+    if combo_kernels:
+        return torch.compile(layer_type.forward, dynamic=dynamic, options={"combo_kernels": True})
     return torch.compile(layer_type.forward, dynamic=dynamic, mode=mode)
-
-
-def _freeze(options: dict | None) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in (options or {}).items()))
-
-
-def _unfreeze(options: tuple) -> dict:
-    import ast
-
-    return {k: ast.literal_eval(v) for k, v in options}
 
 
 def _head_loss(hidden, weight, bias, ids, mask, slots: int) -> torch.Tensor:
@@ -147,18 +114,16 @@ class PackedLoRA:
         "fused_adamw",
         "cast_base",
         "fused_head",
-        "small_products",
         "combo_kernels",
-        "cast_adapters",
     )
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
     fused_adamw: bool = True  # with compile(): the optimizer as one compiled function
     cast_base: bool = True  # bf16 steps: frozen base weights cast to bf16 once, not every step
     fused_head: bool = True  # with compile(): LM head + cross-entropy as one compiled function
-    small_products: bool = False  # with compile(): LoRA's small products fused (Inductor pass)
-    combo_kernels: bool = False  # with compile(): Inductor's horizontal fusion of small kernels
-    cast_adapters: bool = False  # bf16 steps: every adapter cast to bf16 in one kernel per step
+    # with compile(): Inductor's horizontal fusion of small kernels. Off: measured mixed on an
+    # H200 (bf16: -0.7 ms at 5 rows, +0.1-0.3 ms at 2 rows; docs/ARCHITECTURE.md)
+    combo_kernels: bool = False
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -193,27 +158,11 @@ class PackedLoRA:
         self.lr = torch.full((slots,), spec.learning_rate, device=device, dtype=dtype)
         self.weight_decay = torch.full((slots,), spec.weight_decay, device=device, dtype=dtype)
         # in layout order: their gradients concatenated are `grads`
-        self.leaves = self._leaves(self.weights, spans)
-        # `cast_adapters`: under bf16 autocast every module casts its fp32 A and B to bf16 in
-        # every step, and backward casts their gradients back: two kernels per leaf. Instead,
-        # a bf16 training step copies the whole flat buffer to bf16 once (one kernel) and the
-        # modules read views of it; their bf16 gradients are gathered into the fp32 `grads`.
-        # The values are autocast's: the same rounding of the same weights, and a bf16 product's
-        # gradient is bf16 either way. Evaluation (fp32) reads `weights`.
-        self.weights_lp: torch.Tensor | None = None
-        self.leaves_lp: list[torch.Tensor] = []
-        if self.cast_adapters and spec.precision == "bf16":
-            self.weights_lp = torch.zeros_like(self.weights, dtype=torch.bfloat16)
-            self.leaves_lp = self._leaves(self.weights_lp, spans)
-        by_offset = {a: t for (a, _, _), t in zip(spans, self.leaves)}
-        lp_by_offset = {a: t for (a, _, _), t in zip(spans, self.leaves_lp)}
-        self._inject(found, groups, by_offset, lp_by_offset)
-
-    def _leaves(self, flat: torch.Tensor, spans: list) -> list[torch.Tensor]:
-        """Each leaf (start, end, shape) of `spans` as a view of `flat`, requiring its gradient."""
-        return [
-            flat[:, a:b].view(self.slots, *shape).detach().requires_grad_() for a, b, shape in spans
+        self.leaves = [
+            self.weights[:, a:b].view(slots, *shape).detach().requires_grad_()
+            for a, b, shape in spans
         ]
+        self._inject(found, groups, {a: t for (a, _, _), t in zip(spans, self.leaves)})
 
     def _lay_out(
         self, found: list[tuple[str, nn.Module]], groups: dict[str, tuple[str, ...]]
@@ -261,10 +210,9 @@ class PackedLoRA:
         found: list[tuple[str, nn.Module]],
         groups: dict[str, tuple[str, ...]],
         leaf: dict[int, torch.Tensor],
-        leaf_lp: dict[int, torch.Tensor],
     ) -> None:
         """Replace every target module by its `PackedLoRALinear` (`leaf`: each leaf by the
-        offset where it starts; `leaf_lp`: the same in the bf16 copy, or empty)."""
+        offset where it starts)."""
         spec, model = self.spec, self.model
         mods = dict(found)
         grouped = {n for g in groups.values() for n in g}
@@ -277,9 +225,6 @@ class PackedLoRA:
                 a0, b0, _ = self.layout[members[0]]
                 gb = leaf[b0] if leaf[b0].dim() == 4 else None
                 group = _Group(leaf[a0], gb)
-                if leaf_lp:
-                    group.A_lp = leaf_lp[a0]
-                    group.B_lp = leaf_lp[b0] if gb is not None else None
             for i, n in enumerate(members):
                 a_off, b_off, _ = self.layout[n]
                 A = None if group else leaf[a_off]
@@ -297,9 +242,6 @@ class PackedLoRA:
                 )
                 if group is not None:
                     group.members.append(pm)
-                if leaf_lp:
-                    pm._A_lp = None if A is None else leaf_lp[a_off]
-                    pm._B_lp = None if B is None else leaf_lp[b_off]
                 if (
                     self.cast_base
                     and spec.precision == "bf16"
@@ -361,7 +303,6 @@ class PackedLoRA:
         """Route every row to slot s (evaluation and generation)."""
         self.ctx.slot = s
         self.ctx.dropout_on = False
-        self.ctx.lp = False
 
     def remove(self) -> nn.Module:
         for name, mod in self._orig.items():
@@ -410,21 +351,14 @@ class PackedLoRA:
         sees a pad, and pads are left out of the loss."""
         self.ctx.slot = None
         self.ctx.dropout_on = self.spec.lora_dropout > 0
-        lp = self.weights_lp is not None and torch.is_autocast_enabled(ids.device.type)
-        self.ctx.lp = lp
-        leaves = self.leaves_lp if lp else self.leaves
-        if lp:
-            with torch.no_grad():
-                self.weights_lp.copy_(self.weights)  # `cast_adapters`: every adapter at once
         with causal_attention(self.model):
             slot_loss = (self._compiled or self._slot_loss)(ids, mask)
-        for leaf in leaves:  # backward hands each leaf its gradient (no accumulation kernel)
+        for leaf in self.leaves:  # backward hands each leaf its gradient (no accumulation kernel)
             leaf.grad = None
         (slot_loss * active).sum().backward()
-        self.ctx.lp = False
         # one concatenation fills the flat gradient (instead of one add per leaf: 420 kernels for
-        # SmolLM2's 210 adapted matrices; bf16 ones are widened to fp32 in the same kernel)
-        torch.cat([leaf.grad.view(self.slots, -1) for leaf in leaves], dim=1, out=self.grads)
+        # SmolLM2's 210 adapted matrices)
+        torch.cat([leaf.grad.view(self.slots, -1) for leaf in self.leaves], dim=1, out=self.grads)
         (self._adamw_compiled or self._adamw)(active)
         return torch.where(active, slot_loss.detach(), torch.full_like(slot_loss, float("nan")))
 
@@ -473,10 +407,10 @@ class PackedLoRA:
             self._adamw_compiled = torch.compile(self._adamw, dynamic=dynamic, mode=mode)
         if not layers:
             return
-        opts = _freeze(_inductor_options(self.small_products, self.combo_kernels))
-        if opts and mode is not None:
-            raise ValueError("Inductor options (small_products, combo_kernels) exclude a mode")
-        fwd = {t: _compiled_forward(t, dynamic, mode, opts) for t in {type(m) for m in layers}}
+        combo = self.combo_kernels
+        if combo and mode is not None:
+            raise ValueError("combo_kernels (an Inductor option) excludes a compile mode")
+        fwd = {t: _compiled_forward(t, dynamic, mode, combo) for t in {type(m) for m in layers}}
 
         def run(ids, mask):
             for layer in layers:
