@@ -443,7 +443,7 @@ def test_every_table_column_has_a_human_label(tiny_run, monkeypatch):
     import re
 
     db, _ = tiny_run
-    for page in ("threshold", "phases", "methods", "runs"):
+    for page in ("threshold", "phases", "methods", "runs", "pareto"):
         at = _app(page, db, monkeypatch)
         assert at.dataframe, page
         for df in at.dataframe:
