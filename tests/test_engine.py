@@ -429,3 +429,62 @@ def test_worker_is_its_own_session(db):
         assert os.getsid(proc.pid) == proc.pid  # survives the app's process group ending
     finally:
         proc.wait(timeout=120)
+
+
+def test_a_group_measures_the_base_once_per_distinct_input(db, monkeypatch):
+    """Two domains in one group: the general probe, the smoke-test answers and the multiple
+    choice are measured on the base once; each domain's own text once; every number equals the
+    one a run measured alone stores."""
+    import core.engine
+    from core.config import sweep_series
+    from core.engine import run_group, run_sweep
+
+    s = Store(db)
+    base = preset("tiny-test", scales=(4,), eval_all_domains=False)
+    specs = sweep_series(base, domains=("legal", "financial"))
+    apart = [runner.create_run(s, x, "running") for x in specs]
+    for x, r in zip(specs, apart):
+        assert run_sweep(x, r, s) == "done"
+
+    measured, generated, mc = [], [], []
+    real_measure, real_generate, real_mc = (
+        core.engine.measure,
+        core.engine.evaluate.generate,
+        core.engine.evaluate.mc_accuracy,
+    )
+
+    def measure(model, tok, spec, sets, before=None):
+        if before is None:  # the base
+            measured.append(sorted(sets))
+        return real_measure(model, tok, spec, sets, before)
+
+    def generate(model, tok, prompts, *a, **k):
+        generated.append(len(prompts))
+        return real_generate(model, tok, prompts, *a, **k)
+
+    def mc_accuracy(*a, **k):
+        mc.append(1)
+        return real_mc(*a, **k)
+
+    monkeypatch.setattr(core.engine, "measure", measure)
+    monkeypatch.setattr(core.engine.evaluate, "generate", generate)
+    monkeypatch.setattr(core.engine.evaluate, "mc_accuracy", mc_accuracy)
+    together = [runner.create_run(s, x, "running") for x in specs]
+    events = [[], []]
+    group = [(x, r, e.append) for x, r, e in zip(specs, together, events)]
+    assert run_group(group, s) == "done"
+    assert measured == [["domain:legal", "general"], ["domain:financial"]]
+    # base smoke test once; each point's own smoke test after training: 2 points
+    assert len(generated) == 1 + 2
+    assert len(mc) == 1 + 2 if base.mc_eval else mc == []
+    # a series that reuses the base reports its full time (the first ETA of an evaluation)
+    done = [next(ev["seconds"] for ev in e if ev["type"] == "base_done") for e in events]
+    assert done[1] > 0
+    cols = ["general_ppl_before", "domain_ppl_before", "mc_acc_before", "general_ppl_stmt_before"]
+    for a, b in zip(apart, together):
+        x = s.points_df([a])[cols].reset_index(drop=True)
+        y = s.points_df([b])[cols].reset_index(drop=True)
+        pd.testing.assert_frame_equal(x, y)
+        ga = s.generations_df(a)
+        gb = s.generations_df(b)
+        assert ga[ga.stage == "before"].output.tolist() == gb[gb.stage == "before"].output.tolist()
