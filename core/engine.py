@@ -562,12 +562,14 @@ def _checkpoint(run_ids: list[str], only: list[tuple[int, int]] | None):
 
     name = run_ids[0]
     if len(run_ids) > 1:  # a group: found again by `resume` with the same runs, in any order;
-        # named after its first run id (deleting that run removes it)
+        # named after its first run id; it records every run (deleting any of them removes it)
         ids = sorted(run_ids)
         name = f"{ids[0]}-group-" + hashlib.sha1(" ".join(ids).encode()).hexdigest()[:12]
     if only is not None:  # a work unit: its own file, found again when Ray retries the unit
         name += "-" + hashlib.sha1(repr(sorted(only)).encode()).hexdigest()[:10]
-    return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
+    return Checkpoint(
+        checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS, tuple(run_ids)
+    )
 
 
 def _keyed_runs(sweeps: list[Sweep], todos) -> tuple[list[tuple], Callable]:

@@ -266,6 +266,40 @@ def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatc
     assert (adapters_dir() / whole).is_dir()  # other runs' files stay
 
 
+def test_deleting_any_run_of_a_group_removes_the_group_checkpoint(tmp_path, monkeypatch):
+    """A group checkpoint is named after its first run id; deleting another of its runs
+    removes it too (it could never be resumed without that run), and a checkpoint saved before
+    the runs were recorded is found by its runs in flight. Other groups' checkpoints stay."""
+    import json
+
+    from core.paths import checkpoints_dir, discard_run_files
+
+    monkeypatch.setenv("FORGETTING_LAB_HOME", str(tmp_path))
+    ck = checkpoints_dir()
+    ck.mkdir(parents=True)
+
+    def group(name, runs=None, live=()):
+        meta = {"version": 1, "step": 3, "live": [{"key": [r, 4, 0]} for r in live] + [None]}
+        if runs is not None:
+            meta["runs"] = runs
+        (ck / f"{name}.json").write_text(json.dumps(meta))
+        (ck / f"{name}.safetensors").write_bytes(b"x")
+
+    group("a-group-111", runs=["a", "b", "c"], live=["a"])
+    group("a-group-222", live=["a", "c"])  # saved before "runs" was written
+    group("d-group-333", runs=["d", "e"], live=["d", "e"])
+    (ck / "b.json").write_text("{}")  # the run's own checkpoint
+    (ck / "x-group-444.json").write_text("not json")  # unreadable: left alone
+    discard_run_files("b")
+    left = sorted(f.name for f in ck.iterdir())
+    assert "a-group-111.json" not in left and "a-group-111.safetensors" not in left
+    assert "b.json" not in left and "a-group-222.json" in left and "d-group-333.json" in left
+    discard_run_files("c")
+    assert not list(ck.glob("a-group-222*"))
+    discard_run_files("e")
+    assert sorted(f.name for f in ck.iterdir()) == ["x-group-444.json"]
+
+
 def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkeypatch):
     """Four series (legal/financial x two learning rates) train in ONE packed pass, each point
     as it trains apart; stopped mid-pass and resumed with the runs named in another order, the
@@ -310,7 +344,8 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
     assert run_group(group, s, stop_after_5) == "cancelled"
     assert passes == [12]  # 4 series x 3 scales, one pass
     ck = sorted(checkpoints_dir().glob(f"{sorted(together)[0]}-group-*.json"))
-    assert len(ck) == 1 and Checkpoint(ck[0].with_suffix("")).load_meta()["step"] == 5
+    meta = Checkpoint(ck[0].with_suffix("")).load_meta()
+    assert len(ck) == 1 and meta["step"] == 5 and sorted(meta["runs"]) == sorted(together)
     assert all(s.finished_points(r) == {(4, 0)} for r in together)
     phases = []
     back = [(x, r, phases.append) for x, r in reversed(list(zip(specs, together)))]
