@@ -909,11 +909,13 @@ PARETO_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "s
 
 def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figure:
     """Any two metrics of every (run, size): colour = dataset size on a log scale, symbol =
-    method / rank, the Pareto front as a line through its points (`pareto.pareto_front`)."""
-    from .pareto import metric_label, series_name
+    method / rank (and replay fraction when the points differ in it), the Pareto front as a
+    line through its points (`pareto.pareto_front`)."""
+    from .pareto import differs_in_replay, metric_label, series_name
 
     d = df[df[[x, y]].notna().all(axis=1)].copy()
-    d["series"] = d.apply(series_name, axis=1) if not d.empty else []
+    replay = differs_in_replay(d)
+    d["series"] = d.apply(series_name, axis=1, with_replay=replay) if not d.empty else []
     fig = go.Figure()
     lo, hi = (float(d["scale"].min()), float(d["scale"].max())) if not d.empty else (1.0, 10.0)
     for i, (name, g) in enumerate(d.groupby("series", sort=True)):

@@ -360,9 +360,9 @@ def run_group(
         events({"type": "phase", "phase": "loading model"})
     lm = method.load(spec, device)
     base, tok = lm.model, lm.tokenizer
-    sweeps, todos = [], []
+    sweeps, todos, memo = [], [], BaseMemo()
     for sp, run_id, events in series:
-        sweep = _begin(sp, run_id, store, events, method, base, tok, device)
+        sweep = _begin(sp, run_id, store, events, method, base, tok, device, memo)
         done = store.finished_points(run_id)
         todo = [p for p in (only if only is not None else sp.points()) if p not in done]
         events({"type": "plan", "points": len(sp.points()), "todo": len(todo)})
@@ -391,17 +391,58 @@ def run_group(
     return status
 
 
-def _begin(spec, run_id, store, events, method, base, tok, device) -> Sweep:
-    """Measure the base for one run (its evaluation sets, smoke-test answers, multiple choice)
-    and return its `Sweep`."""
+class BaseMemo:
+    """The base model's measurements within one group of series on one loaded model, keyed by
+    what each depends on (a set's name and texts, the batch size and length; the smoke-test
+    prompts and length; the multiple-choice items): measured once and reused by every series
+    that shares them. Two domains measure the general probe once and each domain's own text
+    once; every number is what measuring again would give (same model, same inputs). Each
+    entry keeps the seconds it took, so a series that reuses it reports the base's full time
+    (the first estimate of a point's evaluation)."""
+
+    def __init__(self):
+        self._done: dict[tuple, tuple[object, float]] = {}
+
+    def get(self, key: tuple, compute: Callable[[], object]) -> tuple[object, float]:
+        """The value for `key` and the seconds it took, computing it the first time."""
+        if key not in self._done:
+            t = time.perf_counter()
+            value = compute()
+            self._done[key] = (value, time.perf_counter() - t)
+        return self._done[key]
+
+    def perplexities(self, base, tok, spec: RunSpec, sets: dict) -> tuple[dict, float]:
+        """`measure` of the base on every set, each set measured once per group."""
+
+        def key(name):
+            return ("ppl", name, tuple(sets[name]), spec.eval_batch_size, spec.max_length)
+
+        missing = {n: t for n, t in sets.items() if key(n) not in self._done}
+        if missing:
+            t = time.perf_counter()
+            fresh = measure(base, tok, spec, missing)
+            share = (time.perf_counter() - t) / len(missing)
+            for name, result in fresh.items():
+                self._done[key(name)] = (result, share)
+        got = [self._done[key(n)] for n in sets]
+        return {n: v for n, (v, _) in zip(sets, got)}, sum(sec for _, sec in got)
+
+
+def _begin(spec, run_id, store, events, method, base, tok, device, memo: BaseMemo) -> Sweep:
+    """Measure the base for one run (its evaluation sets, smoke-test answers, multiple choice;
+    what an earlier series of the group already measured comes from `memo`) and return its
+    `Sweep`."""
     store.set_status(run_id, "running", device=str(device))
     sets = eval_sets(spec)
-    t_base = time.perf_counter()
     events({"type": "phase", "phase": "measuring the base model"})
-    before = measure(base, tok, spec, sets)
-    _store_method_info(method, base, tok, spec, sets, run_id, store)
+    before, seconds = memo.perplexities(base, tok, spec, sets)
+    seconds += _store_method_info(method, base, tok, spec, sets, run_id, store, memo)
     prompts = data.smoke_prompts()
-    base_gens = evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens)
+    base_gens, sec = memo.get(
+        ("generate", tuple(prompts), spec.smoke_max_new_tokens),
+        lambda: evaluate.generate(base, tok, prompts, spec.smoke_max_new_tokens),
+    )
+    seconds += sec
     store.save_base_generations(run_id, _gens(base_gens))
     probe_index = data.spread(len(data.load_probe(spec.probe)), spec.probe_items)
     baseline = Baseline(spec, run_id, device, tok, sets, before, prompts, probe_index)
@@ -409,13 +450,15 @@ def _begin(spec, run_id, store, events, method, base, tok, device) -> Sweep:
     baseline.mc_index = data.spread(len(mc), spec.mc_items) if mc else []
     baseline.mc_items = [mc[i] for i in baseline.mc_index]
     if baseline.mc_items:
-        baseline.mc_before, baseline.mc_correct_before = evaluate.mc_accuracy(
-            base, tok, baseline.mc_items, spec.eval_batch_size
+        (baseline.mc_before, baseline.mc_correct_before), sec = memo.get(
+            ("mc", tuple(baseline.mc_index), spec.eval_batch_size),
+            lambda: evaluate.mc_accuracy(base, tok, baseline.mc_items, spec.eval_batch_size),
         )
+        seconds += sec
     sweep = Sweep(baseline, store, events)
     # The base goes through the same evaluation as every point: its time is the first estimate
     # of a point's evaluation (the whole-run ETA uses it until a point has been measured).
-    events({"type": "base_done", "seconds": time.perf_counter() - t_base})
+    events({"type": "base_done", "seconds": seconds})
     return sweep
 
 
@@ -485,18 +528,29 @@ def _run_sequential(sweep: Sweep, method, base, todo, should_cancel) -> str:
     return "done"
 
 
-def _store_method_info(method, base, tok, spec, sets, run_id, store) -> None:
+def _store_method_info(method, base, tok, spec, sets, run_id, store, memo: BaseMemo) -> float:
     """Run-level facts of the method (ADAPT-Q's profile and selection); for methods that keep
     layers quantized, also the general perplexity of the unquantized base, so the cost of
-    quantization alone is on record."""
+    quantization alone is on record. Returns the seconds that measure took (0: none)."""
     info = method.info()
+    seconds = 0.0
     if method.swap is not None:
-        method.swap.use(False, base)
-        full = evaluate.perplexity(base, tok, sets[GENERAL], spec.eval_batch_size, spec.max_length)
-        method.swap.use(True, base)
+
+        def full_precision():
+            method.swap.use(False, base)
+            try:
+                return evaluate.perplexity(
+                    base, tok, sets[GENERAL], spec.eval_batch_size, spec.max_length
+                )
+            finally:
+                method.swap.use(True, base)
+
+        key = ("full precision", tuple(sets[GENERAL]), spec.eval_batch_size, spec.max_length)
+        full, seconds = memo.get(key, full_precision)
         info["general_ppl_full_precision"] = full.ppl
     for key, value in info.items():
         store.save_run_info(run_id, key, value)
+    return seconds
 
 
 def _checkpoint(run_ids: list[str], only: list[tuple[int, int]] | None):
@@ -508,12 +562,14 @@ def _checkpoint(run_ids: list[str], only: list[tuple[int, int]] | None):
 
     name = run_ids[0]
     if len(run_ids) > 1:  # a group: found again by `resume` with the same runs, in any order;
-        # named after its first run id (deleting that run removes it)
+        # named after its first run id; it records every run (deleting any of them removes it)
         ids = sorted(run_ids)
         name = f"{ids[0]}-group-" + hashlib.sha1(" ".join(ids).encode()).hexdigest()[:12]
     if only is not None:  # a work unit: its own file, found again when Ray retries the unit
         name += "-" + hashlib.sha1(repr(sorted(only)).encode()).hexdigest()[:10]
-    return Checkpoint(checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS)
+    return Checkpoint(
+        checkpoints_dir() / name, CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_STEPS, tuple(run_ids)
+    )
 
 
 def _keyed_runs(sweeps: list[Sweep], todos) -> tuple[list[tuple], Callable]:

@@ -64,6 +64,7 @@ COLUMNS: dict[str, Col] = {
     # one point
     "scale": Col("dataset size", format="localized", help="training samples"),
     "seed": Col("seed", format="%d", help="random seed of the point (data order, initialisation)"),
+    "seed_ids": Col("seeds", "text", help="the random seeds the row averages over", width="small"),
     "general_ppl_before": Col("general PPL before", format="%.2f"),
     "general_ppl_after": Col("general PPL after", format="%.2f"),
     "degradation_pct": Col(

@@ -27,7 +27,7 @@ METRICS: dict[str, tuple[str, str]] = {
 # other metric columns a newer store may add are picked up by name
 _GENERIC = re.compile(r"(^kl_|_pct$|_delta$|_pts$)")
 _NOT_METRICS = {"scale", "seed", "rank", "steps", "stop_step", "smoke_min_new_tokens"}
-KEYS = ["run_id", "label", "source", "method", "rank", "domain", "scale"]
+KEYS = ["run_id", "label", "source", "method", "rank", "replay", "domain", "scale"]
 
 
 def assemble(own: pd.DataFrame, ref: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -47,11 +47,11 @@ def assemble(own: pd.DataFrame, ref: pd.DataFrame, labels: dict[str, str]) -> pd
         df["rank"] = np.nan
     if "method" not in df:
         df["method"] = "lora"
+    # a run stored before replay existed trained without it
+    df["replay"] = df["replay"].astype(float).fillna(0.0) if "replay" in df else 0.0
     df["label"] = df["run_id"].map(lambda r: labels.get(r, r))
     cols = metric_columns(df)
-    grouped = df.groupby(
-        ["run_id", "label", "source", "method", "rank", "domain", "scale"], dropna=False
-    )[cols].mean()
+    grouped = df.groupby(KEYS, dropna=False)[cols].mean()
     out = grouped.reset_index()
     at = pd.MultiIndex.from_frame(out[["run_id", "scale"]])
     by_point = df.groupby(["run_id", "scale"])
@@ -113,14 +113,50 @@ def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
     return pd.Series(on, index=df.index)
 
 
-def series_name(row) -> str:
-    """The symbol group: method, with the LoRA rank when there is one."""
+def series_name(row, with_replay: bool = False) -> str:
+    """The symbol group: method, with the LoRA rank when there is one, and with the replay
+    fraction when `with_replay` (the points shown differ in it): "lora r8 · replay 0.1"."""
     r = row.get("rank")
-    return (
+    name = (
         f"{row['method']} r{int(r)}"
         if pd.notna(r) and row["method"] in ("lora", "qlora")
         else str(row["method"])
     )
+    replay = row.get("replay")
+    if with_replay and replay is not None and pd.notna(replay):
+        name += f" · replay {float(replay):g}"
+    return name
+
+
+def differs_in_replay(df: pd.DataFrame) -> bool:
+    """Whether the rows of `df` were trained with more than one replay fraction."""
+    return "replay" in df and df["replay"].nunique() > 1
+
+
+def front_table(data: pd.DataFrame, front: pd.Series, x: str, y: str) -> pd.DataFrame:
+    """The points on the front as the page tables them, sorted by `x`: the run, its domain,
+    method, rank, replay (only when the points differ in it), the dataset size, which seeds the
+    row averages (two rows of one run and size differ in nothing else) and the two metrics.
+    Column names are keys of core/labels.py."""
+    d = data[front.reindex(data.index).fillna(False).to_numpy(dtype=bool)]
+    seeds = d["seed_list"] if "seed_list" in d else pd.Series([()] * len(d), index=d.index)
+    out = pd.DataFrame(
+        {
+            "run": d["label"],
+            "domain": d["domain"],
+            "method": d["method"],
+            "rank": d["rank"],
+            "replay": d["replay"],
+            "scale": d["scale"],
+            "seed_ids": [", ".join(map(str, s)) if isinstance(s, tuple) else "" for s in seeds],
+        },
+        index=d.index,
+    )
+    if not differs_in_replay(data):
+        out = out.drop(columns="replay")
+    for c in dict.fromkeys([x, y]):
+        out[c] = d[c]
+    return out.sort_values(x).reset_index(drop=True)
 
 
 @dataclass(frozen=True)

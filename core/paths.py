@@ -39,14 +39,41 @@ def checkpoints_dir() -> Path:
 
 
 def discard_run_files(run_id: str) -> None:
-    """Remove what a deleted run left in the lab home: saved adapters and checkpoints."""
+    """Remove what a deleted run left in the lab home: saved adapters and checkpoints, its own
+    and those of every group of runs trained in one pass that it was part of."""
     import shutil
 
     if not run_id or "/" in run_id or run_id.startswith("."):
         return
     shutil.rmtree(adapters_dir() / run_id, ignore_errors=True)
-    for f in checkpoints_dir().glob(f"{run_id}*"):
+    for f in [*checkpoints_dir().glob(f"{run_id}*"), *_group_checkpoints_of(run_id)]:
         f.unlink(missing_ok=True)
+
+
+def _group_checkpoints_of(run_id: str) -> list[Path]:
+    """The files of every group checkpoint (`checkpoints/<first run id>-group-<hash>`) that
+    trains `run_id`, whichever run's id names it.
+
+    Such a checkpoint is removed with any one of its runs, even while the others are unfinished:
+    it is found again only by the group's whole list of runs (its name hashes them all,
+    `engine._checkpoint`), and once one is deleted no `resume` can name that list, so it could
+    never be used again. Nothing is lost with it: the other runs' finished points are in the
+    database and a resume of them (alone or as a new group) continues from those, retraining
+    only the points that were in flight. Its runs are read from its description ("runs"; a
+    checkpoint saved before that was written names at least its runs in flight)."""
+    import json
+
+    out = []
+    for js in checkpoints_dir().glob("*-group-*.json"):
+        try:
+            meta = json.loads(js.read_text())
+        except (OSError, ValueError):
+            continue
+        runs = set(meta.get("runs") or [])
+        runs |= {x["key"][0] for x in meta.get("live") or [] if x and x.get("key")}
+        if run_id in runs:
+            out += [js, js.with_suffix(".safetensors")]
+    return out
 
 
 def git_commit() -> str:

@@ -32,6 +32,9 @@ REF_SETS = (
     "paper000_grid_smollm2_h200_bf16",
 )
 REF_NAME = REF_SETS[0]
+# The Threshold page's first view: the 3-seed fp32 curves to 10,000 and the one-seed bf16 grid
+# to 25,000 (the labels tell them apart by precision and seeds)
+THRESHOLD_SETS = (REF_NAME, "paper000_grid_smollm2_h200_bf16")
 CROSS_DOMAIN_SETS = (
     "paper000_smollm2_h100",
     "xdomain_smollm2_cpu",
@@ -176,7 +179,15 @@ def _runs() -> pd.DataFrame:  # the shipped files do not change while the proces
         seeds=("seed", "nunique"),
         ref_set=("ref_set", "first"),
     )
+    g["precision"] = [_precision(r) for r in g.index]
     return g.reset_index()
+
+
+def _precision(run_id: str) -> str:
+    """A reference run's training arithmetic: its recorded spec's, else fp32 (a run recorded
+    without a spec, or with one written before the setting existed, trained in fp32)."""
+    s = spec(run_id)
+    return s.precision if s is not None else "fp32"
 
 
 def label(run_id: str) -> str:
@@ -188,7 +199,10 @@ def _labels() -> dict[str, str]:
     out = {}
     for r in _runs().to_dict("records"):
         where = "GPU" if str(r["device"]).startswith("cuda") else "CPU"
-        out[r["run_id"]] = f"reference · {r['name']} · {r['model']} · {where}, {r['seeds']} seed(s)"
+        out[r["run_id"]] = (
+            f"reference · {r['name']} · {r['model']} · {where} {r['precision']}, "
+            f"{r['seeds']} seed(s)"
+        )
     return out
 
 

@@ -100,15 +100,16 @@ def pick_runs(
     help: str = "",
     max_default: int = 3,
     with_reference: bool = True,
-    default_set: str = reference.REF_NAME,
+    default_sets: tuple[str, ...] = (reference.REF_NAME,),
 ) -> list[str]:
     """Multiselect of runs that have finished points (newest first), plus the shipped reference
-    runs; defaults to the newest own runs, or to the reference runs when there are none."""
+    runs; defaults to the newest own runs, or to the runs of the reference sets `default_sets`
+    when there are none."""
     have = df[df["points_done"] > 0] if not df.empty else df
     lab = labels(have)
     ref = reference.runs() if with_reference else pd.DataFrame()
     ref_ids = list(ref.get("run_id", []))
-    main_ref = list(ref[ref.ref_set == default_set].run_id) if not ref.empty else []
+    main_ref = list(ref[ref.ref_set.isin(default_sets)].run_id) if not ref.empty else []
     lab.update({r: reference.label(r) for r in ref_ids})
     if not lab:
         return []

@@ -37,7 +37,7 @@ shown = st.radio(
     horizontal=True,
     help="Which shipped reference runs are preselected when you have no runs of your own.",
 )
-chosen = pick_runs(df, f"method_runs_{shown}", max_default=6, default_set=shown)
+chosen = pick_runs(df, f"method_runs_{shown}", max_default=6, default_sets=(shown,))
 if not chosen:
     no_results("finished points")
     st.stop()

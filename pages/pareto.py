@@ -11,7 +11,8 @@ st.title("Pareto explorer")
 st.caption(
     "Every finished (run, dataset size) of your runs and of the shipped reference, averaged over "
     "seeds. Pick two metrics: the dashed line joins the points no other point beats on both. "
-    "Colour = dataset size (log scale), symbol = method and LoRA rank. Click a point to see its "
+    "Colour = dataset size (log scale), symbol = method and LoRA rank (and replay fraction when "
+    "the points differ in it). Click a point to see its "
     "smoke-test answers below the chart."
 )
 
@@ -92,9 +93,7 @@ st.caption(
     f"x: {better[pareto.better(x)]}; y: {better[pareto.better(y)]}. "
     f"{int(front.sum())} of {int(data[[x, y]].notna().all(axis=1).sum())} points on the front."
 )
-shown = data.assign(on_front=front)[pareto.KEYS + ["seeds", x, y, "on_front"]]
-shown = shown.loc[:, ~shown.columns.duplicated()]
-table(shown[shown["on_front"]].drop(columns=["on_front"]).sort_values(x))
+table(pareto.front_table(data, front, x, y))
 st.download_button(
     "Download all points (CSV)",
     data.assign(on_front=front).drop(columns=["seed_list"], errors="ignore").to_csv(index=False),

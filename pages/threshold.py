@@ -31,7 +31,7 @@ st.caption(
 )
 
 df = runs()
-chosen = pick_runs(df, "thr_runs")
+chosen = pick_runs(df, "thr_runs", default_sets=reference.THRESHOLD_SETS)
 with st.sidebar:
     st.subheader("Threshold settings")
     level = st.number_input(

@@ -27,6 +27,24 @@ def _app(page: str, db, monkeypatch) -> AppTest:
     return at.run()
 
 
+def _threshold_opens_on_both_reference_sets(at: AppTest) -> None:
+    """The first view holds the 3-seed fp32 set (to 10,000) and the one-seed bf16 grid (to
+    25,000); the legend tells them apart by precision and seeds."""
+    import plotly.io as pio
+
+    from core import reference
+
+    refs = reference.runs().set_index("run_id")
+    chosen = at.multiselect[0].value
+    assert set(refs.loc[chosen, "ref_set"]) == set(reference.THRESHOLD_SETS)
+    fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
+    xs = [float(x) for t in fig.data if t.x is not None for x in t.x if isinstance(x, int | float)]
+    assert max(xs) >= 25_000
+    names = {t.name for t in fig.data}
+    assert any("bf16, 1 seed(s)" in (n or "") for n in names)
+    assert any("fp32, 3 seed(s)" in (n or "") for n in names)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
     at = _app(page, tmp_path / "empty.duckdb", monkeypatch)
@@ -38,6 +56,7 @@ def test_page_renders_on_empty_database(page, tmp_path, monkeypatch):
             at.multiselect[0].value[0]
         )
         assert at.checkbox[1].value  # seed 000's claimed curve is overlaid next to them
+        _threshold_opens_on_both_reference_sets(at)
     elif page == "phases":
         assert "reference" in text
     elif page == "cross_domain":  # the reference runs' matrix (2 trained domains x 5 evaluated)
@@ -443,7 +462,7 @@ def test_every_table_column_has_a_human_label(tiny_run, monkeypatch):
     import re
 
     db, _ = tiny_run
-    for page in ("threshold", "phases", "methods", "runs"):
+    for page in ("threshold", "phases", "methods", "runs", "pareto"):
         at = _app(page, db, monkeypatch)
         assert at.dataframe, page
         for df in at.dataframe:

@@ -266,6 +266,40 @@ def test_packed_run_stopped_mid_point_resumes_from_its_checkpoint(db, monkeypatc
     assert (adapters_dir() / whole).is_dir()  # other runs' files stay
 
 
+def test_deleting_any_run_of_a_group_removes_the_group_checkpoint(tmp_path, monkeypatch):
+    """A group checkpoint is named after its first run id; deleting another of its runs
+    removes it too (it could never be resumed without that run), and a checkpoint saved before
+    the runs were recorded is found by its runs in flight. Other groups' checkpoints stay."""
+    import json
+
+    from core.paths import checkpoints_dir, discard_run_files
+
+    monkeypatch.setenv("FORGETTING_LAB_HOME", str(tmp_path))
+    ck = checkpoints_dir()
+    ck.mkdir(parents=True)
+
+    def group(name, runs=None, live=()):
+        meta = {"version": 1, "step": 3, "live": [{"key": [r, 4, 0]} for r in live] + [None]}
+        if runs is not None:
+            meta["runs"] = runs
+        (ck / f"{name}.json").write_text(json.dumps(meta))
+        (ck / f"{name}.safetensors").write_bytes(b"x")
+
+    group("a-group-111", runs=["a", "b", "c"], live=["a"])
+    group("a-group-222", live=["a", "c"])  # saved before "runs" was written
+    group("d-group-333", runs=["d", "e"], live=["d", "e"])
+    (ck / "b.json").write_text("{}")  # the run's own checkpoint
+    (ck / "x-group-444.json").write_text("not json")  # unreadable: left alone
+    discard_run_files("b")
+    left = sorted(f.name for f in ck.iterdir())
+    assert "a-group-111.json" not in left and "a-group-111.safetensors" not in left
+    assert "b.json" not in left and "a-group-222.json" in left and "d-group-333.json" in left
+    discard_run_files("c")
+    assert not list(ck.glob("a-group-222*"))
+    discard_run_files("e")
+    assert sorted(f.name for f in ck.iterdir()) == ["x-group-444.json"]
+
+
 def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkeypatch):
     """Four series (legal/financial x two learning rates) train in ONE packed pass, each point
     as it trains apart; stopped mid-pass and resumed with the runs named in another order, the
@@ -310,7 +344,8 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
     assert run_group(group, s, stop_after_5) == "cancelled"
     assert passes == [12]  # 4 series x 3 scales, one pass
     ck = sorted(checkpoints_dir().glob(f"{sorted(together)[0]}-group-*.json"))
-    assert len(ck) == 1 and Checkpoint(ck[0].with_suffix("")).load_meta()["step"] == 5
+    meta = Checkpoint(ck[0].with_suffix("")).load_meta()
+    assert len(ck) == 1 and meta["step"] == 5 and sorted(meta["runs"]) == sorted(together)
     assert all(s.finished_points(r) == {(4, 0)} for r in together)
     phases = []
     back = [(x, r, phases.append) for x, r in reversed(list(zip(specs, together)))]
@@ -429,3 +464,62 @@ def test_worker_is_its_own_session(db):
         assert os.getsid(proc.pid) == proc.pid  # survives the app's process group ending
     finally:
         proc.wait(timeout=120)
+
+
+def test_a_group_measures_the_base_once_per_distinct_input(db, monkeypatch):
+    """Two domains in one group: the general probe, the smoke-test answers and the multiple
+    choice are measured on the base once; each domain's own text once; every number equals the
+    one a run measured alone stores."""
+    import core.engine
+    from core.config import sweep_series
+    from core.engine import run_group, run_sweep
+
+    s = Store(db)
+    base = preset("tiny-test", scales=(4,), eval_all_domains=False)
+    specs = sweep_series(base, domains=("legal", "financial"))
+    apart = [runner.create_run(s, x, "running") for x in specs]
+    for x, r in zip(specs, apart):
+        assert run_sweep(x, r, s) == "done"
+
+    measured, generated, mc = [], [], []
+    real_measure, real_generate, real_mc = (
+        core.engine.measure,
+        core.engine.evaluate.generate,
+        core.engine.evaluate.mc_accuracy,
+    )
+
+    def measure(model, tok, spec, sets, before=None):
+        if before is None:  # the base
+            measured.append(sorted(sets))
+        return real_measure(model, tok, spec, sets, before)
+
+    def generate(model, tok, prompts, *a, **k):
+        generated.append(len(prompts))
+        return real_generate(model, tok, prompts, *a, **k)
+
+    def mc_accuracy(*a, **k):
+        mc.append(1)
+        return real_mc(*a, **k)
+
+    monkeypatch.setattr(core.engine, "measure", measure)
+    monkeypatch.setattr(core.engine.evaluate, "generate", generate)
+    monkeypatch.setattr(core.engine.evaluate, "mc_accuracy", mc_accuracy)
+    together = [runner.create_run(s, x, "running") for x in specs]
+    events = [[], []]
+    group = [(x, r, e.append) for x, r, e in zip(specs, together, events)]
+    assert run_group(group, s) == "done"
+    assert measured == [["domain:legal", "general"], ["domain:financial"]]
+    # base smoke test once; each point's own smoke test after training: 2 points
+    assert len(generated) == 1 + 2
+    assert len(mc) == 1 + 2 if base.mc_eval else mc == []
+    # a series that reuses the base reports its full time (the first ETA of an evaluation)
+    done = [next(ev["seconds"] for ev in e if ev["type"] == "base_done") for e in events]
+    assert done[1] > 0
+    cols = ["general_ppl_before", "domain_ppl_before", "mc_acc_before", "general_ppl_stmt_before"]
+    for a, b in zip(apart, together):
+        x = s.points_df([a])[cols].reset_index(drop=True)
+        y = s.points_df([b])[cols].reset_index(drop=True)
+        pd.testing.assert_frame_equal(x, y)
+        ga = s.generations_df(a)
+        gb = s.generations_df(b)
+        assert ga[ga.stage == "before"].output.tolist() == gb[gb.stage == "before"].output.tolist()

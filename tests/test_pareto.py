@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import pareto, reference
+from core import charts, pareto, reference
 from tests.conftest import ROOT
 
 
@@ -49,6 +49,39 @@ def test_assemble_averages_seeds_and_reads_new_metric_columns_generically():
     assert pareto.metric_label("kl_to_base") == "KL to the base model"
 
 
+def test_front_table_tells_rows_of_one_run_and_size_apart_by_their_seeds_and_replay():
+    pts = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "a", "b", "b"],
+            "method": "lora",
+            "rank": 8,
+            "domain": "legal",
+            "scale": [50, 50, 100, 50, 50],
+            "seed": [0, 1, 0, 2, 3],
+            "status": "done",
+            "replay": [0.0, 0.0, 0.0, 0.1, 0.1],
+            "degradation_pct": [10.0, 20.0, 40.0, 5.0, 6.0],
+            "domain_improvement_pct": [1.0, 1.0, 2.0, 1.0, 1.0],
+        }
+    )
+    data = pareto.assemble(pts, None, {"a": "run a", "b": "run a"})
+    front = pd.Series(True, index=data.index)
+    t = pareto.front_table(data, front, "degradation_pct", "domain_improvement_pct")
+    assert t["seed_ids"].tolist() == ["2, 3", "0, 1", "0"]
+    assert t["replay"].tolist() == [0.1, 0.0, 0.0]
+    assert list(t.columns[-2:]) == ["degradation_pct", "domain_improvement_pct"]
+    # replay is shown only where the points differ in it; the same metric twice is one column
+    same = pareto.front_table(data[data.run_id == "a"], front, "degradation_pct", "degradation_pct")
+    assert "replay" not in same.columns and list(same.columns).count("degradation_pct") == 1
+    # the symbol key names the replay fraction only when the points differ in it
+    row = data.iloc[0]
+    assert pareto.series_name(row) == "lora r8"
+    assert pareto.series_name(data[data.run_id == "b"].iloc[0], True) == "lora r8 · replay 0.1"
+    assert pareto.differs_in_replay(data) and not pareto.differs_in_replay(data[data.run_id == "a"])
+    fig = charts.pareto_figure(data, "degradation_pct", "domain_improvement_pct", front)
+    assert {t.name for t in fig.data} >= {"lora r8 · replay 0", "lora r8 · replay 0.1"}
+
+
 def _app(db, monkeypatch) -> AppTest:
     monkeypatch.setenv("FORGETTING_LAB_DB", str(db))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
@@ -67,6 +100,12 @@ def test_page_on_an_empty_database_shows_the_reference_and_its_front(tmp_path, m
     at.selectbox(key="pareto_y").set_value("peak_mem_mb").run()
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert fig["layout"]["yaxis"]["title"]["text"] == "peak memory (MB)"
+    # the front's table names the seeds each row averages, and drops what makes it too wide
+    front = at.dataframe[0].value
+    assert {"seed_ids", "scale", "run", "degradation_pct"} <= set(front.columns)
+    assert "run_id" not in front.columns and "source" not in front.columns
+    # the reference's replay sets differ in replay: the symbols say so
+    assert any("· replay 0.1" in (n or "") for n in names)
     at.multiselect(key="pareto_method").set_value(["full"]).run()
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t.get("name") for t in fig["data"]} <= {"full", "Pareto front"}

@@ -71,6 +71,9 @@ class Checkpoint:
     path: Path  # without suffix
     every_s: float = 600.0
     every_steps: int = 0  # also save every N packed steps (0 = time only; tests use it)
+    # the runs it trains, written into its description: deleting any of them finds it
+    # (`paths.discard_run_files`) even when its name starts with another run's id
+    runs: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[Path, Path]:
@@ -99,6 +102,7 @@ class Checkpoint:
             "slots": len(live),
             "P": packer.params_per_slot,
             "layout": packer.layout_id,
+            "runs": list(self.runs),
             "live": [
                 None
                 if x is None

@@ -3,11 +3,13 @@ next, when losses are read back from the device and when the state is checkpoint
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -52,55 +54,9 @@ class Slot:
         return [self.rows[i] for i in self._order[j * self.batch : (j + 1) * self.batch]]
 
 
-def train_packed(
-    model: nn.Module,
-    tokenizer,
-    spec: RunSpec,
-    runs: list[tuple],
-    slots: int,
-    on_done: Callable[[PackedLoRA, int, Slot], None],
-    on_step: Callable[[list[Slot | None], list[float]], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    cuda_graphs: bool = True,
-    compile_step: bool = False,
-    sync_every: int = SYNC_EVERY,
-    checkpoint: Checkpoint | None = None,
-) -> str:
-    """Train every run (key, seed, samples[, learning rate]; without one, the spec's) with
-    continuous batching over `slots` slots. When a
-    run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
-    in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'.
-
-    Losses stay on the device and are read back every `sync_every` steps (and whenever a run
-    finishes), so the host prepares the next steps while the GPU computes instead of waiting
-    for each one. `on_step(live, latest_losses)` is called at each read-back. A run whose loss
-    turns non-finite is ended as diverged at that step (its `losses` end with the bad value);
-    its slot may have run up to `sync_every - 1` further steps, which change nothing but its
-    already non-finite weights.
-
-    With `checkpoint`, the state is saved every `checkpoint.every_s` seconds and when
-    `should_stop` ends the sweep early (cancel, SIGTERM), and a run that
-    finds a matching checkpoint continues from it (runs it lists that are no longer in `runs`,
-    e.g. finished and stored after the save, are dropped). The caller clears it when done."""
-    scheduler = Scheduler(
-        model,
-        tokenizer,
-        spec,
-        runs,
-        slots,
-        on_done,
-        on_step,
-        should_stop,
-        cuda_graphs=cuda_graphs,
-        compile_step=compile_step,
-        sync_every=sync_every,
-        checkpoint=checkpoint,
-    )
-    return scheduler.run()
-
-
 class Scheduler:
-    """One packed sweep's continuous batching (`train_packed` says what it does). When no run
+    """One packed sweep's continuous batching (`train_packed` says what it does; it takes this
+    class's arguments). When no run
     waits any more and at most half the slots train, the live runs move to a smaller packer
     (`shrink_packer`): a paper-size sweep spends most of its steps on its two or three largest
     runs. Its state:
@@ -315,3 +271,43 @@ class Scheduler:
         finally:
             self.model.eval()
             self.packer.remove()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _takes_args_of(init: Callable[_P, object]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
+    """Give the decorated forwarder `init`'s parameters: for a type checker (through `_P`) and
+    for help() and inspect (its `__signature__`), so the one signature to keep is `init`'s."""
+
+    def give(f: Callable[..., _R]) -> Callable[_P, _R]:
+        sig = inspect.signature(init)
+        f.__signature__ = sig.replace(return_annotation=inspect.signature(f).return_annotation)
+        return f
+
+    return give
+
+
+@_takes_args_of(Scheduler)
+def train_packed(*args, **kwargs) -> str:
+    """Train every run (key, seed, samples[, learning rate]; without one, the spec's) with
+    continuous batching over `slots` slots. When a
+    run finishes, `on_done(packer, slot, run)` evaluates/saves it while its weights are still
+    in the slot; then the slot takes the next queued run. Returns 'done' or 'cancelled'.
+
+    Losses stay on the device and are read back every `sync_every` steps (and whenever a run
+    finishes), so the host prepares the next steps while the GPU computes instead of waiting
+    for each one. `on_step(live, latest_losses)` is called at each read-back. A run whose loss
+    turns non-finite is ended as diverged at that step (its `losses` end with the bad value);
+    its slot may have run up to `sync_every - 1` further steps, which change nothing but its
+    already non-finite weights.
+
+    With `checkpoint`, the state is saved every `checkpoint.every_s` seconds and when
+    `should_stop` ends the sweep early (cancel, SIGTERM), and a run that
+    finds a matching checkpoint continues from it (runs it lists that are no longer in `runs`,
+    e.g. finished and stored after the save, are dropped). The caller clears it when done.
+
+    Takes `Scheduler`'s arguments (model, tokenizer, spec, runs, slots, on_done, on_step,
+    should_stop, cuda_graphs, compile_step, sync_every, checkpoint) and forwards them as given."""
+    return Scheduler(*args, **kwargs).run()
