@@ -14,7 +14,7 @@ from .config import (
     PRESETS,
     RunSpec,
     field_help,
-    pack_conflict,
+    pack_groups,
     parse_float_list,
     parse_int_list,
     preset,
@@ -584,22 +584,22 @@ def cmd_prepare(store: Store, a: argparse.Namespace) -> int:
 
 
 def cmd_run(store: Store, a: argparse.Namespace) -> int:
-    """`run`: train one series per swept value (rank, replay, learning rate) in the
-    foreground, one after another, or queue them (--detach)."""
+    """`run`: train one series per swept value (domain, rank, replay, learning rate) in the
+    foreground, those that can share one packed pass together, or queue them so (--detach)."""
     from . import runner
 
     specs = _specs_from_args(a)
     for spec in specs:  # every series is checked before any is stored
         runner.preflight(spec)
-    if a.detach:
-        for spec in specs:
-            print(runner.launch(store, spec))
+    if a.detach:  # queued as the app queues them: one group per packed pass
+        for run_id in runner.launch_group(store, specs):
+            print(run_id)
         return 0
-    if len(specs) > 1 and pack_conflict(specs) is None:  # e.g. --domain legal,financial
-        return _run_group(store, specs)
     worst = 0
-    for spec in specs:  # series that differ in how they train (rank...): one after another
-        worst = max(worst, _run_group(store, [spec]))
+    # e.g. --domain legal,financial: one group; series that differ in how they train (rank...):
+    # one group each, one after another
+    for group in pack_groups(specs):
+        worst = max(worst, _run_group(store, group))
     return worst
 
 
@@ -666,9 +666,12 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     """`resume`: continue a stopped run, skipping finished points."""
     from . import runner
 
-    if a.detach:
+    if a.detach:  # a run is queued with the stopped runs of its group
+        queued: list[str] = []
         for run_id in a.run_id:
-            runner.resume_background(store, run_id)
+            if run_id not in queued:
+                queued += runner.resume_background(store, run_id)
+        for run_id in queued:
             print(f"run {run_id}: queued")
         return 0
     for run_id in a.run_id:  # every run is checked before any continues

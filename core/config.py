@@ -742,3 +742,18 @@ def pack_conflict(specs: list[RunSpec]) -> str | None:
         if any(getattr(s, f.name) != getattr(first, f.name) for s in specs[1:]):
             return f.metadata.get("label") or f.name
     return None
+
+
+def pack_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """The series split into groups that can each share one packed pass (no `pack_conflict`
+    within a group), in the order each group's first series comes: a rank x domain sweep is
+    one group per rank."""
+    groups: list[list[RunSpec]] = []
+    for spec in specs:
+        for group in groups:
+            if pack_conflict([group[0], spec]) is None:
+                group.append(spec)
+                break
+        else:
+            groups.append([spec])
+    return groups

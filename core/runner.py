@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import data
 from .config import RunSpec
-from .errors import ConfigError, LabError, StoreError
+from .errors import ConfigError, LabError, RunNotFound, StoreError
 from .outbox import Event, import_spilled
 from .paths import REPO_ROOT, git_commit
 from .store import Store, now, spec_of
@@ -145,14 +145,45 @@ def preflight(spec: RunSpec) -> None:
 
 
 def create_run(store: Store, spec: RunSpec, status: str = "queued") -> str:
+    return create_runs(store, [spec], status)[0]
+
+
+def create_runs(store: Store, specs: list[RunSpec], status: str = "queued") -> list[str]:
+    """Check every spec, then store them all in one transaction; several form a group, which
+    the worker trains together (`execute_group`)."""
+    for spec in specs:  # every series is checked before any is stored
+        preflight(spec)
+    return _store_runs(store, specs, status)
+
+
+def _store_runs(store: Store, specs: list[RunSpec], status: str) -> list[str]:
     from .models import library_versions
 
-    preflight(spec)
-    run_id = new_run_id()
-    store.create_run(
-        run_id, spec, status=status, versions=library_versions(), git_commit=git_commit()
+    run_ids: list[str] = []
+    for _ in specs:
+        run_id = new_run_id()
+        while run_id in run_ids:
+            run_id = new_run_id()
+        run_ids.append(run_id)
+    store.create_runs(
+        list(zip(run_ids, specs)),
+        status=status,
+        versions=library_versions(),
+        git_commit=git_commit(),
     )
-    return run_id
+    return run_ids
+
+
+def group_of(store: Store, run_id: str) -> list[str]:
+    """The runs queued together with this one (itself included, in their order); a run queued
+    alone is a group of one. A member deleted since is left out."""
+    members = (store.run_info(run_id).get("group") or {}).get("runs") or [run_id]
+    alive = []
+    for r in members:
+        with contextlib.suppress(RunNotFound):
+            store.get_run(r)
+            alive.append(r)
+    return alive or [run_id]
 
 
 class StoreSink:
@@ -313,7 +344,8 @@ def _lock_path(db: Path) -> Path:
 
 
 def worker_main(db: Path) -> int:
-    """Drain the queue of `db`, one run after another, then exit. Only one worker per database."""
+    """Drain the queue of `db`, oldest first, then exit: a run queued alone on its own, the
+    runs queued together (`launch_group`) in one `execute_group`. Only one worker per database."""
     store = Store(db)
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(_lock_path(db), "w") as lock:
@@ -322,11 +354,11 @@ def worker_main(db: Path) -> int:
         except BlockingIOError:
             return 0  # another worker owns this database's queue
         while True:
-            run_id = store.claim_next_queued(os.getpid())
-            if run_id is None:
+            run_ids = store.claim_next_group(os.getpid())
+            if not run_ids:
                 return 0
-            log.info("worker %s runs %s", os.getpid(), run_id)
-            execute(store, run_id)
+            log.info("worker %s runs %s", os.getpid(), " ".join(run_ids))
+            execute_group(store, run_ids)
             if stop_signalled():  # asked to stop: leave the rest of the queue for the next worker
                 return 0
 
@@ -370,21 +402,38 @@ def spawn_worker(db: Path) -> subprocess.Popen | None:
 
 def launch(store: Store, spec: RunSpec) -> str:
     """Queue a run and make sure a background worker will execute it."""
-    run_id = create_run(store, spec, "queued")
+    return launch_group(store, [spec])[0]
+
+
+def launch_group(store: Store, specs: list[RunSpec]) -> list[str]:
+    """Queue series (e.g. `config.sweep_series`) and make sure a background worker will execute
+    them. Series that can share one packed pass (`config.pack_groups`) are queued as one group,
+    which the worker trains as the CLI's `run` does (`execute_group`): one packed pass where the
+    method packs, else one after another on one loaded model. Returns every run id, in order."""
+    from .config import pack_groups
+
+    for spec in specs:  # every series is checked before any is stored
+        preflight(spec)
+    run_ids = [r for group in pack_groups(specs) for r in _store_runs(store, group, "queued")]
     spawn_worker(store.path)
-    return run_id
+    return run_ids
 
 
 def cancel(store: Store, run_id: str) -> str:
-    """Cancel a queued or running run; returns the resulting status."""
+    """Cancel a queued or running run, and with it the rest of its group (runs queued together
+    train together: a stop of one stops them all); returns the resulting status."""
     st = effective_status(store.get_run(run_id))
     if st in ("done", "failed", "cancelled"):
         raise LabError(f"run {run_id} already ended ({st}); nothing to cancel")
-    if st in ("queued", "interrupted"):
-        store.set_status(run_id, "cancelled", error="cancelled by the user")
-        return "cancelled"
-    store.request_cancel(run_id)
-    return "cancelling"
+    result = "cancelled"
+    for r in group_of(store, run_id):
+        st = effective_status(store.get_run(r))
+        if st in ("queued", "interrupted"):
+            store.set_status(r, "cancelled", error="cancelled by the user")
+        elif st == "running":
+            store.request_cancel(r)
+            result = "cancelling"
+    return result
 
 
 def can_resume(run: dict) -> bool:
@@ -412,9 +461,26 @@ def prepare_resume(store: Store, run_id: str) -> None:
     store.set_status(run_id, "queued", error=None, cancel_requested=False)
 
 
-def resume_background(store: Store, run_id: str) -> None:
+def resume_background(store: Store, run_id: str) -> list[str]:
+    """Queue a stopped run again, with the other stopped runs of its group, so the worker
+    continues them together (the CLI's `resume RUN RUN ...`: a packed group finds its
+    checkpoint again). A member already complete, or queued or running, is left as it is.
+    Returns the runs queued."""
     prepare_resume(store, run_id)
+    queued = [run_id]
+    for r in group_of(store, run_id):
+        if r != run_id and _resumable(store, r):
+            prepare_resume(store, r)
+            queued.append(r)
     spawn_worker(store.path)
+    return queued
+
+
+def _resumable(store: Store, run_id: str) -> bool:
+    run = store.get_run(run_id)
+    if not can_resume(run):
+        return False
+    return len(store.finished_points(run_id)) < len(spec_of(run).points())
 
 
 def run_foreground(

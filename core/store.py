@@ -377,27 +377,47 @@ class Store:
         versions: dict | None = None,
         git_commit: str = "",
     ) -> None:
+        self.create_runs([(run_id, spec)], status, device, versions, git_commit)
+
+    def create_runs(
+        self,
+        runs: list[tuple[str, Any]],
+        status: str = "queued",
+        device: str = "",
+        versions: dict | None = None,
+        git_commit: str = "",
+    ) -> None:
+        """Store runs (run id, spec) in one transaction. Several form a group (run fact
+        `group`: every member's id, in order), which the worker claims and trains together
+        (`claim_next_group`): a queue sees all of them or none."""
         with self.tx() as con:
-            con.execute(
-                """INSERT INTO runs (run_id, name, created_at, status, spec_json, model, method,
-                   domain, lora_rank, device, versions_json, git_commit, host)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    run_id,
-                    spec.name,
-                    now(),
-                    status,
-                    spec.to_json(),
-                    spec.model,
-                    spec.method,
-                    spec.domain,
-                    spec.lora_rank if spec.method in ("lora", "qlora") else None,
-                    device,
-                    json.dumps(versions or {}),
-                    git_commit,
-                    socket.gethostname(),
-                ],
-            )
+            for run_id, spec in runs:
+                con.execute(
+                    """INSERT INTO runs (run_id, name, created_at, status, spec_json, model, method,
+                       domain, lora_rank, device, versions_json, git_commit, host)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [
+                        run_id,
+                        spec.name,
+                        now(),
+                        status,
+                        spec.to_json(),
+                        spec.model,
+                        spec.method,
+                        spec.domain,
+                        spec.lora_rank if spec.method in ("lora", "qlora") else None,
+                        device,
+                        json.dumps(versions or {}),
+                        git_commit,
+                        socket.gethostname(),
+                    ],
+                )
+            if len(runs) > 1:
+                group = json.dumps({"runs": [r for r, _ in runs]})
+                for run_id, _ in runs:
+                    con.execute(
+                        "INSERT OR REPLACE INTO run_info VALUES (?, 'group', ?)", [run_id, group]
+                    )
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         df = self.query_df("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -412,11 +432,15 @@ class Store:
     def list_runs(self) -> pd.DataFrame:
         df = self.query_df(
             """SELECT r.*, (SELECT count(*) FROM points p
-                            WHERE p.run_id = r.run_id AND p.status = ?) AS points_done
+                            WHERE p.run_id = r.run_id AND p.status = ?) AS points_done,
+                      (SELECT value_json FROM run_info i
+                       WHERE i.run_id = r.run_id AND i.key = 'group') AS group_json
                FROM runs r ORDER BY created_at DESC""",
             [DONE],
         )
         df["n_points"] = [_n_points(s) for s in df["spec_json"]] if not df.empty else []
+        # the runs queued with this one (`create_runs`), itself included; [] when queued alone
+        df["group"] = [json.loads(g)["runs"] if g else [] for g in df.pop("group_json")]
         return df
 
     def set_status(self, run_id: str, status: str, error: str | None = None, **fields: Any) -> None:
@@ -450,13 +474,44 @@ class Store:
             ).fetchone()
             if not row:
                 return None
+            self._claim(con, pid, [row[0]])
+            return row[0]
+
+    def claim_next_group(self, pid: int) -> list[str]:
+        """Atomically move the oldest queued run, and the queued runs of its group (see
+        `create_runs`), to running for this worker; [] when none is queued."""
+        with self.tx() as con:
+            row = con.execute(
+                """SELECT r.run_id, i.value_json FROM runs r
+                   LEFT JOIN run_info i ON i.run_id = r.run_id AND i.key = 'group'
+                   WHERE r.status = 'queued' ORDER BY r.created_at, r.run_id LIMIT 1"""
+            ).fetchone()
+            if not row:
+                return []
+            ids = [row[0]]
+            if row[1]:
+                members = json.loads(row[1])["runs"]
+                queued = {
+                    r
+                    for (r,) in con.execute(
+                        f"SELECT run_id FROM runs WHERE status = 'queued' "
+                        f"AND run_id IN ({', '.join('?' * len(members))})",
+                        members,
+                    ).fetchall()
+                }
+                ids = [r for r in members if r in queued]
+            self._claim(con, pid, ids)
+            return ids
+
+    @staticmethod
+    def _claim(con, pid: int, run_ids: list[str]) -> None:
+        for run_id in run_ids:
             con.execute(
                 """UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat_at = ?,
                    started_at = coalesce(started_at, ?), finished_at = NULL, error = NULL
                    WHERE run_id = ?""",
-                [pid, socket.gethostname(), now(), now(), row[0]],
+                [pid, socket.gethostname(), now(), now(), run_id],
             )
-            return row[0]
 
     def request_cancel(self, run_id: str) -> None:
         with self.tx() as con:

@@ -309,9 +309,11 @@ def _sidebar_runs() -> None:
     if not active.empty:
         st.markdown(f"**{len(active)} run(s) active**")
         for r in active.to_dict("records"):
+            group = len(r["group"])  # runs queued together train together
             st.caption(
                 f"{r['status_effective']}: {r['name'] or r['run_id']} — "
                 f"{r['points_done']}/{r['n_points']} points"
+                + (f" (one of a group of {group})" if group > 1 else "")
             )
     else:
         st.caption(f"{len(df)} run(s) stored, none active")

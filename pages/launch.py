@@ -8,10 +8,12 @@ from core import analysis, charts, data, runner
 from core.config import (
     PRESETS,
     SETTINGS,
+    SWEEP_AXES,
     RunSpec,
     field_choices,
     field_help,
     field_labels,
+    pack_groups,
     parse_float_list,
     parse_int_list,
     preset,
@@ -74,15 +76,12 @@ else:
     progress_slot = None
 
 # The form's label of each setting, so an error names the field the user sees. The sweep boxes
-# (rank, replay, learning rate) take several values, and sweep_series() names its problems
-# "rank", "replay" and "learning_rate".
-FORM_LABELS = {
-    **field_labels(),
-    "lora_rank": "LoRA rank(s)",
-    "rank": "LoRA rank(s)",
-    "replay": "Replay fraction(s)",
-    "learning_rate": "Learning rate(s)",
-}
+# (domain, rank, replay, learning rate: config.SWEEP_AXES) take several values, are labelled
+# "<the setting's label>(s)", and sweep_series() names their problems by the axis' word
+# ("domain", "rank", "replay", "learning_rate").
+FORM_LABELS = field_labels()
+for _name, _, _word, _ in SWEEP_AXES:
+    FORM_LABELS[_name] = FORM_LABELS[_word] = f"{FORM_LABELS[_name]}(s)"
 
 
 def as_text(v: float) -> str:
@@ -159,16 +158,26 @@ with st.expander("New run", expanded=not df.empty and not any_active):
     def switch(where, name: str):
         return where.checkbox(field_label(name), getattr(base, name), help=field_help(name))
 
+    def several(where, name: str, example: str, why: str = ""):
+        """A sweep box (config.SWEEP_AXES): one value, or several that queue one run each."""
+        noun = next(n for a, _, _, n in SWEEP_AXES if a == name)
+        return where.text_input(
+            field_label(name),
+            as_text(getattr(base, name)),
+            help=f"{field_help(name)} Several (e.g. {example}) queue one run per {noun}.{why}",
+        )
+
     with st.form(f"launch-{pname}"):
         c1, c2, c3 = st.columns(3)
         model = text(c1, "model")
         method = choice(c2, "method")
         domains = data.list_domains()
-        domain = c3.selectbox(
+        chosen = c3.multiselect(
             field_label("domain"),
             domains,
-            index=domains.index(base.domain) if base.domain in domains else 0,
-            help=field_help("domain"),
+            default=[base.domain if base.domain in domains else domains[0]],
+            help=field_help("domain") + " Several queue one run per domain, trained together: "
+            "in one packed pass where the method packs (LoRA on a GPU).",
         )
         c1, c2, c3 = st.columns(3)
         scales = c1.text_input(
@@ -179,17 +188,8 @@ with st.expander("New run", expanded=not df.empty and not any_active):
         )
         epochs = number(c3, "epochs")
         c1, c2, c3 = st.columns(3)
-        lr = c1.text_input(
-            "Learning rate(s)",
-            as_text(base.learning_rate),
-            help=field_help("learning_rate")
-            + " Several (e.g. 5e-5, 1e-4) queue one run per learning rate.",
-        )
-        rank = c2.text_input(
-            "LoRA rank(s)",
-            str(base.lora_rank),
-            help=field_help("lora_rank") + " Several (e.g. 4,8,16) queue one run per rank.",
-        )
+        lr = several(c1, "learning_rate", "5e-5, 1e-4")
+        rank = several(c2, "lora_rank", "4,8,16")
         alpha = number(c3, "lora_alpha")
         with st.expander("More settings"):
             c1, c2, c3 = st.columns(3)
@@ -212,12 +212,8 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             compile_step = switch(c2, "compile_step")
         with st.expander("Mitigation and checks (replay, warm-up, in-training smoke test)"):
             c1, c2, c3 = st.columns(3)
-            replay = c1.text_input(
-                "Replay fraction(s)",
-                as_text(base.replay),
-                help=field_help("replay")
-                + " Several (e.g. 0, 0.05, 0.1, 0.3) queue one run per fraction: the "
-                "Mitigation page plans from such a sweep.",
+            replay = several(
+                c1, "replay", "0, 0.05, 0.1, 0.3", " The Mitigation page plans from such a sweep."
             )
             warmup = number(c2, "warmup_ratio")
             clip = number(c3, "grad_clip", "Gradient clip (0 = off)")
@@ -261,9 +257,9 @@ with st.expander("New run", expanded=not df.empty and not any_active):
                     **base.to_dict(),
                     "model": model,
                     "method": method,
-                    "domain": domain,
-                    "scales": parse_int_list(scales, field_label("scales")),
-                    "seeds": parse_int_list(seeds, field_label("seeds")),
+                    "domain": chosen[0] if chosen else base.domain,
+                    "scales": parse_int_list(scales, "scales"),
+                    "seeds": parse_int_list(seeds, "seeds"),
                     "epochs": int(epochs),
                     "lora_alpha": float(alpha),
                     "max_length": int(max_length),
@@ -294,22 +290,28 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             )
             specs = sweep_series(
                 spec,
-                ranks=parse_int_list(rank, "LoRA rank(s)"),
-                replays=parse_float_list(replay, "Replay fraction(s)"),
-                learning_rates=parse_float_list(lr, "Learning rate(s)"),
+                ranks=parse_int_list(rank, "rank"),
+                replays=parse_float_list(replay, "replay"),
+                learning_rates=parse_float_list(lr, "learning_rate"),
                 alpha_2r=alpha_2r,
+                domains=tuple(chosen),
             )
             if name.strip() == base.name:  # not renamed: say what differs from the preset
                 specs = [dataclasses.replace(sp, name=run_name(pname, sp)) for sp in specs]
-            for sp in specs:  # all checked before any is stored
-                runner.preflight(sp)
-            ids = [runner.launch(store(), sp) for sp in specs]
+            ids = runner.launch_group(store(), specs)  # all checked before any is stored
             changed()
             st.session_state["watch"] = ids[0]
+            groups = [len(g) for g in pack_groups(specs)]
+            together = (
+                f" Queued as {len(groups)} group(s) of {', '.join(map(str, groups))} run(s): a "
+                "group trains on one loaded model, in one packed pass where the method packs."
+                if max(groups) > 1
+                else ""
+            )
             st.session_state["flash"] = (
                 f"Queued {len(ids)} run(s) ({', '.join(f'`{i}`' for i in ids)}), "
-                f"{len(spec.points())} point(s) each. They train in a background process: closing the "
-                "browser does not stop them."
+                f"{len(spec.points())} point(s) each.{together} They train in a background "
+                "process: closing the browser does not stop them."
             )
             st.rerun()
         except LabError as e:
@@ -321,30 +323,86 @@ with st.expander("New run", expanded=not df.empty and not any_active):
             )
 
 
-def panel() -> None:
+def series_state(run_id: str):
+    """(run with its liveness, spec, points, progress) of one run: what the panel shows."""
     with store().reading():  # the refresh's reads share one database connection
-        all_runs = runs()
-        if all_runs.empty:
-            st.caption(
-                "No runs yet. Start one above; its progress bars and loss curves appear here."
-            )
-            return
-        lab = {
-            r["run_id"]: f"[{r['status_effective']}] {label(r)}"
-            for r in all_runs.to_dict("records")
-        }
-        watch = st.session_state.get("watch")
-        ids = list(lab)
-        idx = ids.index(watch) if watch in ids else 0
-        run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
         run = read("get_run", run_id)
         spec = read("get_spec", run_id)
         pts = read("points_df", (run_id,))
         prog = read("progress_df", run_id)
         info = read("run_info", run_id)
     run = runner.with_status(run)  # liveness: checked at every refresh
+    return run, spec, pts, run_progress(spec, run["status_effective"], pts, prog, info)
+
+
+def live_points(rp, prefix: str = "") -> None:
+    """A bar per point in training (the first four)."""
+    for p in rp.live[:4]:
+        if p.phase == "training" and p.total:
+            loss = f" · loss {p.loss:.3f}" if p.loss is not None else ""
+            st.progress(
+                min(p.step / p.total, 1.0),
+                text=f"{prefix}{p.scale:,} samples, seed {p.seed}: training step "
+                f"{p.step}/{p.total}{loss}",
+            )
+
+
+def group_panel(members: list[str], names: dict[str, str]) -> None:
+    """Every series of a group (runs queued together, trained on one loaded model, in one
+    packed pass where the method packs): its whole-run bar and the points it trains now."""
+    st.caption(
+        f"Trained together with {len(members) - 1} other series (one group): a stop stops "
+        "them all, and resume continues them together."
+    )
+    for r in members:
+        run, _, _, rp = series_state(r)
+        status = run["status_effective"]
+        eta = format_eta(rp.eta_s) if status == "running" else status
+        name = names.get(r, r)
+        st.progress(
+            rp.fraction,
+            text=f"{name}: {rp.points_done} of {rp.points_total} points finished · {eta}",
+        )
+        if status == "running":
+            live_points(rp, f"{name} · ")
+
+
+def run_buttons(run: dict, status: str, grouped: bool, where) -> None:
+    run_id = run["run_id"]
+    what = "group" if grouped else "run"
+    if status in ACTIVE and where[0].button(f"Cancel {what}", key=f"cancel-{run_id}"):
+        try:
+            st.toast(f"{runner.cancel(store(), run_id)}")
+            changed()
+        except LabError as e:
+            st.error(str(e))
+    if runner.can_resume(run) and where[1].button("Resume", key=f"resume-{run_id}"):
+        try:
+            runner.resume_background(store(), run_id)
+            changed()
+            st.toast(
+                f"queued again{' with its group' if grouped else ''}; finished points are kept"
+            )
+            st.rerun()  # the whole page: the panel refreshes itself again while it runs
+        except LabError as e:
+            st.error(str(e))
+
+
+def panel() -> None:
+    all_runs = runs()
+    if all_runs.empty:
+        st.caption("No runs yet. Start one above; its progress bars and loss curves appear here.")
+        return
+    lab = {
+        r["run_id"]: f"[{r['status_effective']}] {label(r)}" for r in all_runs.to_dict("records")
+    }
+    watch = st.session_state.get("watch")
+    ids = list(lab)
+    idx = ids.index(watch) if watch in ids else 0
+    run_id = st.selectbox("Watch run", ids, index=idx, format_func=lab.get, key="watch_select")
+    run, _, pts, rp = series_state(run_id)
+    members = [r for r in all_runs.set_index("run_id").group[run_id] if r in lab]
     status = run["status_effective"]
-    rp = run_progress(spec, status, pts, prog, info)
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )
@@ -355,34 +413,20 @@ def panel() -> None:
     if st.session_state.get("_panel_active") and not all_runs.status_effective.isin(ACTIVE).any():
         st.session_state["_panel_active"] = False
         st.rerun()  # the whole page: the form opens again and the refresh stops
-    if status in ACTIVE and c2.button("Cancel run", key=f"cancel-{run_id}"):
-        try:
-            st.toast(f"{runner.cancel(store(), run_id)}")
-            changed()
-        except LabError as e:
-            st.error(str(e))
-    if runner.can_resume(run) and c3.button("Resume", key=f"resume-{run_id}"):
-        try:
-            runner.resume_background(store(), run_id)
-            changed()
-            st.toast("queued again; finished points are kept")
-            st.rerun()  # the whole page: the panel refreshes itself again while it runs
-        except LabError as e:
-            st.error(str(e))
-    eta = format_eta(rp.eta_s) if status == "running" else status
-    st.progress(
-        rp.fraction,
-        text=f"Whole run: {rp.points_done} of {rp.points_total} points finished · {eta}",
-    )
+    run_buttons(run, status, len(members) > 1, (c2, c3))
+    if len(members) > 1:  # a bar per series, the watched one among them
+        names = dict(zip(all_runs.run_id, all_runs.name.fillna("")))
+        group_panel(members, {r: names.get(r) or r for r in members})
+    else:
+        eta = format_eta(rp.eta_s) if status == "running" else status
+        st.progress(
+            rp.fraction,
+            text=f"Whole run: {rp.points_done} of {rp.points_total} points finished · {eta}",
+        )
     if status == "running":
         st.caption(f"Now: {rp.stage}")
-        for p in rp.live[:4]:
-            if p.phase == "training" and p.total:
-                loss = f" · loss {p.loss:.3f}" if p.loss is not None else ""
-                st.progress(
-                    min(p.step / p.total, 1.0),
-                    text=f"{p.scale:,} samples, seed {p.seed}: training step {p.step}/{p.total}{loss}",
-                )
+        if len(members) <= 1:
+            live_points(rp)
         training = [p for p in rp.live if p.phase == "training"]
         # The loss curve on demand: redrawn at every refresh it costs the server and the
         # browser CPU that the training shares on a small machine (bench/app_overhead.py).

@@ -365,6 +365,90 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
     discard_run_files(sorted(together)[0])
 
 
+def test_a_group_queued_from_the_app_trains_in_one_pass_as_the_runs_apart(db, monkeypatch):
+    """The Launch form's path: `runner.launch_group` queues a 2-domain sweep as one group, the
+    worker claims both runs together and trains them in ONE packed pass (`execute_group`, as
+    the CLI), storing the numbers each run gets apart. Stopped mid-pass, the app's resume of
+    one run queues the group again and it continues from the group's checkpoint."""
+    import core.engine
+    import core.packed
+    from core.config import sweep_series
+    from core.engine import run_sweep
+    from core.paths import checkpoints_dir
+
+    monkeypatch.setattr(core.engine, "CHECKPOINT_EVERY_STEPS", 4)
+    monkeypatch.setattr(runner, "spawn_worker", lambda db: None)  # the worker runs here
+    s = Store(db)
+    base = preset("tiny-test", scales=(4, 8), trainer="packed", lora_dropout=0.0)
+    specs = sweep_series(base, domains=("legal", "financial"))
+    apart = [runner.create_run(s, x, "running") for x in specs]
+    for x, r in zip(specs, apart):
+        assert run_sweep(x, r, s) == "done"
+
+    passes = []
+    real = core.packed.train_packed
+
+    def counted(*args, **kwargs):
+        passes.append(len(args[3]))  # the runs of this pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.packed, "train_packed", counted)
+    queued = runner.launch_group(s, specs)
+    assert len(queued) == 2 and [s.get_run(r)["status"] for r in queued] == ["queued"] * 2
+    assert runner.group_of(s, queued[1]) == queued
+    polls = [0]
+    real_poll = runner.StoreSink.should_cancel
+
+    def stop_after_5_steps(sink):  # each step asks both series' sinks
+        polls[0] += 1
+        return polls[0] > 10 or real_poll(sink)
+
+    monkeypatch.setattr(runner.StoreSink, "should_cancel", stop_after_5_steps)
+    assert runner.worker_main(db) == 0
+    assert passes == [4]  # 2 series x 2 sizes, one pass
+    assert [s.get_run(r)["status"] for r in queued] == ["cancelled"] * 2
+    assert len(list(checkpoints_dir().glob(f"{sorted(queued)[0]}-group-*.json"))) == 1
+    monkeypatch.setattr(runner.StoreSink, "should_cancel", real_poll)
+    assert runner.resume_background(s, queued[1]) == [queued[1], queued[0]]
+    assert runner.worker_main(db) == 0
+    assert [s.get_run(r)["status"] for r in queued] == ["done"] * 2
+    assert passes == [4, 2]  # the 4-sample points were stored before the stop
+    assert not list(checkpoints_dir().glob("*group*"))
+    cols = ["scale", "general_ppl_after", "domain_ppl_after", "final_loss"]
+    for a, b in zip(apart, queued):
+        x = s.points_df([a]).sort_values("scale")[cols].reset_index(drop=True)
+        y = s.points_df([b]).sort_values("scale")[cols].reset_index(drop=True)
+        assert len(x) == 2
+        pd.testing.assert_frame_equal(x, y, rtol=1e-5)
+
+
+def test_a_queued_group_is_claimed_and_cancelled_as_one(db, monkeypatch):
+    """Runs queued together are claimed together (a run queued alone stays alone) and a cancel
+    of one member cancels the group; series that cannot share a pass (two ranks) are queued as
+    groups of their own."""
+    from core.config import sweep_series
+
+    s = Store(db)
+    alone = runner.create_run(s, preset("tiny-test"), "queued")
+    specs = sweep_series(preset("tiny-test"), domains=("legal", "financial"), ranks=(2, 4))
+    monkeypatch.setattr(runner, "spawn_worker", lambda db: None)
+    ids = runner.launch_group(s, specs)
+    assert [(x.domain, x.lora_rank) for x in map(s.get_spec, ids)] == [
+        ("legal", 2),
+        ("financial", 2),
+        ("legal", 4),
+        ("financial", 4),
+    ]
+    groups = [runner.group_of(s, r) for r in ids]
+    assert groups[0] == groups[1] == ids[:2] and groups[2] == groups[3] == ids[2:]
+    assert runner.group_of(s, alone) == [alone]
+    assert s.claim_next_group(os.getpid()) == [alone]
+    assert s.claim_next_group(os.getpid()) == ids[:2]
+    assert runner.cancel(s, ids[3]) == "cancelled"
+    assert {s.get_run(r)["status"] for r in ids[2:]} == {"cancelled"}
+    assert s.claim_next_group(os.getpid()) == []
+
+
 def _wait_for(pred, timeout=120):
     end = time.time() + timeout
     while time.time() < end:

@@ -56,6 +56,42 @@ def test_form_errors_name_the_form_fields_and_store_nothing(db, monkeypatch):
     assert Store(db).list_runs().empty
 
 
+def test_several_domains_queue_one_group_and_bad_lists_name_their_field(db, monkeypatch):
+    """Two domains picked in the form queue two runs as one group (trained together by the
+    worker); a replay list with a non-number, or no domain at all, is refused in the form's
+    words and stores nothing."""
+    monkeypatch.setattr(runner, "spawn_worker", lambda db: None)  # queue only, no training
+    at = _launch_page(db, monkeypatch)
+    at.selectbox[0].set_value("tiny-test").run()  # the preset
+    next(t for t in at.text_input if t.label == "Replay fraction(s)").set_value("0, abc")
+    at.button[-1].click().run()  # "Queue run"
+    errors = " ".join(e.value for e in at.error)
+    assert "**Replay fraction(s)**: 'abc' is not a number" in errors, errors
+    next(m for m in at.multiselect if m.label == "Domain(s)").set_value([])
+    next(t for t in at.text_input if t.label == "Replay fraction(s)").set_value("0")
+    at.button[-1].click().run()
+    errors = " ".join(e.value for e in at.error)
+    assert "**Domain(s)**: give at least one value" in errors, errors
+    assert Store(db).list_runs().empty
+
+    next(m for m in at.multiselect if m.label == "Domain(s)").set_value(["legal", "financial"])
+    at.button[-1].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = Store(db).list_runs()
+    assert sorted(runs.domain) == ["financial", "legal"] and set(runs.status) == {"queued"}
+    group = runs.group.iloc[0]
+    assert sorted(group) == sorted(runs.run_id) and all(g == group for g in runs.group)
+    # the panel shows each series of the group, the sidebar says they go together
+    bars = [p.proto.text for p in at.get("progress")]
+    assert sorted(bars) == [
+        "tiny-test · financial: 0 of 3 points finished · queued",
+        "tiny-test: 0 of 3 points finished · queued",
+    ], bars
+    side = [c.value for c in _launch_page(db, monkeypatch).sidebar.get("caption")]
+    assert sum("(one of a group of 2)" in c for c in side) == 2, side
+    assert Store(db).claim_next_group(os.getpid()) == group  # the worker takes both at once
+
+
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_queueing(db, monkeypatch):
     monkeypatch.setattr("core.memory.free_bytes", lambda device: 1024)
     at = _launch_page(db, monkeypatch)
