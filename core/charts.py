@@ -904,7 +904,27 @@ def profile_figure(profile: list[float], selected: list[int]) -> go.Figure:
     return fig
 
 
-PARETO_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon"]
+# distinct shapes in turn (a key beyond the last one repeats a shape); hollow variants last
+PARETO_SYMBOLS = [
+    "circle",
+    "square",
+    "diamond",
+    "triangle-up",
+    "x",
+    "cross",
+    "star",
+    "hexagon",
+    "triangle-down",
+    "pentagon",
+    "hourglass",
+    "bowtie",
+    "star-triangle-up",
+    "triangle-left",
+    "asterisk-open",
+    "circle-open",
+    "square-open",
+    "diamond-open",
+]
 
 
 def pareto_figure(df: pd.DataFrame, x: str, y: str, front: pd.Series) -> go.Figure:
