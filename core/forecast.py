@@ -478,7 +478,8 @@ def interval_text(out: dict) -> str:
     return (
         f"{base}, plus the extrapolation error measured on {ext['residuals']} rolling-origin "
         f"forecasts inside the measured range (±{ext['per_decade']:.2f} {space} per decade, "
-        f"Student-t), growing with the distance past the last measured size"
+        f"Student-t, measured up to {ext['max_distance_decades']:.1f} decade ahead; farther, "
+        "its linear growth is assumed), growing with the distance past the last measured size"
     )
 
 
