@@ -15,11 +15,25 @@ perplexity ratio the charts use, otherwise on the value itself:
   peaks at 1,000 samples and falls).
 
 The form is chosen by out-of-sample error (fit without the last one and last two measured sizes,
-predict them), not by in-sample fit. Intervals come from a bootstrap that resamples seeds (or,
-with one seed, the fit's residuals) and redoes the model choice in every replicate, plus a draw of
-the chosen form's out-of-sample error that grows with the distance past the last measured size,
-so they cover noise, the choice of form and (some) misfit. `backtest` runs the whole procedure with the last sizes
-held out and reports its error next to every forecast."""
+predict them), not by in-sample fit. The 95 % interval combines three sources of error, by Monte
+Carlo over a fixed-seed RNG (deterministic):
+
+- noise: a bootstrap that resamples seeds (or, with one seed, the fit's residuals);
+- the choice of form: every bootstrap replicate chooses its form anew;
+- the extrapolation error of the whole procedure (the wrong form, a bend past the fitted range),
+  measured on the run's own sizes with a rolling origin (Tashman 2000): fit and choose on the
+  first k sizes, predict every larger measured size, for every k that allows a choice. Each
+  residual (log ratio) is divided by its distance in decades, log10(n / s_k); the band assumes
+  the error grows linearly with the distance, with a scale estimated as the root mean square of
+  those per-decade residuals and a Student-t law with as many degrees of freedom as residuals
+  (too few for a split-conformal quantile, Vovk et al. 2005, at 95 %). Each replicate adds one
+  such draw times its distance past the last measured size. The residuals overlap (one origin
+  predicts several sizes), so the t law is, if anything, too light.
+
+With fewer than MIN_RESIDUALS rolling-origin forecasts the extrapolation error is not measured:
+the result says so (`interval.extrapolation.note`, `interval_note`) and the interval covers noise
+and the choice of form only, too narrow by construction. `backtest` runs the whole procedure with
+the last sizes held out and reports its error next to every forecast."""
 
 from __future__ import annotations
 
@@ -41,6 +55,7 @@ MODEL_SOURCES = {
 }
 N_PARAMS = {"power law": 2, "exponential": 2, "saturating": 3, "rise and fall": 3}
 MIN_SIZES = 4  # fit on >= 3 sizes with one held out
+MIN_RESIDUALS = 3  # rolling-origin forecasts needed to measure the extrapolation error
 Y_CAP = 30.0  # log ratio e^30: keeps runaway extrapolations finite
 
 
@@ -199,22 +214,110 @@ def target_sizes(last: float, to: float) -> list[float]:
     return sorted({s for s in series if last < s < to} | {float(to)})
 
 
-def _oos_noise(rng, m: str, errs: dict, scales, targets) -> np.ndarray:
-    """Model error beyond the fitted noise: a normal draw with the chosen form's out-of-sample
-    RMSE, growing with the distance (in log size) past the last measured size, measured in units
-    of the last measured step."""
-    s = np.sort(np.asarray(scales, dtype=float))
-    step = math.log(s[-1] / s[-2]) if len(s) > 1 and s[-1] > s[-2] else 1.0
-    t = np.asarray(targets, dtype=float)
-    horizon = np.maximum(np.log(np.maximum(t, s[-1]) / s[-1]) / step, 1.0)
-    e = errs.get(m, 0.0)
-    return rng.normal(0.0, e if math.isfinite(e) else 0.0) * horizon
+def extrapolation_error(n, y) -> dict:
+    """The whole procedure's extrapolation error measured on the run's own sizes (a rolling
+    origin): for every origin k >= MIN_SIZES, choose and fit a form on the first k sizes exactly as
+    `forecast` does and predict every larger measured size; each residual (fitting space) is
+    divided by its distance log10(n / s_k) in decades. `per_decade` is the root mean square of
+    those per-decade errors (mean zero assumed, so a systematic bias widens the band too), None
+    with fewer than MIN_RESIDUALS of them: then the error is not measured, and `note` says so."""
+    n = np.asarray(n, dtype=float)
+    y = np.asarray(y, dtype=float)
+    order = np.argsort(n)
+    n, y = n[order], y[order]
+    z, dist = [], []
+    for k in range(MIN_SIZES, len(n)):
+        try:
+            m, _ = choose(n[:k], y[:k])
+        except ForecastError:
+            continue
+        d = np.log10(n[k:] / n[k - 1])
+        z.extend((y[k:] - fit_curve(m, n[:k], y[:k]).y(n[k:])) / d)
+        dist.extend(d)
+    out = {
+        "method": "rolling origin inside the measured range, Student-t on per-decade residuals",
+        "residuals": len(z),
+        "max_distance_decades": float(max(dist)) if dist else 0.0,
+        "per_decade": None,
+        "bias_per_decade": None,
+        "measured": len(z) >= MIN_RESIDUALS,
+    }
+    if out["measured"]:
+        zs = np.asarray(z)
+        out["per_decade"] = float(np.sqrt(np.mean(zs**2)))
+        out["bias_per_decade"] = float(np.mean(zs))
+    else:
+        out["note"] = (
+            f"too few measured sizes ({len(n)}) to measure the extrapolation error out of sample "
+            f"({len(z)} rolling-origin forecasts, {MIN_RESIDUALS} needed): the interval covers "
+            "seed noise and the choice of form only and is too narrow; measure more sizes"
+        )
+    return out
+
+
+def _model_draws(ext: dict, n_boot: int, seed: int) -> np.ndarray:
+    """Per replicate, one draw of the extrapolation error per decade: the measured scale times a
+    Student-t variate with as many degrees of freedom as residuals (the predictive law of a new
+    residual when the scale is estimated from them); zeros when the error is not measured."""
+    if not ext.get("measured"):
+        return np.zeros(n_boot)
+    rng = np.random.default_rng(seed + 1)
+    return ext["per_decade"] * rng.standard_t(ext["residuals"], n_boot)
+
+
+def _boot_curves(points: pd.DataFrame, metric: str, n_boot: int, seed: int):
+    """The seed (or residual) bootstrap with the form chosen anew in every replicate: the fitted
+    curve and the form of each replicate that could be fitted, and what was resampled."""
+    bs_scales, reps, over = _replicates(points, metric, n_boot, seed)
+    curves = []
+    for yr in reps:
+        try:
+            m, _ = choose(bs_scales, yr)
+        except ForecastError:
+            continue
+        curves.append(fit_curve(m, bs_scales, yr))
+    return curves, over
+
+
+def _band(curves, draws, last: float, sizes) -> np.ndarray:
+    """Replicate predictions (fitting space) at `sizes`: each replicate's curve plus its model
+    error draw times the distance in decades past the last measured size."""
+    sizes = np.asarray(sizes, dtype=float)
+    dist = np.log10(np.maximum(sizes, last) / last)
+    return np.array([cv.y(sizes) + dr * dist for cv, dr in zip(curves, draws)])
 
 
 def _crossing(curve: Curve, lo: float, hi: float, level_y: float) -> float:
     grid = np.geomspace(lo, hi, 400)
     above = np.nonzero(curve.y(grid) >= level_y)[0]
     return float(grid[above[0]]) if len(above) else math.inf
+
+
+def _threshold(point: Curve, curves, draws, last: float, to: float, level: float, metric: str):
+    """The projected threshold crossing and its 95 % interval over the replicates, or a note."""
+    level_y = float(to_y([level], metric)[0])
+    grid = np.geomspace(last, to, 400)
+    cross = []
+    for yg in _band(curves, draws, last, grid):
+        above = np.nonzero(yg >= level_y)[0]
+        cross.append(float(grid[above[0]]) if len(above) else math.inf)
+    t = _crossing(point, last, to, level_y)
+    arr = np.asarray(cross, dtype=float)
+    if not (math.isfinite(t) or np.isfinite(arr).any()):
+        return None, f"not reached below {to:,.0f} in any replicate"
+    big = np.where(np.isfinite(arr), arr, 1e300)  # inf - inf would make percentiles NaN
+    lo_t, hi_t = (
+        [v if v < 1e300 else math.inf for v in np.percentile(big, [2.5, 97.5])]
+        if len(arr)
+        else (math.inf, math.inf)
+    )
+    return {
+        "level": level,
+        "scale": t if math.isfinite(t) else None,
+        "lo": float(lo_t) if math.isfinite(lo_t) else None,
+        "hi": float(hi_t) if math.isfinite(hi_t) else None,
+        "not_reached_share": float(np.mean(~np.isfinite(arr))) if len(arr) else 1.0,
+    }, None
 
 
 def forecast(
@@ -227,8 +330,9 @@ def forecast(
     with_backtest: bool = True,
 ) -> dict:
     """Forecast `metric` from the run's measured sizes up to `to`: the chosen form, predictions
-    with 95 % bootstrap intervals, the threshold crossing (for `degradation_pct`-like metrics,
-    when not yet crossed) and the backtest of the same procedure with the last sizes held out."""
+    with 95 % intervals (seeds, the choice of form and the extrapolation error measured on the
+    run's own sizes), the threshold crossing (for `degradation_pct`-like metrics, when not yet
+    crossed) and the backtest of the same procedure with the last sizes held out."""
     c = _mean_curve(points, metric)
     scales = c["scale"].to_numpy(dtype=float)
     if len(scales) < MIN_SIZES:
@@ -245,28 +349,14 @@ def forecast(
     best, errs = choose(scales, y)
     point = fit_curve(best, scales, y)
     targets = target_sizes(last, float(to))
-    bs_scales, reps, over = _replicates(points, metric, n_boot, seed)
-    preds, chosen, cross = [], [], []
-    level_y = float(to_y([level], metric)[0])
-    crossed = bool((c[metric] >= level).any())
-    rng = np.random.default_rng(seed + 1)
-    for yr in reps:
-        try:
-            m, e = choose(bs_scales, yr)
-        except ForecastError:
-            continue
-        cv = fit_curve(m, bs_scales, yr)
-        chosen.append(m)
-        preds.append(cv.y(targets) + _oos_noise(rng, m, e, bs_scales, targets))
-        if not crossed:
-            grid = np.geomspace(last, float(to), 400)
-            yg = cv.y(grid) + _oos_noise(rng, m, e, bs_scales, grid)
-            above = np.nonzero(yg >= level_y)[0]
-            cross.append(float(grid[above[0]]) if len(above) else math.inf)
-    preds = np.array(preds)
+    ext = extrapolation_error(scales, y)
+    curves, over = _boot_curves(points, metric, n_boot, seed)
+    draws = _model_draws(ext, len(curves), seed)
+    preds = _band(curves, draws, last, targets)
     lo = from_y(np.percentile(preds, 2.5, axis=0), metric)
     hi = from_y(np.percentile(preds, 97.5, axis=0), metric)
     mid = from_y(point.y(targets), metric)
+    chosen = [cv.name for cv in curves]
     out: dict = {
         "metric": metric,
         "model": best,
@@ -283,31 +373,18 @@ def forecast(
             "over": over,
             "replicates": len(preds),
             "model_share": {m: chosen.count(m) / max(len(chosen), 1) for m in MODELS},
+            "extrapolation": ext,
         },
         "threshold": None,
         "projection": True,
     }
-    if crossed:
+    out["interval_note"] = interval_text(out)
+    if (c[metric] >= level).any():
         out["threshold_note"] = f"already measured at or above {level:g} (no forecast needed)"
     else:
-        t = _crossing(point, last, float(to), level_y)
-        arr = np.asarray(cross, dtype=float)
-        big = np.where(np.isfinite(arr), arr, 1e300)  # inf - inf would make percentiles NaN
-        lo_t, hi_t = (
-            [v if v < 1e300 else math.inf for v in np.percentile(big, [2.5, 97.5])]
-            if len(arr)
-            else (math.inf, math.inf)
-        )
-        if math.isfinite(t) or np.isfinite(arr).any():
-            out["threshold"] = {
-                "level": level,
-                "scale": t if math.isfinite(t) else None,
-                "lo": float(lo_t) if math.isfinite(lo_t) else None,
-                "hi": float(hi_t) if math.isfinite(hi_t) else None,
-                "not_reached_share": float(np.mean(~np.isfinite(arr))) if len(arr) else 1.0,
-            }
-        else:
-            out["threshold_note"] = f"not reached below {to:,.0f} in any replicate"
+        out["threshold"], note = _threshold(point, curves, draws, last, float(to), level, metric)
+        if note:
+            out["threshold_note"] = note
     if with_backtest:
         out["backtest"] = backtest(points, metric, n_boot=n_boot, seed=seed)
     return out
@@ -369,6 +446,8 @@ def backtest(
         "abs_error_points": float(np.median([abs(r["pct"] - r["measured"]) for r in rows])),
         "coverage": float(np.mean([r["inside"] for r in rows])),
         "space": "log perplexity ratio" if is_pct(metric) else metric,
+        "extrapolation": f["interval"]["extrapolation"],
+        "interval_note": f["interval_note"],
     }
 
 
@@ -379,19 +458,29 @@ def _refit_at(points, metric, sizes, n_boot, seed):
     y = to_y(c[metric], metric)
     best, _ = choose(scales, y)
     mid = from_y(fit_curve(best, scales, y).y(sizes), metric)
-    bs_scales, reps, _ = _replicates(points, metric, n_boot, seed)
-    preds = []
-    rng = np.random.default_rng(seed + 1)
-    for yr in reps:
-        try:
-            m, e = choose(bs_scales, yr)
-        except ForecastError:
-            continue
-        preds.append(fit_curve(m, bs_scales, yr).y(sizes) + _oos_noise(rng, m, e, bs_scales, sizes))
-    preds = np.array(preds)
+    curves, _ = _boot_curves(points, metric, n_boot, seed)
+    draws = _model_draws(extrapolation_error(scales, y), len(curves), seed)
+    preds = _band(curves, draws, float(scales.max()), sizes)
     lo = from_y(np.percentile(preds, 2.5, axis=0), metric)
     hi = from_y(np.percentile(preds, 97.5, axis=0), metric)
     return list(zip(mid, lo, hi))
+
+
+def interval_text(out: dict) -> str:
+    """One line: what the 95 % interval covers, and a warning when the extrapolation error could
+    not be measured on the run's own sizes (then the interval is too narrow)."""
+    iv = out.get("interval") or {}
+    ext = iv.get("extrapolation") or {}
+    base = f"95 % interval over {iv.get('over', '?')} and the choice of form"
+    if not ext.get("measured"):
+        return f"{base}; WARNING: {ext.get('note', 'extrapolation error not measured')}"
+    space = "log ratio" if is_pct(out.get("metric", "")) else out.get("metric", "")
+    return (
+        f"{base}, plus the extrapolation error measured on {ext['residuals']} rolling-origin "
+        f"forecasts inside the measured range (±{ext['per_decade']:.2f} {space} per decade, "
+        f"Student-t, measured up to {ext['max_distance_decades']:.1f} decade ahead; farther, "
+        "its linear growth is assumed), growing with the distance past the last measured size"
+    )
 
 
 def backtest_text(bt: dict | None) -> str:
@@ -410,8 +499,8 @@ def describe(out: dict) -> str:
     """The forecast as text for the command line; says that it is a projection."""
     lines = [
         f"PROJECTION (not a measurement) of {out['metric']} with the {out['model']} form "
-        f"({out['model_source']}), chosen by out-of-sample error; 95 % intervals over "
-        f"{out['interval']['over']} and the model choice",
+        f"({out['model_source']}), chosen by out-of-sample error",
+        out.get("interval_note") or interval_text(out),
     ]
     for p in out["predictions"]:
         lines.append(f"  {p['scale']:>8,}  {p['pct']:+10.1f}   [{p['lo']:+.1f}, {p['hi']:+.1f}]")

@@ -139,7 +139,8 @@ with st.sidebar:
         help="A projection, not a measurement: growth forms (power law after "
         f"{sources.cite('004')}, saturating after {sources.cite('005')}, exponential as claimed "
         f"in {sources.cite('000')}, rise and fall) chosen by their error on held-out largest "
-        "sizes; the band is a 95 % bootstrap interval; its backtest error is shown beside it.",
+        "sizes; the band is a 95 % interval over seeds, the choice of form and the extrapolation "
+        "error measured on the run's own sizes; its backtest error is shown beside it.",
     )
     fc_to = st.number_input(
         "Forecast up to (samples)", 100, 10_000_000, 50_000, step=10_000, key="fc_to"
@@ -185,7 +186,7 @@ elif show_fc:
             st.caption(
                 f"**Forecast (a projection, not measured)** for {lab.get(r, r)}: "
                 f"{fc['model']} form ({fc['model_source']}){thr_txt}. "
-                f"{charts.forecast_backtest_text(fc)}."
+                f"{charts.forecast_backtest_text(fc)}. {fc.get('interval_note', '')}"
             )
 fig = charts.threshold_figure(
     curves,

@@ -76,6 +76,62 @@ def test_intervals_cover_a_known_noisy_power_law():
     assert np.mean(hits) >= 0.75
 
 
+def bends(n):
+    """A power law (0.5 ln n) up to about a thousand samples that saturates beyond: the form
+    switches past the fitted range, so no form fitted on <= 1,000 extrapolates it right."""
+    n = np.asarray(n, float)
+    return -1.0 + 0.5 * np.log(n / (1 + n / BEND))
+
+
+BEND = 2000.0  # the bend shows a little inside 50-1,000; at 5,000 it would not, and the band
+# would miss too: the rolling origin measures only what the measured sizes show
+
+
+def _log_width(p) -> float:
+    return float(np.log((1 + p["hi"] / 100) / (1 + p["lo"] / 100)))
+
+
+def test_interval_covers_a_curve_that_bends_past_the_fitted_range_where_seeds_alone_do_not():
+    """Fitted on 50-1,000, predicting 2,500-10,000 of a power law that saturates: the seed (and
+    choice-of-form) bootstrap alone misses the truth; adding the extrapolation error measured on
+    the run's own sizes (rolling origin) covers it."""
+    pts = synthetic(bends, seeds=3, noise=0.01)
+    targets = [2500.0, 5000.0, 10000.0]
+    out = F.forecast(pts, to=10000, n_boot=200, with_backtest=False)
+    ext = out["interval"]["extrapolation"]
+    assert ext["measured"] and ext["residuals"] == 3 and ext["per_decade"] > 0
+    assert "rolling-origin" in out["interval_note"] and "WARNING" not in out["interval_note"]
+    truth = ratio_to_pct(np.exp(bends(targets)))
+    preds = {p["scale"]: p for p in out["predictions"]}
+    for s, t in zip(targets, truth):
+        assert preds[s]["lo"] <= t <= preds[s]["hi"], (s, t, preds[s])
+    # the same bootstrap without the extrapolation term (what the interval was before)
+    curves, _ = F._boot_curves(pts, "degradation_pct", 200, 0)
+    seeds_only = F._band(curves, np.zeros(len(curves)), 1000.0, targets)
+    lo = F.from_y(np.percentile(seeds_only, 2.5, axis=0), "degradation_pct")
+    hi = F.from_y(np.percentile(seeds_only, 97.5, axis=0), "degradation_pct")
+    assert not all(a <= t <= b for a, t, b in zip(lo, truth, hi))
+
+
+def test_intervals_widen_with_the_extrapolation_distance_and_are_deterministic():
+    pts = synthetic(bends, seeds=3, noise=0.01)
+    out = F.forecast(pts, to=100000, n_boot=100, with_backtest=False)
+    widths = [_log_width(p) for p in out["predictions"]]
+    assert all(b > a for a, b in zip(widths, widths[1:])), widths
+    assert widths[-1] > 3 * widths[0]
+    again = F.forecast(pts, to=100000, n_boot=100, with_backtest=False)
+    assert again["predictions"] == out["predictions"]
+
+
+def test_too_few_sizes_to_measure_the_extrapolation_error_is_said_not_invented():
+    pts = synthetic(power, scales=[50, 100, 250, 500, 1000], noise=0.02)
+    out = F.forecast(pts, to=10000, n_boot=60, with_backtest=False)
+    ext = out["interval"]["extrapolation"]
+    assert not ext["measured"] and ext["per_decade"] is None and ext["residuals"] == 1
+    assert "too few measured sizes" in ext["note"] and "WARNING" in out["interval_note"]
+    assert out["interval_note"] in F.describe(out)
+
+
 def test_forecast_threshold_crossing_when_not_yet_crossed():
     pts = synthetic(power, noise=0.02)  # +18 % at 1,000 (log ratio 2.45)... level far above it
     out = F.forecast(pts, to=50000, level=3000, n_boot=60, with_backtest=False)
@@ -126,6 +182,7 @@ def test_cli_json_shape_on_a_reference_run(capsys, db):
     assert out["run_id"] == REF_LEGAL and out["metric"] == "degradation_pct"
     assert out["predictions"][-1]["scale"] == 50000
     assert all({"scale", "pct", "lo", "hi"} == set(p) for p in out["predictions"])
+    assert out["interval"]["extrapolation"]["measured"] and out["interval_note"]
     assert out["threshold"] is None  # legal is above 10 % from its first size
     assert out["backtest"]["fit_upto"] == 2500 and len(out["backtest"]["held_out"]) == 2
 
