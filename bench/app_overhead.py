@@ -207,6 +207,9 @@ def main() -> None:
         "user's browser runs (default); root: as root lets it (nice -8, above the training)",
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument(
+        "--suffix", default="", help="appended to the result file's name (a second run that day)"
+    )
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="lab-overhead-"))
@@ -243,7 +246,8 @@ def main() -> None:
         "command": "python bench/app_overhead.py"
         + (f" --file-watcher {args.file_watcher}" if args.file_watcher else "")
         + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
-        + (" --browser-priority root" if args.browser_priority == "root" else ""),
+        + (" --browser-priority root" if args.browser_priority == "root" else "")
+        + (f" --suffix={args.suffix}" if args.suffix else ""),
         "browser_priority": args.browser_priority,
         "what": "quick-cpu from the CLI vs started from the app's Launch page with a headless "
         "Chromium tab open on it until 'Status: done' (the live panel refreshes itself); model "
@@ -252,6 +256,14 @@ def main() -> None:
         **med,
         "ratio": round(med["app_watched_s"] / med["cli_s"], 3),
         "ratios_each": [round(a["app_watched_s"] / c["cli_s"], 3) for c, a in zip(cli, app)],
+        # the same work on both sides: the engine's own time (start to end of the run), and the
+        # spread of the CLI's alone (the machine's own run-to-run variation)
+        "engine_ratio": round(
+            statistics.median(a["split"]["engine_s"] for a in app)
+            / statistics.median(c["split"]["engine_s"] for c in cli),
+            3,
+        ),
+        "cli_s_range": [min(c["cli_s"] for c in cli), max(c["cli_s"] for c in cli)],
         "cli_runs": cli,
         "app_runs": app,
         "goal": "issue 18: ratio <= 1.15 on the 2-core machine",
@@ -260,6 +272,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"-watcher-{args.file_watcher}" if args.file_watcher else ""
     suffix += "-browser-as-root" if args.browser_priority == "root" else ""
+    suffix += args.suffix
     path = out / f"{result['date']}-app-overhead-cpu{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

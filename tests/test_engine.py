@@ -307,7 +307,7 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
     import core.engine
     import core.packed
     from core.config import sweep_series
-    from core.engine import run_group, run_sweep
+    from core.engine import run_group
     from core.packed import Checkpoint
     from core.paths import checkpoints_dir, discard_run_files
 
@@ -321,18 +321,8 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
         ("financial", 5e-3),
         ("financial", 2e-2),
     ]
-    apart = [runner.create_run(s, x, "running") for x in specs]
-    for x, r in zip(specs, apart):
-        assert run_sweep(x, r, s) == "done"
-
-    passes = []
-    real = core.packed.train_packed
-
-    def counted(*args, **kwargs):
-        passes.append(len(args[3]))  # the runs of this pass
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core.packed, "train_packed", counted)
+    apart = _trained_apart(s, specs)
+    passes = _count_passes(monkeypatch)
     together = [runner.create_run(s, x, "running") for x in specs]
     calls = [0]
 
@@ -373,7 +363,6 @@ def test_a_group_queued_from_the_app_trains_in_one_pass_as_the_runs_apart(db, mo
     import core.engine
     import core.packed
     from core.config import sweep_series
-    from core.engine import run_sweep
     from core.paths import checkpoints_dir
 
     monkeypatch.setattr(core.engine, "CHECKPOINT_EVERY_STEPS", 4)
@@ -381,18 +370,8 @@ def test_a_group_queued_from_the_app_trains_in_one_pass_as_the_runs_apart(db, mo
     s = Store(db)
     base = preset("tiny-test", scales=(4, 8), trainer="packed", lora_dropout=0.0)
     specs = sweep_series(base, domains=("legal", "financial"))
-    apart = [runner.create_run(s, x, "running") for x in specs]
-    for x, r in zip(specs, apart):
-        assert run_sweep(x, r, s) == "done"
-
-    passes = []
-    real = core.packed.train_packed
-
-    def counted(*args, **kwargs):
-        passes.append(len(args[3]))  # the runs of this pass
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core.packed, "train_packed", counted)
+    apart = _trained_apart(s, specs)
+    passes = _count_passes(monkeypatch)
     queued = runner.launch_group(s, specs)
     assert len(queued) == 2 and [s.get_run(r)["status"] for r in queued] == ["queued"] * 2
     assert runner.group_of(s, queued[1]) == queued
@@ -607,3 +586,28 @@ def test_a_group_measures_the_base_once_per_distinct_input(db, monkeypatch):
         ga = s.generations_df(a)
         gb = s.generations_df(b)
         assert ga[ga.stage == "before"].output.tolist() == gb[gb.stage == "before"].output.tolist()
+
+
+def _trained_apart(s, specs) -> list[str]:
+    """Each series trained on its own (the reference a packed group must reproduce)."""
+    from core.engine import run_sweep
+
+    apart = [runner.create_run(s, x, "running") for x in specs]
+    for x, r in zip(specs, apart):
+        assert run_sweep(x, r, s) == "done"
+    return apart
+
+
+def _count_passes(monkeypatch) -> list[int]:
+    """The packed trainer's passes from now on, each as its number of runs."""
+    import core.packed
+
+    passes = []
+    real = core.packed.train_packed
+
+    def counted(*args, **kwargs):
+        passes.append(len(args[3]))  # the runs of this pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.packed, "train_packed", counted)
+    return passes
