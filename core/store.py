@@ -466,17 +466,6 @@ class Store:
         with self.tx() as con:
             con.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", [*params, run_id])
 
-    def claim_next_queued(self, pid: int) -> str | None:
-        """Atomically move the oldest queued run to running for this worker."""
-        with self.tx() as con:
-            row = con.execute(
-                "SELECT run_id FROM runs WHERE status = 'queued' ORDER BY created_at LIMIT 1"
-            ).fetchone()
-            if not row:
-                return None
-            self._claim(con, pid, [row[0]])
-            return row[0]
-
     def claim_next_group(self, pid: int) -> list[str]:
         """Atomically move the oldest queued run, and the queued runs of its group (see
         `create_runs`), to running for this worker; [] when none is queued."""

@@ -366,7 +366,7 @@ def test_launch_form_runs_every_method(method, extra, tmp_path, monkeypatch):
     next(b for b in at.button if b.label == "Queue run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     store = Store(db)
-    rid = store.claim_next_queued(os.getpid())
+    (rid,) = store.claim_next_group(os.getpid())
     spec = json.loads(store.get_run(rid)["spec_json"])
     assert spec["method"] == method and spec["smoke_every"] == 4
     if method == "adaptq":
