@@ -169,7 +169,16 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     progress = page.get_by_role("heading", name="Progress", exact=True)
     progress.wait_for()
     form = page.get_by_text("New run", exact=True).first
-    assert progress.bounding_box()["y"] < form.bounding_box()["y"]
+
+    def progress_above_form() -> bool:
+        return progress.bounding_box()["y"] < form.bounding_box()["y"]
+
+    # Until the rerun after the click has replaced the page, Streamlit keeps the previous
+    # render's elements (the old "Progress" heading below the form): wait for the new layout.
+    deadline = time.monotonic() + 20
+    while not progress_above_form() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert progress_above_form()
     page.get_by_text(re.compile(r"^Whole run: \d+ of 3 points finished")).first.wait_for()
     _shot(page, "02a-launch-started")
     page.get_by_text("Whole run: 3 of 3 points finished").wait_for(timeout=180_000)
