@@ -343,12 +343,7 @@ def test_series_of_several_domains_and_rates_train_in_one_packed_pass(db, monkey
     assert passes == [12, 8]  # the 4-sample points were stored before the stop
     assert {"type": "phase", "phase": "resuming from the last checkpoint"} in phases
     assert not list(checkpoints_dir().glob("*group*"))
-    cols = ["scale", "general_ppl_after", "domain_ppl_after", "final_loss"]
-    for a, b in zip(apart, together):
-        x = s.points_df([a]).sort_values("scale")[cols].reset_index(drop=True)
-        y = s.points_df([b]).sort_values("scale")[cols].reset_index(drop=True)
-        assert len(x) == 3
-        pd.testing.assert_frame_equal(x, y, rtol=1e-5)
+    _assert_same_points(s, apart, together, 3)
     # the learning rate reached each series: the two rates end differently
     finals = [float(s.points_df([r]).final_loss.iloc[-1]) for r in together]
     assert finals[0] != pytest.approx(finals[1], rel=1e-3)
@@ -393,12 +388,7 @@ def test_a_group_queued_from_the_app_trains_in_one_pass_as_the_runs_apart(db, mo
     assert [s.get_run(r)["status"] for r in queued] == ["done"] * 2
     assert passes == [4, 2]  # the 4-sample points were stored before the stop
     assert not list(checkpoints_dir().glob("*group*"))
-    cols = ["scale", "general_ppl_after", "domain_ppl_after", "final_loss"]
-    for a, b in zip(apart, queued):
-        x = s.points_df([a]).sort_values("scale")[cols].reset_index(drop=True)
-        y = s.points_df([b]).sort_values("scale")[cols].reset_index(drop=True)
-        assert len(x) == 2
-        pd.testing.assert_frame_equal(x, y, rtol=1e-5)
+    _assert_same_points(s, apart, queued, 2)
 
 
 def test_a_queued_group_is_claimed_and_cancelled_as_one(db, monkeypatch):
@@ -611,3 +601,13 @@ def _count_passes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(core.packed, "train_packed", counted)
     return passes
+
+
+def _assert_same_points(s, apart, together, n: int) -> None:
+    """Each series stored the same n points packed in a group as trained on its own."""
+    cols = ["scale", "general_ppl_after", "domain_ppl_after", "final_loss"]
+    for a, b in zip(apart, together):
+        x = s.points_df([a]).sort_values("scale")[cols].reset_index(drop=True)
+        y = s.points_df([b]).sort_values("scale")[cols].reset_index(drop=True)
+        assert len(x) == n
+        pd.testing.assert_frame_equal(x, y, rtol=1e-5)
