@@ -9,7 +9,11 @@ last point stored, over as many chained commands as it takes.
 `start` and `resume` train until done or until SIGTERM (e.g. `timeout -s TERM 480 ...`: the
 packed trainer saves its checkpoint at the stop, and `resume` continues from that step). Leave
 a few minutes between the stop and a hard limit: a stop that lands in a compile (a fresh process,
-or the packer shrinking to a new size) is honoured only when the compile is over. Each
+or the packer shrinking to a new size) is honoured only when the compile is over.
+`--stop-at-rows N` stops the same way once the packer shrinks to N rows or fewer, before the
+smaller packer compiles: the checkpoint then holds only the runs still training (for the paper's
+grid, the two 50,000-sample runs: ~59 MB in bf16 at LoRA r8), small enough to carry to another
+machine and `resume` there (the lab home travels with it). Each
 chunk appends its timings to `fullgrid-state.json` in the lab home: wall time from its first
 training step to its end (the last point stored, or the stop), model load and base measurement
 before it, evaluation inside it, and the packed step time at every width (rows in flight) from the
@@ -25,6 +29,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -69,6 +74,7 @@ class Timer:
         self._handover = 0.0
         self.shrinks: list[tuple[int, int]] = []  # (packed step, slots after)
         self.on_point = None  # called with the summary so far whenever points are stored
+        self.stop_at_rows: int | None = None  # stop once the packer shrinks to this many rows
         S = scheduler.Scheduler
         timer = self
         read_back, hand_over, step, shrink = S.read_back, S.hand_over, S.step, S.shrink_packer
@@ -106,6 +112,10 @@ class Timer:
         def timed_shrink(sched):  # its time stays in the interval: one-time work
             shrink(sched)
             timer.shrinks.append((sched.step_no, sched.packer.slots))
+            if timer.stop_at_rows and sched.packer.slots <= timer.stop_at_rows:
+                # the stop a `timeout` would send: checked before the next step, so the
+                # checkpoint is saved before the smaller packer compiles
+                os.kill(os.getpid(), signal.SIGTERM)
 
         S.step, S.read_back, S.hand_over, S.shrink_packer = (
             timed_step,
@@ -138,8 +148,11 @@ class Timer:
         }
 
 
-def _chunk(store: Store, run_ids: list[str], state: dict, kind: str) -> int:
+def _chunk(
+    store: Store, run_ids: list[str], state: dict, kind: str, stop_at_rows: int | None = None
+) -> int:
     timer = Timer()
+    timer.stop_at_rows = stop_at_rows
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     chunks = state.setdefault("chunks", [])
     chunks.append({"kind": kind, "started": started, "status": "running"})
@@ -198,6 +211,12 @@ def main() -> int:
     ap.add_argument("--command", action="append", default=[], help="report: commands run")
     ap.add_argument("--commit", default=None, help="report: the commit measured")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument(
+        "--stop-at-rows",
+        type=int,
+        default=None,
+        help="stop (checkpoint saved) once the packer shrinks to this many rows or fewer",
+    )
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     store = Store(resolve_db(None))
@@ -221,7 +240,7 @@ def main() -> int:
         state = {"run_ids": ids, "precision": a.precision, "commit": git_commit(), "chunks": []}
         _save_state(state)
         runner.install_stop_signals()
-        return _chunk(store, ids, state, "start")
+        return _chunk(store, ids, state, "start", a.stop_at_rows)
     if a.cmd == "resume":
         ids = [
             r
@@ -234,7 +253,7 @@ def main() -> int:
         for r in ids:
             runner.prepare_resume(store, r)
         runner.install_stop_signals()
-        return _chunk(store, ids, state, "resume")
+        return _chunk(store, ids, state, "resume", a.stop_at_rows)
     return _report(store, state, a)
 
 
