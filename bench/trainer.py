@@ -181,7 +181,8 @@ STEP_VARIANTS_EARLIER = {  # with --ablate-earlier (bench/results/2026-12-02-*-a
 }
 # Measured and dropped (bench/results/2026-12-03-cuda-h200-ablate-bf16-{inductor,cast}.json, at
 # the commits named there): LoRA's small products as fused reductions (Inductor's
-# decompose_mm_pass) and the adapters cast to bf16 once per step; docs/ARCHITECTURE.md.
+# decompose_mm_pass), the adapters cast to bf16 once per step, and one base product per q/k/v
+# and gate/up group (fused_base, ...-fusedbase.json); docs/ARCHITECTURE.md.
 STEP_VARIANTS = {
     "engine default (grouped, cast_base, fused_head)": {},
     "+ combo_kernels (Inductor horizontal fusion)": dict(combo_kernels=True),

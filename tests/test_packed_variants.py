@@ -1,5 +1,5 @@
 """The packed step's faster variants (PackedLoRA.transposed, .grouped, .fused_adamw, .cast_base,
-.fused_head, .combo_kernels, .fused_base) compute what the plain PyTorch expression computes."""
+.fused_head, .combo_kernels) compute what the plain PyTorch expression computes."""
 
 import contextlib
 
@@ -12,7 +12,6 @@ from core.config import preset
 from core.models import load_model
 from core.packed import PackedLoRA, PackedLoRALinear, train_packed
 from core.packed.layers import _Ctx, _Group
-from core.packed.packer import _fuse_base
 
 
 @contextlib.contextmanager
@@ -121,53 +120,6 @@ def test_lora_products_equal_the_plain_expression(outs, grouped, transposed):
         assert seen and all(seen)
 
 
-@pytest.mark.parametrize("outs", [(6, 3, 3), (5, 5)])
-def test_fused_base_products_equal_the_plain_expression(outs):
-    """One base product for the group (fused_base): every member's output and adapter gradient,
-    and the input's gradient, as with one base product per member (fp32)."""
-    x0 = torch.randn(3, 7, 8)
-    got = {}
-    for fused in (False, True):
-        mods, leaves, _ = _modules(outs, grouped=True, transposed=True)
-        if fused:
-            _fuse_base(mods[0].group, [m.base for m in mods])
-            assert mods[0].group.base_w.shape == (sum(outs), 8)
-        x = x0.clone().requires_grad_()
-        ys = [m(x) for m in mods]
-        for y, w in zip(ys, _plain(mods, x0)):
-            assert torch.allclose(y, w, rtol=1e-5, atol=1e-6)
-        torch.manual_seed(3)
-        sum((y * torch.randn_like(y)).sum() for y in ys).backward()
-        got[fused] = [x.grad] + [t.grad for t in leaves]
-    for a, b in zip(got[False], got[True]):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-    # a follower called first computes its own base output and update
-    mods, _, _ = _modules(outs, grouped=True, transposed=True)
-    _fuse_base(mods[0].group, [m.base for m in mods])
-    assert torch.allclose(mods[1](x0), _plain(mods, x0)[1], rtol=1e-5, atol=1e-6)
-
-
-def test_fused_base_equals_one_product_per_member_in_the_packer():
-    """The packer with fused_base against without: loss and every adapter gradient, fp32 and
-    bf16 (with cast_base, whose per-member copies then view into the group's weight)."""
-    for precision, tol in (("fp32", 1e-5), ("bf16", 1e-2)):
-        spec = preset("tiny-test", lora_dropout=0.0, precision=precision)
-        got = {}
-        for on in (False, True):
-            with switches(fused_base=on):
-                p = _packer(spec)
-            groups = {id(m.group): m.group for m in p.modules.values() if m.group is not None}
-            assert groups and all((g.base_w is not None) == on for g in groups.values())
-            if on and precision == "bf16":
-                g = next(iter(groups.values()))
-                assert g.members[0].base_lp.data_ptr() == g.base_w.data_ptr()  # a view
-            got[on] = _loss_and_grads(p, *_batch(), precision=precision)
-        (l0, g0), (l1, g1) = got[False], got[True]
-        assert torch.allclose(l0, l1, rtol=tol), precision
-        for a, b in zip(g0, g1):
-            assert float((a - b).norm() / b.norm()) <= tol, precision
-
-
 def test_a_member_called_out_of_order_computes_its_own_update():
     mods, _, _ = _modules((5, 5), grouped=True, transposed=True)
     x = torch.randn(3, 4, 8)
@@ -226,7 +178,6 @@ def test_every_variant_trains_like_the_sequential_loop():
         (dict(transposed=False, grouped=False), 1e-5),
         (dict(transposed=True, grouped=False), 1e-5),
         (dict(transposed=True, grouped=True), 2e-5),
-        (dict(transposed=True, grouped=True, fused_base=True), 2e-5),
     ):
         got = _train(spec, **flags)
         for key, (ref, ref_losses) in want.items():

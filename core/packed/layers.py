@@ -38,13 +38,7 @@ class _Group:
         self.A, self.B = A, B  # [slots, k, r, d_in], [slots, k, d_out, r] or None
         self.members: list[PackedLoRALinear] = []
         self.src: torch.Tensor | None = None  # the input the pending updates were computed from
-        # member index -> (its base output, or None: the member computes its own; its update)
-        self.pending: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
-        # `PackedLoRA.fused_base`: the members' frozen weights side by side ([sum of widths,
-        # d_in]), so one product gives every member's base output; None: one product each
-        self.base_w: torch.Tensor | None = None
-        self.base_b: torch.Tensor | None = None
-        self.widths: list[int] = []
+        self.pending: dict[int, torch.Tensor] = {}  # member index -> its update
 
 
 class PackedLoRALinear(nn.Module):
@@ -102,14 +96,12 @@ class PackedLoRALinear(nn.Module):
         return self.base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._base(x)
         s = self.ctx.slot
         shape = x.shape
         if s is None and self.group is not None:
-            y, upd = self._grouped_update(x)
-            if y is None:
-                y = self._base(x)
+            upd = self._grouped_update(x)
         else:
-            y = self._base(x)
             A, B = (self.A, self.B) if s is None else (self.A[s : s + 1], self.B[s : s + 1])
             # Training: the batch holds each slot's rows one after the other (`rows_per_slot`
             # each), so grouping it by slot needs only a reshape. Evaluation: every row reads
@@ -121,28 +113,13 @@ class PackedLoRALinear(nn.Module):
                 upd = torch.bmm(torch.bmm(h3, A.transpose(1, 2)), B.transpose(1, 2))
         return y + (self.scaling * upd).reshape(*shape[:-1], self.d_out).to(y.dtype)
 
-    def _grouped_base(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """Every member's base output from one product (`PackedLoRA.fused_base`), or None."""
-        g = self.group
-        w = g.base_w
-        if w is None:
-            return None
-        if w.dtype != torch.float32:  # the bf16 copy: only where `_base` would use base_lp
-            dev = x.device.type
-            if not (torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == w.dtype):
-                return None
-            x = x.to(w.dtype)
-        return F.linear(x, w, g.base_b).split(g.widths, dim=-1)
-
-    def _grouped_update(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(base output or None, LoRA update) of this member; the first member computes every
-        member's and leaves the others' pending."""
+    def _grouped_update(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
         if self.index > 0 and g.src is x and self.index in g.pending:
-            out = g.pending.pop(self.index)  # by member, whatever order the model calls them in
+            upd = g.pending.pop(self.index)  # by member, whatever order the model calls them in
             if not g.pending:
                 g.src = None
-            return out
+            return upd
         # The first member (or a call out of the expected order): every member's update at once.
         # Each member keeps its own dropout mask: dropout of the input broadcast to k copies
         # draws k independent masks, and the k products run as one batched product.
@@ -159,8 +136,7 @@ class PackedLoRALinear(nn.Module):
         else:
             ups = [torch.bmm(m._B, t).transpose(1, 2) for m, t in zip(g.members, hA.unbind(1))]
         if self.index != 0:  # a follower called out of order: its own update, none left pending
-            return None, ups[self.index]
-        ys = self._grouped_base(x) or [None] * len(ups)
-        g.src, g.pending = x, dict(enumerate(zip(ys, ups)))
+            return ups[self.index]
+        g.src, g.pending = x, dict(enumerate(ups))
         del g.pending[0]
-        return ys[0], ups[0]
+        return ups[0]

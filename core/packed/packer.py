@@ -97,32 +97,6 @@ def _head_loss(hidden, weight, bias, ids, mask, slots: int) -> torch.Tensor:
     return (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
-def _fuse_base(group: _Group, bases: list[nn.Module]) -> None:
-    """Give `group` its members' frozen weights side by side (`PackedLoRA.fused_base`): the bf16
-    copies where every member has one (the members' copies become views of it: no more memory),
-    else a copy of the fp32 weights. Plain float linear layers only (a quantized base keeps one
-    product per member)."""
-    members = group.members
-    if not all(type(b) is nn.Linear and b.weight.is_floating_point() for b in bases):
-        return
-    low = all(m.base_lp is not None for m in members)
-    ws = [m.base_lp if low else b.weight.detach() for m, b in zip(members, bases)]
-    group.base_w = torch.cat(ws)
-    group.widths = [w.shape[0] for w in ws]
-    if any(b.bias is not None for b in bases):
-        bs = [
-            b.bias.detach() if b.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-            for b, w in zip(bases, ws)
-        ]
-        group.base_b = torch.cat([t.to(group.base_w) for t in bs])
-    if low:  # the members' own copies (still used outside training steps) view into it
-        for m, part in zip(members, group.base_w.split(group.widths)):
-            m.base_lp = part
-        if group.base_b is not None:
-            for m, part in zip(members, group.base_b.split(group.widths)):
-                m.bias_lp = part if m.bias_lp is not None else None
-
-
 class PackedLoRA:
     """Inject packed LoRA into `model` (in place) for `slots` concurrent runs.
 
@@ -141,7 +115,6 @@ class PackedLoRA:
         "cast_base",
         "fused_head",
         "combo_kernels",
-        "fused_base",
     )
     transposed: bool = True  # LoRA products as A @ h^T: contiguous leaf gradients, no copies
     grouped: bool = True  # one batched LoRA product for the projections sharing an input
@@ -151,9 +124,6 @@ class PackedLoRA:
     # with compile(): Inductor's horizontal fusion of small kernels. Off: measured mixed on an
     # H200 (bf16: -0.7 ms at 5 rows, +0.1-0.3 ms at 2 rows; docs/ARCHITECTURE.md)
     combo_kernels: bool = False
-    # one base product per group of projections that read one input (q/k/v; gate/up): their
-    # frozen weights side by side. Off until measured on a GPU (bench/trainer.py --ablate-rows)
-    fused_base: bool = False
 
     def __init__(self, model: nn.Module, spec: RunSpec, slots: int, targets: list[str]):
         self.model, self.spec, self.slots = model, spec, slots
@@ -285,8 +255,6 @@ class PackedLoRA:
                         pm.bias_lp = mods[n].bias.detach().to(torch.bfloat16)
                 _set_module(model, n, pm)
                 self.modules[n], self._orig[n] = pm, mods[n]
-            if group is not None and self.fused_base:
-                _fuse_base(group, [mods[n] for n in members])
 
     def _shared_input_groups(self, found: list[tuple[str, nn.Module]]) -> list[tuple[str, ...]]:
         """Target modules of one parent that read the same input (`SHARED_INPUT`), in the
