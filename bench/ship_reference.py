@@ -2,7 +2,8 @@
 reference set under data/reference/: `<set>_points.parquet` (the export's columns),
 `<set>_evals.parquet`, `<set>_spectral.parquet`, `<set>_items.parquet` (per-statement losses
 before and after: the per-statement measure and the "what was forgotten" views),
-`<set>_generations.parquet` (the smoke-test answers at every size) and `<set>.json`
+`<set>_generations.parquet` (the smoke-test answers at every size), `<set>_mc_items.parquet`
+(each multiple-choice question right or wrong before and after) and `<set>.json`
 (provenance: what, where, when, versions, specs, wall times, the methods' run-level facts).
 `--precision` keeps only the runs trained in that arithmetic (a database may hold several).
 
@@ -50,7 +51,7 @@ def main() -> None:
     )
     a = ap.parse_args()
 
-    points, evals, spectral, items, gens, runs = [], [], [], [], [], []
+    points, evals, spectral, items, gens, mcs, runs = [], [], [], [], [], [], []
     for path in a.dbs:
         s = Store(path)
         lr = s.list_runs()
@@ -62,6 +63,7 @@ def main() -> None:
         spectral.append(s.spectral_df(ids))
         items += [s.item_nll_df(r) for r in ids]
         gens += [s.generations_df(r) for r in ids]
+        mcs += [s.mc_items_df(r) for r in ids]
         for r in lr.to_dict("records"):
             end = r["finished_at"] if pd.notna(r["finished_at"]) else r["heartbeat_at"]
             runs.append(
@@ -89,6 +91,7 @@ def main() -> None:
     evs = pd.concat(evals, ignore_index=True)
     items_df = pd.concat(items, ignore_index=True) if items else pd.DataFrame()
     gens_df = pd.concat(gens, ignore_index=True) if gens else pd.DataFrame()
+    mc_df = pd.concat(mcs, ignore_index=True) if mcs else pd.DataFrame()
     spec_df = pd.concat(spectral, ignore_index=True)
     if not spec_df.empty:
         spec_df = spec_df.drop(columns=["method", "rank", "run_name"])
@@ -114,7 +117,7 @@ def main() -> None:
                 raise SystemExit(f"no run {a.merge_into} in {a.set}")
             pts["run_id"], pts["run_name"] = a.merge_into, target.run_name.iloc[0]
             evs["run_id"] = a.merge_into
-            for df in (items_df, gens_df):
+            for df in (items_df, gens_df, mc_df):
                 if not df.empty:
                     df["run_id"] = a.merge_into
             if not spec_df.empty:
@@ -127,12 +130,20 @@ def main() -> None:
             items_df = merged("items", items_df)
         if not gens_df.empty:
             gens_df = merged("generations", gens_df)
+        if not mc_df.empty:
+            mc_df = merged("mc_items", mc_df)
         prov = {**old, "additions": [*old.get("additions", []), addition]}
     else:
         prov = addition
     pts.to_parquet(f"{out}_points.parquet", index=False)
     evs.to_parquet(f"{out}_evals.parquet", index=False)
-    for kind, df in (("spectral", spec_df), ("items", items_df), ("generations", gens_df)):
+    shipped = (
+        ("spectral", spec_df),
+        ("items", items_df),
+        ("generations", gens_df),
+        ("mc_items", mc_df),
+    )
+    for kind, df in shipped:
         if not df.empty:
             df.to_parquet(f"{out}_{kind}.parquet", index=False)
     (REF_DIR / f"{a.set}.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")

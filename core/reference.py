@@ -96,6 +96,15 @@ def items(run_id: str, eval_set: str = "general") -> pd.DataFrame:
     return df[(df.run_id == run_id) & (df.eval_set == eval_set)].reset_index(drop=True)
 
 
+def mc_items(run_id: str) -> pd.DataFrame:
+    """A reference run's multiple-choice questions, right or wrong before and after
+    (`Store.mc_items_df`'s columns); empty for sets shipped before they were stored."""
+    df = _load("mc_items")
+    if df.empty:
+        return df
+    return df[df.run_id == run_id].sort_values(["scale", "seed", "item"]).reset_index(drop=True)
+
+
 def generations(run_id: str, scale: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """A reference run's smoke-test answers, as `Store.generations_df` gives them (with a size:
     that point's answers and the base model's); empty for sets measured before they were stored."""

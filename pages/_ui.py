@@ -256,6 +256,13 @@ def items_for(run_id: str) -> pd.DataFrame:
     return read("item_nll_df", run_id)
 
 
+def mc_items_for(run_id: str) -> pd.DataFrame:
+    """Per-question multiple-choice results of an own run (database) or a reference run."""
+    if run_id.startswith(reference.REF_PREFIX):
+        return reference.mc_items(run_id)
+    return read("mc_items_df", run_id)
+
+
 def generations_for(run_id: str, *point) -> pd.DataFrame:
     """Smoke-test answers of an own run (database) or a reference run (shipped files); with
     `scale, seed`, that point's and the base model's."""

@@ -8,6 +8,7 @@ from pages._ui import (
     analysis_for,
     generations_for,
     items_for,
+    mc_items_for,
     measure_select,
     no_results,
     pick_runs,
@@ -341,14 +342,13 @@ else:
             f"size at which it reached {level:g} %."
         )
         table(forgotten.forgotten_table(items, texts, level))
-    # the shipped reference stores no per-question results
-    mc = None if which.startswith(reference.REF_PREFIX) else read("mc_items_df", which)
-    if mc is not None and mc.empty:
+    mc = mc_items_for(which)
+    if mc.empty:
         st.caption(
             "This run stored no per-question multiple-choice results (multiple choice off, or a "
-            "run made before they were stored)."
+            "run or reference set made before they were stored)."
         )
-    elif mc is not None:
+    else:
         st.markdown("**Multiple-choice questions that flipped from right to wrong**")
         questions = data.load_mc()
         named = {i: (q.question, q.options[q.answer]) for i, q in enumerate(questions)}

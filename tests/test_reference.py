@@ -46,3 +46,4 @@ def test_reference_generations_and_settings_read_like_an_own_runs():
 def test_sets_measured_before_items_were_stored_have_none():
     rid = _runs(reference.REF_NAME)[0]
     assert reference.items(rid).empty and reference.generations(rid).empty
+    assert reference.mc_items(rid).empty  # no set shipped per-question results before

@@ -50,6 +50,10 @@ def test_append_merges_into_a_run_and_refuses_twice(tmp_path, monkeypatch):
     assert set(pts.run_id) == {first} and set(pts.run_name) == {"first"}  # one curve
     evals = pd.read_parquet(tmp_path / "ref" / "t_evals.parquet")
     assert set(evals.run_id) == {first} and 8 in set(evals.scale)
+    # each multiple-choice question's result ships too (the "what was forgotten" view)
+    mc = pd.read_parquet(tmp_path / "ref" / "t_mc_items.parquet")
+    assert set(mc.run_id) == {first} and sorted(set(mc.scale)) == [4, 6, 8]
+    assert len(mc) == 3 * mc[mc.scale == 4].item.nunique() > 0
     prov = json.loads((tmp_path / "ref" / "t.json").read_text())
     assert [r["run_id"] for r in prov["runs"]] == [first] and prov["commands"] == ["c1"]
     (add,) = prov["additions"]
