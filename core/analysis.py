@@ -101,6 +101,17 @@ def available_metrics(points: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m in points.columns and points[m].notna().any()]
 
 
+def runs_without(points: pd.DataFrame, metric: str) -> list[str]:
+    """The runs among `points` (in their order) with no value of `metric`: measured before it
+    existed, or by a method that cannot provide it."""
+    metric_of(metric)
+    ids = list(dict.fromkeys(points["run_id"])) if "run_id" in points.columns else []
+    if metric not in points.columns:
+        return ids
+    have = set(points.loc[points[metric].notna(), "run_id"])
+    return [r for r in ids if r not in have]
+
+
 def headline_metric(points: pd.DataFrame, preferred: str = "degradation_pct") -> str:
     """The measure a run's headline uses: `preferred` (its settings' `headline_metric`, e.g.
     the per-statement change for the paper-000 preset) when the points have values of it, else
@@ -380,12 +391,20 @@ def _interval(samples, over: str, n: int) -> dict:
     }
 
 
+WELCH_COLUMNS = ["scale", "mean_a", "mean_b", "t", "p"]
+
+
 def welch_by_scale(
     a: pd.DataFrame, b: pd.DataFrame, metric: str = "degradation_pct"
 ) -> pd.DataFrame:
-    """Welch's t-test between two runs at every scale both measured with ≥ 2 seeds."""
+    """Welch's t-test between two runs' points at every scale both measured with ≥ 2 seeds that
+    have a value of `metric` (any measure of `METRICS`, in its own unit: % or nats); empty (with
+    `WELCH_COLUMNS`) where either run has no value of it (`runs_without`)."""
     from scipy import stats
 
+    metric_of(metric)
+    if metric not in a.columns or metric not in b.columns:
+        return pd.DataFrame(columns=WELCH_COLUMNS)
     rows = []
     for sc in sorted(set(a["scale"]) & set(b["scale"])):
         x = a.loc[(a.scale == sc) & a[metric].notna(), metric]
@@ -395,7 +414,7 @@ def welch_by_scale(
             rows.append(
                 {"scale": sc, "mean_a": x.mean(), "mean_b": y.mean(), "t": float(t), "p": float(p)}
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=WELCH_COLUMNS)
 
 
 def analyze(

@@ -14,6 +14,7 @@ from .config import (
     PRESETS,
     RunSpec,
     field_help,
+    headline_measure,
     pack_groups,
     parse_float_list,
     parse_int_list,
@@ -207,8 +208,9 @@ def _add_analyze(sub) -> None:
         "--metric",
         default=None,
         choices=list(METRICS),
-        help="forgetting measure (default: the run's headline_metric setting, e.g. "
-        "degradation_stmt_pct for the paper-000 preset, else degradation_pct): degradation_pct "
+        help="forgetting measure (default: the run's headline measure: its headline_metric "
+        "setting, degradation_stmt_pct for a run of the paper-000 protocol, else "
+        "degradation_pct): degradation_pct "
         "(token-weighted perplexity change), "
         "degradation_stmt_pct (mean of per-statement perplexities, Martz 2025), "
         "general_ce_delta (cross-entropy change in nats, peft's method comparison), kl_to_base "
@@ -474,7 +476,7 @@ def cmd_analyze(store: Store, a: argparse.Namespace) -> int:
     spec = store.get_spec(a.run_id)
     pts, items = store.points_df([a.run_id]), store.item_nll_df(a.run_id)
     # the run's headline measure unless one is asked for (paper-000: Martz 2025's aggregation)
-    metric = a.metric or analysis.headline_metric(pts, spec.headline_metric)
+    metric = a.metric or analysis.headline_metric(pts, headline_measure(spec))
     try:
         rep = analysis.threshold_report(pts, items, a.level, metric=metric)
         # the token-weighted change stays beside another headline, labelled

@@ -477,6 +477,47 @@ def preset(preset_name: str, /, **overrides: Any) -> RunSpec:
     return RunSpec.from_dict(values)
 
 
+# The settings that make a run follow the Martz 2025 protocol as the paper-000 preset fixes it
+# (training and general probe); sizes, seeds, domain, precision and evaluation extras may differ.
+PAPER_PROTOCOL = (
+    "construction",
+    "method",
+    "epochs",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "max_length",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "warmup_ratio",
+    "grad_clip",
+    "replay",
+    "probe",
+)
+
+
+def follows_paper_protocol(spec: RunSpec) -> bool:
+    """Whether `spec` trains and probes as the paper-000 preset does (`PAPER_PROTOCOL`)."""
+    base = preset("paper-000")
+    return all(getattr(spec, k) == getattr(base, k) for k in PAPER_PROTOCOL)
+
+
+def headline_measure(spec: RunSpec | None) -> str:
+    """The forgetting measure a run's headline uses by default (the Threshold, Phases and Runs
+    pages' select, `analyze`): its `headline_metric` setting when that names another measure
+    than the token-weighted change; Martz 2025's per-statement aggregation for a run that follows
+    the paper-000 protocol (`follows_paper_protocol`: also runs stored before the setting
+    existed, e.g. the shipped reference sets); else the token-weighted change. No settings
+    (a reference run recorded without them): the token-weighted change."""
+    if spec is None:
+        return "degradation_pct"
+    if spec.headline_metric != "degradation_pct":
+        return spec.headline_metric
+    return "degradation_stmt_pct" if follows_paper_protocol(spec) else "degradation_pct"
+
+
 # -- parsing helpers shared by the CLI and the app ----------------------------------------------
 def _numbers(text: str, what: str, example: str) -> list[tuple[str, float]]:
     """'50, 1e3' -> [('50', 50.0), ('1e3', 1000.0)]: each item with its value, or a message

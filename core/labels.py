@@ -170,6 +170,9 @@ COLUMNS: dict[str, Col] = {
     # Welch's test
     "mean_a": Col("mean change, run A", format=_PCT),
     "mean_b": Col("mean change, run B", format=_PCT),
+    # the same means under a measure in nats (KL to the base, cross-entropy change)
+    "mean_a_nats": Col("mean, run A (nats)", format="%.4f"),
+    "mean_b_nats": Col("mean, run B (nats)", format="%.4f"),
     "t": Col("t", format="%.2f"),
     "p": Col("p", format="%.3g", help="two-sided p-value of Welch's t-test"),
     # generations

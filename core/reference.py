@@ -118,14 +118,30 @@ def generations(run_id: str, scale: int | None = None, seed: int | None = None) 
 
 
 def spec(run_id: str):
-    """A reference run's settings as a `RunSpec` (from its provenance), or None."""
+    """A reference run's settings as a `RunSpec` (from its provenance: the run's own, else the
+    set's recorded settings of the same name, e.g. `spec_legal` of the first H100 runs), or None."""
     from .config import RunSpec
 
     raw = run_id.removeprefix(REF_PREFIX)
     for r in _all_runs():
-        if r.get("run_id") == raw and r.get("spec"):
-            return RunSpec.from_dict(r["spec"])
+        if r.get("run_id") == raw:
+            if r.get("spec"):
+                return RunSpec.from_dict(r["spec"])
+            if r.get("name") in _set_specs():
+                return RunSpec.from_dict(_set_specs()[r["name"]])
     return None
+
+
+@lru_cache(maxsize=1)
+def _set_specs() -> dict[str, dict]:
+    """The settings a set's provenance records beside its runs (`spec`, `spec_<domain>`), by the
+    run name they carry."""
+    out = {}
+    for name in REF_SETS:
+        for key, value in provenance(name).items():
+            if key.startswith("spec") and isinstance(value, dict) and value.get("name"):
+                out[value["name"]] = value
+    return out
 
 
 def spectral() -> pd.DataFrame:

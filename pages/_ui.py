@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import analysis, reference
 from core import labels as column_labels
+from core.config import headline_measure
 from core.errors import LabError
 from core.paths import resolve_db
 from core.runner import runs_with_status
@@ -169,16 +170,14 @@ def spectral_for(run_ids: list[str]) -> pd.DataFrame:
 
 
 def headline_for(run_ids: list[str]) -> str:
-    """The forgetting measure the settings of the chosen own runs name as their headline
-    (`RunSpec.headline_metric`: the paper-000 preset names Martz 2025's per-statement
-    aggregation) when they all name the same one; else the token-weighted change. The shipped
-    reference runs carry no settings and name none."""
+    """The forgetting measure the chosen runs' settings name as their headline
+    (`config.headline_measure`: the paper-000 protocol's is Martz 2025's per-statement
+    aggregation, the shipped reference sets made with it included) when they all name the same
+    one; else the token-weighted change."""
     heads = set()
     for r in run_ids:
-        if r.startswith(reference.REF_PREFIX):
-            continue
         try:
-            heads.add(read("get_spec", r).headline_metric)
+            heads.add(headline_measure(spec_for(r)))
         except LabError:
             heads.add("degradation_pct")
     return heads.pop() if len(heads) == 1 else "degradation_pct"
@@ -190,7 +189,8 @@ MEASURE_HELP = (
     "forgetting). Cross-entropy change: peft's method comparison. KL to the base: "
     'Kalajdzievski 2024, "Scaling laws for forgetting when fine-tuning LLMs". Only measures the '
     "selected runs have are offered (older runs lack the newer ones); the default is the "
-    "runs' headline measure (their settings' headline_metric)."
+    "runs' headline measure (their settings' headline_metric; Martz 2025's per-statement "
+    "aggregation for runs that follow the paper-000 protocol)."
 )
 
 
@@ -213,6 +213,14 @@ def measure_select(points: pd.DataFrame, run_ids: list[str], key: str, what: str
             "This measure is in nats (d); charts, levels and phase cut-offs show it as its "
             "perplexity-ratio equivalent (e^d − 1) × 100 %. For the cross-entropy change this is "
             "exactly the token-weighted perplexity change."
+        )
+    lacking = analysis.runs_without(points[points.run_id.isin(run_ids)], measure)
+    if lacking:
+        st.caption(
+            f"{len(lacking)} of the chosen runs have no values of "
+            f"**{analysis.METRICS[measure].title}** (measured before it existed, or a method that "
+            "cannot provide it) and are not drawn under it"
+            + ("; the token-weighted change shows them." if measure != "degradation_pct" else ".")
         )
     if measure == head != "degradation_pct":
         st.caption(

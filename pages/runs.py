@@ -90,18 +90,31 @@ if chosen:
     )
     if len(chosen) == 2:
         a, b = (pts[pts.run_id == r] for r in chosen)
-        w = analysis.welch_by_scale(a, b)
+        met = analysis.METRICS[measure]
         st.markdown(
-            "**Welch's t-test per dataset size** (degradation %, needs ≥ 2 seeds in both runs)"
+            f"**Welch's t-test per dataset size** ({met.title}, in {met.unit}; the measure chosen "
+            "above; needs ≥ 2 seeds in both runs)"
         )
-        if w.empty:
+        lacking = [short[r] for r in chosen if r in analysis.runs_without(pts, measure)]
+        w = analysis.welch_by_scale(a, b, measure)
+        if lacking:
+            st.caption(
+                f"No test: {' and '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no "
+                f"values of {met.title} (measured before it existed, or a method that cannot "
+                "provide it). Choose another measure above."
+            )
+        elif w.empty:
             st.caption("No dataset size with at least two seeds in both runs.")
         else:
+            # the means in the measure's own unit: a nats measure's columns say so
+            sfx = "_nats" if met.unit == "nats" else ""
+            what = "mean (nats)" if sfx else "mean change"
+            w = w.rename(columns={"mean_a": f"mean_a{sfx}", "mean_b": f"mean_b{sfx}"})
             table(
                 w,
                 overrides={
-                    "mean_a": f"mean change, {short[chosen[0]]}",
-                    "mean_b": f"mean change, {short[chosen[1]]}",
+                    f"mean_a{sfx}": f"{what}, {short[chosen[0]]}",
+                    f"mean_b{sfx}": f"{what}, {short[chosen[1]]}",
                 },
             )
 

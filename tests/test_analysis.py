@@ -117,6 +117,56 @@ def test_welch_by_scale():
     )
 
 
+def _welch_by_hand(x, y) -> tuple[float, float]:
+    """Welch's t and its Welch-Satterthwaite degrees of freedom, written out."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    t = (x.mean() - y.mean()) / np.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    return t, df
+
+
+def test_welch_by_scale_tests_the_chosen_measure_in_its_own_unit():
+    """Under KL to the base the test compares the KL values (nats), not the token-weighted
+    change the points also carry; t and p as the formula gives them."""
+    from scipy import stats
+
+    kl_a, kl_b = [0.010, 0.014, 0.019], [0.030, 0.026, 0.041]
+    a = pd.DataFrame({"scale": [50] * 3, "degradation_pct": [1.0, 2.0, 3.0], "kl_to_base": kl_a})
+    b = pd.DataFrame({"scale": [50] * 3, "degradation_pct": [1.0, 2.0, 3.0], "kl_to_base": kl_b})
+    assert analysis.welch_by_scale(a, b).loc[0, "p"] == pytest.approx(1.0)  # same token change
+    w = analysis.welch_by_scale(a, b, "kl_to_base")
+    t, df = _welch_by_hand(kl_a, kl_b)
+    row = w.iloc[0]
+    assert row["mean_a"] == pytest.approx(np.mean(kl_a)) and row["mean_b"] == pytest.approx(
+        np.mean(kl_b)
+    )
+    assert row["t"] == pytest.approx(t, rel=1e-9)
+    assert row["p"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert row["p"] < 0.05
+
+
+def test_welch_by_scale_on_a_measure_a_run_lacks_is_empty():
+    """An older run has no column (or only missing values) of a newer measure: no test, no
+    error; `runs_without` names it."""
+    new = pd.DataFrame(
+        {"run_id": "new", "scale": [50] * 3, "degradation_pct": [1.0, 2, 3], "kl_to_base": 0.1}
+    )
+    old = pd.DataFrame({"run_id": "old", "scale": [50] * 3, "degradation_pct": [4.0, 5, 6]})
+    w = analysis.welch_by_scale(new, old, "kl_to_base")
+    assert w.empty and list(w.columns) == analysis.WELCH_COLUMNS
+    both = pd.concat([new, old], ignore_index=True)
+    assert analysis.runs_without(both, "kl_to_base") == ["old"]
+    assert analysis.runs_without(both, "degradation_pct") == []
+    assert analysis.runs_without(old, "kl_to_base") == ["old"]  # no such column at all
+    w = analysis.welch_by_scale(
+        both[both.run_id == "new"], both[both.run_id == "old"], "kl_to_base"
+    )
+    assert w.empty
+    with pytest.raises(ValueError, match="unknown forgetting metric"):
+        analysis.welch_by_scale(new, old, "bogus")
+
+
 def _points(run_id, curve, seeds=(0,), **extra):
     return pd.DataFrame(
         [

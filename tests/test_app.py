@@ -29,7 +29,10 @@ def _app(page: str, db, monkeypatch) -> AppTest:
 
 def _threshold_opens_on_both_reference_sets(at: AppTest) -> None:
     """The first view holds the 3-seed fp32 set (to 10,000) and the one-seed bf16 grid (to
-    25,000); the legend tells them apart by precision and seeds."""
+    25,000), both made with the paper-000 protocol: it opens under their headline measure,
+    Martz 2025's per-statement change, which only the grid has (a note says the fp32 runs, measured
+    before it existed, are not drawn under it); under the token-weighted change the legend tells
+    them apart by precision and seeds."""
     import plotly.io as pio
 
     from core import reference
@@ -37,9 +40,16 @@ def _threshold_opens_on_both_reference_sets(at: AppTest) -> None:
     refs = reference.runs().set_index("run_id")
     chosen = at.multiselect[0].value
     assert set(refs.loc[chosen, "ref_set"]) == set(reference.THRESHOLD_SETS)
+    assert at.selectbox(key="thr_measure").value == "degradation_stmt_pct"
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 of the chosen runs have no values of" in captions
+    assert "headline measure of these runs' settings" in captions
     fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
     xs = [float(x) for t in fig.data if t.x is not None for x in t.x if isinstance(x, int | float)]
     assert max(xs) >= 25_000
+    at.selectbox(key="thr_measure").set_value("degradation_pct").run()
+    assert not at.exception, at.exception
+    fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
     names = {t.name for t in fig.data}
     assert any("bf16, 1 seed(s)" in (n or "") for n in names)
     assert any("fp32, 3 seed(s)" in (n or "") for n in names)
@@ -174,6 +184,57 @@ def test_runs_page_deletes_only_after_confirmation(tmp_path, monkeypatch):
     at.checkbox(key="confirm_delete").check().run()
     next(b for b in at.button if b.label == "Delete run").click().run()
     assert Store(db).list_runs().empty
+
+
+def test_runs_page_tests_the_measure_the_user_picked(tiny_run, tmp_path, monkeypatch):
+    """Welch's test per size follows the comparison's forgetting measure, says which, shows a nats
+    measure's means in nats; a measure one run lacks (an older run) gives a note, not a crash."""
+    import shutil
+
+    import duckdb
+    import pandas as pd
+
+    from core import analysis
+    from core.config import preset
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(tiny_run[0], db)
+    # a second run: the tiny run's points with another KL to the base, seed by seed
+    Store(db).create_run("other", preset("tiny-test", seeds=(0, 1)))
+    con = duckdb.connect(str(db))
+    con.execute(
+        "INSERT INTO points SELECT * REPLACE ('other' AS run_id, "
+        "kl_to_base * (1.5 + seed) AS kl_to_base) FROM points WHERE run_id = ?",
+        [tiny_run[1]],
+    )
+    con.close()
+    at = _app("runs", db, monkeypatch)
+    box = at.selectbox(key="runs_measure")
+    assert box.value == "degradation_pct"
+    box.set_value("kl_to_base").run()
+    assert not at.exception, at.exception
+    kl = analysis.METRICS["kl_to_base"].title
+    assert any("Welch's t-test" in m.value and kl in m.value for m in at.markdown)
+    shown = next(d.value for d in at.dataframe if "mean_a_nats" in d.value.columns)
+    chosen = next(m for m in at.multiselect if m.label == "Runs to compare").value
+    assert set(chosen) == {"other", tiny_run[1]}
+    pts = Store(db).points_df(chosen)
+    a, b = (pts[pts.run_id == r] for r in chosen)
+    want = analysis.welch_by_scale(a, b, "kl_to_base")
+    assert len(want) == 3 and list(shown["t"]) == pytest.approx(list(want["t"]))
+    assert list(shown["mean_a_nats"]) == pytest.approx(list(want["mean_a"]))
+    assert (analysis.welch_by_scale(a, b)["t"] == 0).all()  # the token change is the same
+    # an older run has no values of a newer measure
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE points SET general_ce_delta = NULL WHERE run_id = 'other'")
+    con.close()
+    at = _app("runs", db, monkeypatch)
+    at.selectbox(key="runs_measure").set_value("general_ce_delta").run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("No test: ") for c in at.caption)
+    assert not any(
+        isinstance(d.value, pd.DataFrame) and "mean_a_nats" in d.value.columns for d in at.dataframe
+    )
 
 
 def test_core_never_imports_streamlit():

@@ -228,6 +228,31 @@ def test_paper_preset_headlines_martz_aggregation_and_the_choices_are_the_measur
     assert RunSpec.from_dict(d).intruder_k == 10 and RunSpec.from_dict(d).intruder_eps == 0.5
 
 
+def test_headline_measure_is_martz_aggregation_for_the_paper_protocol_only():
+    """One rule picks a run's default measure: a headline_metric setting other than the
+    token-weighted change wins; a run that trains and probes as paper-000 does (also one stored
+    before the setting existed) headlines Martz 2025's per-statement aggregation; others keep
+    the token-weighted change."""
+    from core.config import follows_paper_protocol, headline_measure
+
+    assert headline_measure(None) == "degradation_pct"
+    assert headline_measure(preset("paper-000")) == "degradation_stmt_pct"
+    assert headline_measure(preset("fast-000")) == "degradation_stmt_pct"  # its own setting
+    assert not follows_paper_protocol(preset("fast-000"))  # batch 8: not the protocol
+    assert headline_measure(preset("tiny-test")) == "degradation_pct"
+    assert headline_measure(preset("quick-cpu")) == "degradation_pct"
+    assert headline_measure(preset("tiny-test", headline_metric="kl_to_base")) == "kl_to_base"
+    # a paper-000 run stored before headline_metric existed reads back with the default...
+    d = preset("paper-000", domain="financial", scales=(50, 100), seeds=(1, 2)).to_dict()
+    del d["headline_metric"]
+    old = RunSpec.from_dict(d)
+    assert old.headline_metric == "degradation_pct" and follows_paper_protocol(old)
+    assert headline_measure(old) == "degradation_stmt_pct"  # ...and still headlines Martz 2025
+    # another rank, method or learning rate is another protocol
+    for change in ({"lora_rank": 16}, {"method": "full"}, {"learning_rate": 1e-4}):
+        assert headline_measure(RunSpec.from_dict({**d, **change})) == "degradation_pct", change
+
+
 def test_series_differing_in_data_or_rate_pack_together_others_do_not():
     from core.config import pack_conflict, sweep_series
 

@@ -43,6 +43,23 @@ def test_reference_generations_and_settings_read_like_an_own_runs():
     assert reference.spec("ref:no-such-run") is None
 
 
+def test_reference_sets_of_the_paper_protocol_headline_martz_aggregation():
+    """Every run of the sets made with the paper-000 protocol (the first H100 runs through the
+    settings their set records) headlines Martz 2025's per-statement change; the rank sweep,
+    the quick-cpu cross-domain runs and the methods other than LoRA keep the token-weighted."""
+    from core.config import headline_measure
+
+    refs = reference.runs()
+    for rid, ref_set, method in zip(refs.run_id, refs.ref_set, refs.method):
+        head = headline_measure(reference.spec(rid))
+        paper = ref_set.startswith(("paper000", "replay")) or (
+            ref_set.startswith("methods") and method == "lora"
+        )
+        assert head == ("degradation_stmt_pct" if paper else "degradation_pct"), (rid, ref_set)
+    old = reference.spec(_runs(reference.REF_NAME)[0])
+    assert old is not None and old.name.startswith("paper-000-")
+
+
 def test_sets_measured_before_items_were_stored_have_none():
     rid = _runs(reference.REF_NAME)[0]
     assert reference.items(rid).empty and reference.generations(rid).empty
