@@ -28,11 +28,12 @@ def _app(page: str, db, monkeypatch) -> AppTest:
 
 
 def _threshold_opens_on_both_reference_sets(at: AppTest) -> None:
-    """The first view holds the 3-seed fp32 set (to 10,000) and the one-seed bf16 grid (to
-    25,000), both made with the paper-000 protocol: it opens under their headline measure,
-    Martz 2025's per-statement change, which only the grid has (a note says the fp32 runs, measured
-    before it existed, are not drawn under it); under the token-weighted change the legend tells
-    them apart by precision and seeds."""
+    """The first view holds the 3-seed fp32 set (to 10,000), its 3-seed re-measurement with every
+    measure (to 1,000) and the one-seed bf16 grid (to 25,000), all made with the paper-000
+    protocol: it opens under their headline measure, Martz 2025's per-statement change, drawn for
+    the re-measured set and the grid (a note says the first set's runs, measured before it
+    existed, are not drawn under it); under the token-weighted change the legend tells the sets
+    apart by precision, seeds and sizes."""
     import plotly.io as pio
 
     from core import reference
@@ -47,12 +48,15 @@ def _threshold_opens_on_both_reference_sets(at: AppTest) -> None:
     fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
     xs = [float(x) for t in fig.data if t.x is not None for x in t.x if isinstance(x, int | float)]
     assert max(xs) >= 25_000
+    names = {t.name for t in fig.data}
+    assert any("fp32, 3 seed(s), 50–1,000" in (n or "") for n in names)  # with its CIs
     at.selectbox(key="thr_measure").set_value("degradation_pct").run()
     assert not at.exception, at.exception
     fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
     names = {t.name for t in fig.data}
     assert any("bf16, 1 seed(s)" in (n or "") for n in names)
-    assert any("fp32, 3 seed(s)" in (n or "") for n in names)
+    assert any("fp32, 3 seed(s), 50–10,000" in (n or "") for n in names)
+    assert any("fp32, 3 seed(s), 50–1,000" in (n or "") for n in names)
 
 
 @pytest.mark.parametrize("page", PAGES)
