@@ -147,7 +147,9 @@ PER_SCALE_COLUMNS = ["run_id", "scale", "mean", "std", "n", "min", "max", "ci_lo
 def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """Mean, std, n, min, max and a 95 % t-interval of `metric` per (run, scale), over seeds.
     Only finished points count."""
-    from scipy import stats
+    # the t quantile straight from scipy.special (what `scipy.stats.t.ppf` computes): importing
+    # scipy.stats takes seconds on a small machine, the first time a page draws a curve
+    from scipy.special import stdtrit
 
     ok = points[(points["status"] == "done") & points[metric].notna()]
     if ok.empty:
@@ -156,7 +158,7 @@ def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataF
     out = g.agg(["mean", "std", "count", "min", "max"]).reset_index().rename(columns={"count": "n"})
     out["std"] = out["std"].fillna(0.0)
     half = [
-        stats.t.ppf(0.975, n - 1) * s / math.sqrt(n) if n > 1 else 0.0
+        float(stdtrit(n - 1, 0.975)) * s / math.sqrt(n) if n > 1 else 0.0
         for n, s in zip(out["n"], out["std"])
     ]
     out["ci_low"] = out["mean"] - half

@@ -392,3 +392,23 @@ def test_method_summary_and_spectral_totals_carry_the_measure_and_intruder_dimen
     assert t["intruder_dims"] == pytest.approx(5.0)  # (1 + 2 + 3 + 4) / 2 seeds
     older = analysis.spectral_totals(spectral.drop(columns="intruder_dims")).iloc[0]
     assert np.isnan(older["intruder_dims"])  # reference rows counted none
+
+
+def test_per_scale_interval_is_the_student_t_interval():
+    """per_scale takes the t quantile from scipy.special (scipy.stats costs seconds to import on
+    a page's first render); the interval is still mean ± t(0.975, n-1) · s / sqrt(n)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    rows = [
+        ("r", sc, sd, "done", v) for sc in (10, 100) for sd, v in enumerate(rng.normal(5, 2, 7))
+    ]
+    rows += [("r", 1000, 0, "done", 3.0)]  # one seed: no interval
+    pts = pd.DataFrame(rows, columns=["run_id", "scale", "seed", "status", "degradation_pct"])
+    out = analysis.per_scale(pts).set_index("scale")
+    for sc in (10, 100):
+        v = pts[pts.scale == sc].degradation_pct
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std() / np.sqrt(len(v))
+        assert out.loc[sc, "ci_high"] - out.loc[sc, "mean"] == pytest.approx(half, rel=1e-12)
+        assert out.loc[sc, "mean"] - out.loc[sc, "ci_low"] == pytest.approx(half, rel=1e-12)
+    assert out.loc[1000, "ci_low"] == out.loc[1000, "ci_high"] == 3.0
