@@ -216,6 +216,39 @@ def threshold_scale(scales, pct, level: float = 10.0) -> float | None:
     return float(np.exp(np.log(s[j - 1]) + frac * (np.log(s[j]) - np.log(s[j - 1]))))
 
 
+def _threshold_scales(scales, pct_rows: np.ndarray, level: float) -> np.ndarray:
+    """`threshold_scale` of each row of `pct_rows` (one row per bootstrap sample, one column per
+    scale) in one step, inf where a row never crosses: the same arithmetic, element by element."""
+    s = np.asarray(scales, dtype=float)
+    order = np.argsort(s)
+    s, v = s[order], np.asarray(pct_rows, dtype=float)[:, order]
+    above = v >= level
+    j = above.argmax(axis=1)
+    out = np.full(len(v), np.inf)
+    out[above.any(axis=1) & (j == 0)] = s[0]
+    rows = np.nonzero(above.any(axis=1) & (j > 0))[0]
+    j = j[rows]
+    lo, hi = _log_ratio(v[rows, j - 1]), _log_ratio(v[rows, j])
+    target = float(np.log(pct_to_ratio(level)))
+    same = hi == lo
+    frac = (target - lo) / np.where(same, 1.0, hi - lo)
+    frac[same] = 1.0
+    out[rows] = np.exp(np.log(s[j - 1]) + frac * (np.log(s[j]) - np.log(s[j - 1])))
+    return out
+
+
+# bootstrap samples computed together: numpy calls on a block instead of one sample at a time
+# (the Threshold page draws four runs' intervals of 500 samples on its first render)
+_BOOT_BLOCK = 64
+
+
+def _resamples(rng: np.random.Generator, n: int, n_boot: int):
+    """Blocks of resampled indices: the draws of `rng.integers(0, n, n)` once per sample, in
+    their order (the intervals stay what a sample-by-sample loop gives for the seed)."""
+    for start in range(0, n_boot, _BOOT_BLOCK):
+        yield np.stack([rng.integers(0, n, n) for _ in range(min(_BOOT_BLOCK, n_boot - start))])
+
+
 def largest_safe_scale(scales, pct, level: float = 10.0) -> float | None:
     """The largest measured dataset size before degradation first reaches `level`."""
     s = np.asarray(scales, dtype=float)
@@ -328,12 +361,11 @@ def bootstrap_threshold_seeds(
     rng = np.random.default_rng(seed)
     scales = m.columns.to_numpy(dtype=float)
     vals = m.to_numpy()
-    out = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(vals), len(vals))
-        t = threshold_scale(scales, met.to_pct(vals[pick].mean(0)), level)
-        out.append(np.inf if t is None else t)
-    return _interval(out, "seeds", len(vals))
+    out = [
+        _threshold_scales(scales, met.to_pct(vals[picks].mean(1)), level)
+        for picks in _resamples(rng, len(vals), n_boot)
+    ]
+    return _interval(np.concatenate(out) if out else [], "seeds", len(vals))
 
 
 def bootstrap_threshold_items(
@@ -355,18 +387,18 @@ def bootstrap_threshold_items(
     scales = piv_a.columns.to_numpy(dtype=float)
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(b), len(b))
+    for pick in _resamples(rng, len(b), n_boot):  # (samples, items)
         if per_statement:
             n = np.maximum(tok[pick], 1)
-            ppl_b = np.exp(b[pick] / n).mean()
-            ppl_a = np.exp(a[pick] / n[:, None]).mean(0)
+            ppl_b = np.exp(b[pick] / n).mean(1)
+            ppl_a = np.exp(a[pick] / n[:, :, None]).mean(1)
         else:
-            ppl_b = np.exp(b[pick].sum() / tok[pick].sum())
-            ppl_a = np.exp(a[pick].sum(0) / tok[pick].sum())
-        t = threshold_scale(scales, (ppl_a - ppl_b) / ppl_b * 100, level)
-        out.append(np.inf if t is None else t)
-    return _interval(out, "probe items", len(b))
+            t_sum = tok[pick].sum(1)
+            ppl_b = np.exp(b[pick].sum(1) / t_sum)
+            ppl_a = np.exp(a[pick].sum(1) / t_sum[:, None])
+        pct = (ppl_a - ppl_b[:, None]) / ppl_b[:, None] * 100
+        out.append(_threshold_scales(scales, pct, level))
+    return _interval(np.concatenate(out) if out else [], "probe items", len(b))
 
 
 def _interval(samples, over: str, n: int) -> dict:
