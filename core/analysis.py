@@ -143,14 +143,56 @@ def validate_cutoffs(cutoffs) -> tuple[float, ...]:
 
 PER_SCALE_COLUMNS = ["run_id", "scale", "mean", "std", "n", "min", "max", "ci_low", "ci_high"]
 
+# Student's t 97.5 % quantile for 1-30 degrees of freedom (2-31 seeds), as
+# `scipy.special.stdtrit(df, 0.975)` gives it (what `scipy.stats.t.ppf` computes), written out:
+# importing scipy takes seconds on a small machine, on the first render of every page that draws
+# a curve. tests/test_analysis.py checks every entry against scipy.
+_T975 = (
+    12.706204736174694,
+    4.302652729749462,
+    3.1824463052837078,
+    2.7764451051977934,
+    2.5705818356363146,
+    2.4469118511449786,
+    2.364624251592784,
+    2.306004135204166,
+    2.262157162798205,
+    2.228138851986274,
+    2.200985160091639,
+    2.1788128296672284,
+    2.1603686564627913,
+    2.144786687917804,
+    2.131449545559776,
+    2.1199052992212546,
+    2.1098155778333156,
+    2.1009220402410382,
+    2.0930240544083087,
+    2.085963447265864,
+    2.0796138447276795,
+    2.0738730679040254,
+    2.0686576104190486,
+    2.0638985616280245,
+    2.0595385527532972,
+    2.0555294386428735,
+    2.0518305164802846,
+    2.0484071417952454,
+    2.045229642132703,
+    2.0422724563012378,
+)
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with `df` degrees of freedom (a 95 % interval's)."""
+    if 1 <= df <= len(_T975):
+        return _T975[df - 1]
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, 0.975))
+
 
 def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """Mean, std, n, min, max and a 95 % t-interval of `metric` per (run, scale), over seeds.
     Only finished points count."""
-    # the t quantile straight from scipy.special (what `scipy.stats.t.ppf` computes): importing
-    # scipy.stats takes seconds on a small machine, the first time a page draws a curve
-    from scipy.special import stdtrit
-
     ok = points[(points["status"] == "done") & points[metric].notna()]
     if ok.empty:
         return pd.DataFrame(columns=PER_SCALE_COLUMNS)
@@ -158,8 +200,7 @@ def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataF
     out = g.agg(["mean", "std", "count", "min", "max"]).reset_index().rename(columns={"count": "n"})
     out["std"] = out["std"].fillna(0.0)
     half = [
-        float(stdtrit(n - 1, 0.975)) * s / math.sqrt(n) if n > 1 else 0.0
-        for n, s in zip(out["n"], out["std"])
+        t975(int(n) - 1) * s / math.sqrt(n) if n > 1 else 0.0 for n, s in zip(out["n"], out["std"])
     ]
     out["ci_low"] = out["mean"] - half
     out["ci_high"] = out["mean"] + half

@@ -395,8 +395,8 @@ def test_method_summary_and_spectral_totals_carry_the_measure_and_intruder_dimen
 
 
 def test_per_scale_interval_is_the_student_t_interval():
-    """per_scale takes the t quantile from scipy.special (scipy.stats costs seconds to import on
-    a page's first render); the interval is still mean ± t(0.975, n-1) · s / sqrt(n)."""
+    """per_scale's t quantile comes from a table (importing scipy costs seconds on a page's
+    first render); the interval is still mean ± t(0.975, n-1) · s / sqrt(n), scipy's t."""
     from scipy import stats
 
     rng = np.random.default_rng(3)
@@ -412,6 +412,8 @@ def test_per_scale_interval_is_the_student_t_interval():
         assert out.loc[sc, "ci_high"] - out.loc[sc, "mean"] == pytest.approx(half, rel=1e-12)
         assert out.loc[sc, "mean"] - out.loc[sc, "ci_low"] == pytest.approx(half, rel=1e-12)
     assert out.loc[1000, "ci_low"] == out.loc[1000, "ci_high"] == 3.0
+    for df in range(1, 40):  # the table's entries, and scipy past its end
+        assert analysis.t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-13)
 
 
 def test_block_bootstraps_give_the_sample_by_sample_intervals():
