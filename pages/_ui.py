@@ -238,9 +238,12 @@ def analysis_for(
     run_id: str, level: float, cutoffs, metric: str = "degradation_pct"
 ) -> analysis.ThresholdReport | None:
     """`analysis.threshold_report` of one run (threshold, bootstrap interval, fits) under one
-    forgetting measure, cached until the database changes or the level / cut-offs do."""
+    forgetting measure, cached until the database changes or the level / cut-offs do. A shipped
+    reference run's report does not depend on the database: a run writing its progress does not
+    make the page recompute it."""
     db = resolve_db(None)
-    return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs), metric)
+    version = () if run_id.startswith(reference.REF_PREFIX) else db_version(db)
+    return _analysis(str(db), version, run_id, float(level), tuple(cutoffs), metric)
 
 
 def run_info_for(run_id: str) -> dict:
