@@ -3,7 +3,7 @@ and the Threshold page's scale slider moved, through Streamlit's AppTest (the sc
 server; the browser adds its own drawing time).
 
     python bench/app_latency.py [--runs 200] [--scales 50] [--items 200] [--repeat 7]
-    python bench/app_latency.py --cold [PAGE ...] [--suffix -cold]
+    python bench/app_latency.py --cold [PAGE ...] [--suffix=-cold]
 
 Builds a database of `runs` finished runs x `scales` points (one seed) x `items` per-item rows
 (the default: 200 runs, 10,000 points, 2 million item rows), written in bulk, then times each
@@ -151,6 +151,12 @@ def cold_first_render(page: str) -> dict:
 def cold_main(args) -> None:
     from core.paths import git_commit
 
+    commit = (
+        git_commit()
+        or subprocess.run(  # a git worktree's .git is a file git_commit skips
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     pages = args.cold or PAGES
     load = [round(x, 2) for x in os.getloadavg()]
     cold = {}
@@ -160,8 +166,10 @@ def cold_main(args) -> None:
     result = {
         "date": dt.date.today().isoformat(),
         "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-        "commit": git_commit(),
-        "command": "python bench/app_latency.py --cold " + " ".join(args.cold),
+        "commit": commit,
+        "command": "python bench/app_latency.py --cold "
+        + " ".join(args.cold)
+        + (f" --suffix={args.suffix}" if args.suffix else ""),
         "what": "each page's first render on a cold server: the AppTest script run in a fresh "
         "process (Streamlit imported, nothing else) on a fresh lab home with an empty database, "
         "so the page shows the shipped reference sets; wall and process CPU time, one run each",
@@ -193,7 +201,9 @@ def main() -> None:
         metavar="PAGE",
         help="time each page's first render on a cold server instead (all pages, or those named)",
     )
-    ap.add_argument("--suffix", default="", help="appended to the result's file name")
+    ap.add_argument(
+        "--suffix", default="", help="appended to the result's file name (--suffix=-cold)"
+    )
     ap.add_argument("--cold-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cold_child:
