@@ -3,11 +3,17 @@ and the Threshold page's scale slider moved, through Streamlit's AppTest (the sc
 server; the browser adds its own drawing time).
 
     python bench/app_latency.py [--runs 200] [--scales 50] [--items 200] [--repeat 7]
+    python bench/app_latency.py --cold [PAGE ...] [--suffix=-cold]
 
 Builds a database of `runs` finished runs x `scales` points (one seed) x `items` per-item rows
 (the default: 200 runs, 10,000 points, 2 million item rows), written in bulk, then times each
 page and slider moves. Writes bench/results/<date>-app-latency-cpu.json with `points`,
 `slider_ms` (median), `page_switch_ms_max` (the slowest page's median) and every page's median.
+
+`--cold` times instead what a freshly started server costs: each page's first render
+(`cold_first_render_ms`, every page, or those named) in a fresh Python process on a fresh lab
+home with an empty database, so nothing is imported, cached or read yet; the shipped reference
+sets are what the pages show. Writes bench/results/<date>-app-latency-cpu<suffix>.json.
 """
 
 from __future__ import annotations
@@ -18,21 +24,16 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+# Only the standard library at the top: a --cold child process must import nothing before the
+# page's first render does (numpy, pandas and the lab's modules are imported where used).
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from core import runner  # noqa: E402
-from core.config import preset  # noqa: E402
-from core.paths import git_commit  # noqa: E402
-from core.store import Store, now  # noqa: E402
 
 # every page of the app (pages/*.py, not the helpers) that reads the database
 PAGES = sorted(p.stem for p in (ROOT / "pages").glob("[!_]*.py") if p.stem != "about")
@@ -41,6 +42,13 @@ PAGES = sorted(p.stem for p in (ROOT / "pages").glob("[!_]*.py") if p.stem != "a
 def build(db: Path, n_runs: int, n_scales: int, n_items: int) -> int:
     """Finished runs with plausible curves. Rows go in as DataFrames, one statement per table
     (the per-point writer would take an hour for 10,000 points)."""
+    import numpy as np
+    import pandas as pd
+
+    from core import runner
+    from core.config import preset
+    from core.store import Store, now
+
     store = Store(db)
     rng = np.random.default_rng(0)
     scales = np.unique(np.geomspace(10, 50_000, n_scales).astype(int))
@@ -108,6 +116,77 @@ def timed_runs(at, action, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _cold_child(page: str) -> None:
+    """In a fresh process (see `cold_first_render`): the page's first render, printed as JSON."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page(f"pages/{page}.py")
+    t, c = time.perf_counter(), time.process_time()
+    at.run()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    if at.exception:
+        raise RuntimeError(at.exception)
+    print(json.dumps({"wall_ms": round(wall * 1000, 1), "cpu_ms": round(cpu * 1000, 1)}))
+
+
+def cold_first_render(page: str) -> dict:
+    """One page's first render on a cold server: a fresh Python process (Streamlit imported, as
+    a started server has it, nothing else), a fresh lab home with an empty database. The time
+    is the AppTest script run: the page's imports, the reference files' reads, the analysis and
+    the charts; `cpu_ms` is the process's CPU time over it (less sensitive to a shared machine's
+    load than the wall time)."""
+    env = {**os.environ, "FORGETTING_LAB_HOME": tempfile.mkdtemp(prefix="lab-cold-")}
+    env.pop("FORGETTING_LAB_DB", None)
+    out = subprocess.run(
+        [sys.executable, __file__, "--cold-child", page],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cold_main(args) -> None:
+    from core.paths import git_commit
+
+    commit = (
+        git_commit()
+        or subprocess.run(  # a git worktree's .git is a file git_commit skips
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    pages = args.cold or PAGES
+    load = [round(x, 2) for x in os.getloadavg()]
+    cold = {}
+    for page in pages:
+        cold[page] = cold_first_render(page)
+        print(f"{page}: {cold[page]['wall_ms']:.0f} ms ({cold[page]['cpu_ms']:.0f} ms CPU)")
+    result = {
+        "date": dt.date.today().isoformat(),
+        "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "commit": commit,
+        "command": "python bench/app_latency.py --cold "
+        + " ".join(args.cold)
+        + (f" --suffix={args.suffix}" if args.suffix else ""),
+        "what": "each page's first render on a cold server: the AppTest script run in a fresh "
+        "process (Streamlit imported, nothing else) on a fresh lab home with an empty database, "
+        "so the page shows the shipped reference sets; wall and process CPU time, one run each",
+        "load_average_1_5_15_min_before": load,
+        "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
+        "cold_first_render_ms": {p: v["wall_ms"] for p, v in cold.items()},
+        "cold_first_render_cpu_ms": {p: v["cpu_ms"] for p, v in cold.items()},
+        "goal": "issue 18: a cold server's first render in a few seconds at most",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['date']}-app-latency-cpu{args.suffix}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
@@ -115,15 +194,31 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument(
+        "--cold",
+        nargs="*",
+        choices=[*PAGES, "about"],
+        metavar="PAGE",
+        help="time each page's first render on a cold server instead (all pages, or those named)",
+    )
+    ap.add_argument(
+        "--suffix", default="", help="appended to the result's file name (--suffix=-cold)"
+    )
+    ap.add_argument("--cold-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cold_child:
+        return _cold_child(args.cold_child)
+    if args.cold is not None:
+        return cold_main(args)
+    from streamlit.testing.v1 import AppTest
+
+    from core.paths import git_commit
 
     db = Path(tempfile.mkdtemp(prefix="lab-latency-")) / "lab.duckdb"
     t = time.perf_counter()
     n_points = build(db, args.runs, args.scales, args.items)
     print(f"built {n_points:,} points in {time.perf_counter() - t:.0f} s", flush=True)
     os.environ["FORGETTING_LAB_DB"] = str(db)
-    from streamlit.testing.v1 import AppTest
-
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     pages = {}
@@ -172,7 +267,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['date']}-app-latency-cpu.json"
+    path = out / f"{result['date']}-app-latency-cpu{args.suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")

@@ -154,12 +154,56 @@ def validate_cutoffs(cutoffs) -> tuple[float, ...]:
 
 PER_SCALE_COLUMNS = ["run_id", "scale", "mean", "std", "n", "min", "max", "ci_low", "ci_high"]
 
+# Student's t 97.5 % quantile for 1-30 degrees of freedom (2-31 seeds), as
+# `scipy.special.stdtrit(df, 0.975)` gives it (what `scipy.stats.t.ppf` computes), written out:
+# importing scipy takes seconds on a small machine, on the first render of every page that draws
+# a curve. tests/test_analysis.py checks every entry against scipy.
+_T975 = (
+    12.706204736174694,
+    4.302652729749462,
+    3.1824463052837078,
+    2.7764451051977934,
+    2.5705818356363146,
+    2.4469118511449786,
+    2.364624251592784,
+    2.306004135204166,
+    2.262157162798205,
+    2.228138851986274,
+    2.200985160091639,
+    2.1788128296672284,
+    2.1603686564627913,
+    2.144786687917804,
+    2.131449545559776,
+    2.1199052992212546,
+    2.1098155778333156,
+    2.1009220402410382,
+    2.0930240544083087,
+    2.085963447265864,
+    2.0796138447276795,
+    2.0738730679040254,
+    2.0686576104190486,
+    2.0638985616280245,
+    2.0595385527532972,
+    2.0555294386428735,
+    2.0518305164802846,
+    2.0484071417952454,
+    2.045229642132703,
+    2.0422724563012378,
+)
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with `df` degrees of freedom (a 95 % interval's)."""
+    if 1 <= df <= len(_T975):
+        return _T975[df - 1]
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, 0.975))
+
 
 def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """Mean, std, n, min, max and a 95 % t-interval of `metric` per (run, scale), over seeds.
     Only finished points count."""
-    from scipy import stats
-
     ok = points[(points["status"] == "done") & points[metric].notna()]
     if ok.empty:
         return pd.DataFrame(columns=PER_SCALE_COLUMNS)
@@ -167,8 +211,7 @@ def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataF
     out = g.agg(["mean", "std", "count", "min", "max"]).reset_index().rename(columns={"count": "n"})
     out["std"] = out["std"].fillna(0.0)
     half = [
-        stats.t.ppf(0.975, n - 1) * s / math.sqrt(n) if n > 1 else 0.0
-        for n, s in zip(out["n"], out["std"])
+        t975(int(n) - 1) * s / math.sqrt(n) if n > 1 else 0.0 for n, s in zip(out["n"], out["std"])
     ]
     out["ci_low"] = out["mean"] - half
     out["ci_high"] = out["mean"] + half
@@ -223,6 +266,39 @@ def threshold_scale(scales, pct, level: float = 10.0) -> float | None:
     target = float(np.log(pct_to_ratio(level)))
     frac = (target - lr[0]) / (lr[1] - lr[0]) if lr[1] != lr[0] else 1.0
     return float(np.exp(np.log(s[j - 1]) + frac * (np.log(s[j]) - np.log(s[j - 1]))))
+
+
+def _threshold_scales(scales, pct_rows: np.ndarray, level: float) -> np.ndarray:
+    """`threshold_scale` of each row of `pct_rows` (one row per bootstrap sample, one column per
+    scale) in one step, inf where a row never crosses: the same arithmetic, element by element."""
+    s = np.asarray(scales, dtype=float)
+    order = np.argsort(s)
+    s, v = s[order], np.asarray(pct_rows, dtype=float)[:, order]
+    above = v >= level
+    j = above.argmax(axis=1)
+    out = np.full(len(v), np.inf)
+    out[above.any(axis=1) & (j == 0)] = s[0]
+    rows = np.nonzero(above.any(axis=1) & (j > 0))[0]
+    j = j[rows]
+    lo, hi = _log_ratio(v[rows, j - 1]), _log_ratio(v[rows, j])
+    target = float(np.log(pct_to_ratio(level)))
+    same = hi == lo
+    frac = (target - lo) / np.where(same, 1.0, hi - lo)
+    frac[same] = 1.0
+    out[rows] = np.exp(np.log(s[j - 1]) + frac * (np.log(s[j]) - np.log(s[j - 1])))
+    return out
+
+
+# bootstrap samples computed together: numpy calls on a block instead of one sample at a time
+# (the Threshold page draws four runs' intervals of 500 samples on its first render)
+_BOOT_BLOCK = 64
+
+
+def _resamples(rng: np.random.Generator, n: int, n_boot: int):
+    """Blocks of resampled indices: the draws of `rng.integers(0, n, n)` once per sample, in
+    their order (the intervals stay what a sample-by-sample loop gives for the seed)."""
+    for start in range(0, n_boot, _BOOT_BLOCK):
+        yield np.stack([rng.integers(0, n, n) for _ in range(min(_BOOT_BLOCK, n_boot - start))])
 
 
 def largest_safe_scale(scales, pct, level: float = 10.0) -> float | None:
@@ -337,12 +413,11 @@ def bootstrap_threshold_seeds(
     rng = np.random.default_rng(seed)
     scales = m.columns.to_numpy(dtype=float)
     vals = m.to_numpy()
-    out = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(vals), len(vals))
-        t = threshold_scale(scales, met.to_pct(vals[pick].mean(0)), level)
-        out.append(np.inf if t is None else t)
-    return _interval(out, "seeds", len(vals))
+    out = [
+        _threshold_scales(scales, met.to_pct(vals[picks].mean(1)), level)
+        for picks in _resamples(rng, len(vals), n_boot)
+    ]
+    return _interval(np.concatenate(out) if out else [], "seeds", len(vals))
 
 
 def bootstrap_threshold_items(
@@ -364,18 +439,18 @@ def bootstrap_threshold_items(
     scales = piv_a.columns.to_numpy(dtype=float)
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(b), len(b))
+    for pick in _resamples(rng, len(b), n_boot):  # (samples, items)
         if per_statement:
             n = np.maximum(tok[pick], 1)
-            ppl_b = np.exp(b[pick] / n).mean()
-            ppl_a = np.exp(a[pick] / n[:, None]).mean(0)
+            ppl_b = np.exp(b[pick] / n).mean(1)
+            ppl_a = np.exp(a[pick] / n[:, :, None]).mean(1)
         else:
-            ppl_b = np.exp(b[pick].sum() / tok[pick].sum())
-            ppl_a = np.exp(a[pick].sum(0) / tok[pick].sum())
-        t = threshold_scale(scales, (ppl_a - ppl_b) / ppl_b * 100, level)
-        out.append(np.inf if t is None else t)
-    return _interval(out, "probe items", len(b))
+            t_sum = tok[pick].sum(1)
+            ppl_b = np.exp(b[pick].sum(1) / t_sum)
+            ppl_a = np.exp(a[pick].sum(1) / t_sum[:, None])
+        pct = (ppl_a - ppl_b[:, None]) / ppl_b[:, None] * 100
+        out.append(_threshold_scales(scales, pct, level))
+    return _interval(np.concatenate(out) if out else [], "probe items", len(b))
 
 
 def _interval(samples, over: str, n: int) -> dict:

@@ -99,6 +99,50 @@ def _ratio_ticks(lo_ratio: float, hi_ratio: float) -> tuple[list[float], list[st
     return [1 + c / 100 for c in vals], [pct_label(c) if c else "0%" for c in vals]
 
 
+class _Overlay:
+    """The shapes and annotations of the Threshold chart's upper panel (row 1, col 1), added to
+    the figure in one step at the end. Plotly's `add_hline` / `add_vline` / `add_hrect` /
+    `add_annotation` re-validate every shape and annotation already in the layout on each call,
+    which made the chart's dozen lines and labels cost more than its curves. These are the
+    objects those calls add, in their order; like them, a line or band is left out when the panel
+    holds no trace yet (plotly's `exclude_empty_subplots`)."""
+
+    def __init__(self, fig: go.Figure) -> None:
+        self.fig = fig
+        self.shapes: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def _panel_has_data(self) -> bool:
+        return any(t.xaxis in (None, "x") and t.yaxis in (None, "y") for t in self.fig.data)
+
+    def hline(self, y: float, **kw) -> None:
+        if self._panel_has_data():
+            self.shapes.append(
+                dict(type="line", x0=0, x1=1, xref="x domain", y0=y, y1=y, yref="y", **kw)
+            )
+
+    def vline(self, x: float, **kw) -> None:
+        if self._panel_has_data():
+            self.shapes.append(
+                dict(type="line", x0=x, x1=x, xref="x", y0=0, y1=1, yref="y domain", **kw)
+            )
+
+    def hrect(self, y0: float, y1: float, **kw) -> None:
+        if self._panel_has_data():
+            self.shapes.append(
+                dict(type="rect", x0=0, x1=1, xref="x domain", y0=y0, y1=y1, yref="y", **kw)
+            )
+
+    def annotation(self, **kw) -> None:
+        self.annotations.append({"xref": "x", "yref": "y", **kw})
+
+    def apply(self) -> None:
+        if self.shapes:
+            self.fig.update_layout(shapes=[*self.fig.layout.shapes, *self.shapes])
+        if self.annotations:
+            self.fig.update_layout(annotations=[*self.fig.layout.annotations, *self.annotations])
+
+
 def _min_gap(lo_ratio: float, hi_ratio: float) -> float:
     """A sixteenth of the ratio axis's height in log10 units (about a label's height on the
     Threshold chart): closer labels overlap."""
@@ -149,6 +193,7 @@ def threshold_figure(
         if two
         else None,
     )
+    ov = _Overlay(fig)
     ratios = [1.0]  # every ratio drawn: the y range
     run_ids = list(curves["run_id"].unique())
     legend = dict(zip(run_ids, short_names([labels.get(r, r) for r in run_ids])))
@@ -164,18 +209,18 @@ def threshold_figure(
             _fit_layer(fig, c, f, run_id, short, color)
         t = (threshold or {}).get(run_id)
         if t:
-            thr_labels.append(_threshold_line(fig, t, c["scale"].min(), color))
+            thr_labels.append(_threshold_line(ov, t, c["scale"].min(), color))
         fc = (forecasts or {}).get(run_id)
         if fc:
-            ratios += _forecast_layer(fig, c, fc, run_id, short, color)
+            ratios += _forecast_layer(fig, ov, c, fc, run_id, short, color)
         if two:
             _domain_layer(fig, domain_curves[domain_curves.run_id == run_id], short, color)
     if paper is not None and not paper.empty:
         ratios += _claimed_layer(fig, paper)
     lo_r, hi_r = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
-    _phase_bands(fig, cutoffs, lo_r, hi_r)
-    _guidance_lines(fig, guidance, lo_r, hi_r)
-    fig.add_hline(y=pct_to_ratio(level), line=dict(color="#424242", width=1), row=1, col=1)
+    _phase_bands(ov, cutoffs, lo_r, hi_r)
+    _guidance_lines(ov, guidance, lo_r, hi_r)
+    ov.hline(pct_to_ratio(level), line=dict(color="#424242", width=1))
     if marker:
         _slider_marker(fig, marker)
     colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
@@ -190,9 +235,10 @@ def threshold_figure(
     for fc in (forecasts or {}).values():
         xs += [p["scale"] for p in (fc or {}).get("predictions", [])]
     if thr_labels:
-        _threshold_labels(fig, thr_labels, xs)
+        _threshold_labels(ov, thr_labels, xs)
     if smoke_failed is not None and not smoke_failed.empty:
         _smoke_failed_layer(fig, smoke_failed, curves, labels)
+    ov.apply()
     _threshold_axes(fig, lo_r, hi_r, xs, two)
     return fig
 
@@ -273,7 +319,9 @@ def forecast_backtest_text(fc: dict) -> str:
     )
 
 
-def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: str) -> list:
+def _forecast_layer(
+    fig, ov: _Overlay, c: pd.DataFrame, fc: dict, run_id, short: str, color: str
+) -> list:
     """The forecast beyond the last measured size: a hatched band (95 % interval) and a dotted
     line from the last measured mean, labelled "forecast" on the chart and in the legend, with
     the backtest's error beside it; returns the ratios drawn."""
@@ -334,7 +382,7 @@ def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: s
         row=1,
         col=1,
     )
-    fig.add_annotation(
+    ov.annotation(
         x=math.log10(xs[-1]),
         y=math.log10(max(float(mid[-1]), 1e-3)),
         text=f"forecast<br><sub>{bt}</sub>",
@@ -342,16 +390,14 @@ def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: s
         xanchor="right",
         yanchor="bottom",
         font=dict(color=color, size=11),
-        row=1,
-        col=1,
     )
     return list(lo) + list(hi)
 
 
-def _threshold_line(fig, t: float, smallest: float, color: str) -> tuple[float, str, str]:
+def _threshold_line(ov: _Overlay, t: float, smallest: float, color: str) -> tuple[float, str, str]:
     """A dotted vertical line at the run's threshold; returns its label (placed later, in
     rows that do not overlap)."""
-    fig.add_vline(x=t, line=dict(color=color, dash="dot", width=1.5), row=1, col=1)
+    ov.vline(t, line=dict(color=color, dash="dot", width=1.5))
     text = (
         f"threshold ≈ {t:,.0f}"
         if t > smallest
@@ -407,16 +453,14 @@ def _claimed_layer(fig, paper: pd.DataFrame) -> list:
     return drawn
 
 
-def _phase_bands(fig, cutoffs, lo_r: float, hi_r: float) -> None:
+def _phase_bands(ov: _Overlay, cutoffs, lo_r: float, hi_r: float) -> None:
     """One tinted band per phase, clipped to what is on screen, named at the right edge."""
     edges = [0.0, *(pct_to_ratio(c) for c in cutoffs), float("inf")]
     for name, a, b in zip(PHASES, edges[:-1], edges[1:]):
         a_, b_ = max(a, lo_r), min(b, hi_r)
         if a_ < b_:
-            fig.add_hrect(
-                y0=a_, y1=b_, fillcolor=PHASE_COLORS[name], opacity=0.07, line_width=0, row=1, col=1
-            )
-            fig.add_annotation(
+            ov.hrect(a_, b_, fillcolor=PHASE_COLORS[name], opacity=0.07, line=dict(width=0))
+            ov.annotation(
                 x=1,
                 xref="x domain",
                 y=math.log10(math.sqrt(a_ * b_)),
@@ -424,12 +468,10 @@ def _phase_bands(fig, cutoffs, lo_r: float, hi_r: float) -> None:
                 showarrow=False,
                 xanchor="right",
                 font=dict(size=10, color=PHASE_COLORS[name]),
-                row=1,
-                col=1,
             )
 
 
-def _guidance_lines(fig, guidance, lo_r: float, hi_r: float) -> None:
+def _guidance_lines(ov: _Overlay, guidance, lo_r: float, hi_r: float) -> None:
     """Deployment guidance levels as dash-dotted lines; lines closer than a label's height
     share one label ("+20% / +50% guidance")."""
     named: list[list[float]] = []
@@ -440,11 +482,9 @@ def _guidance_lines(fig, guidance, lo_r: float, hi_r: float) -> None:
         else:
             named.append([g])
     for g in guidance:
-        fig.add_hline(
-            y=pct_to_ratio(g), line=dict(color="#9e9e9e", width=1, dash="dashdot"), row=1, col=1
-        )
+        ov.hline(pct_to_ratio(g), line=dict(color="#9e9e9e", width=1, dash="dashdot"))
     for group in named:
-        fig.add_annotation(
+        ov.annotation(
             x=0,
             xref="x domain",
             y=math.log10(pct_to_ratio(group[-1])),
@@ -453,8 +493,6 @@ def _guidance_lines(fig, guidance, lo_r: float, hi_r: float) -> None:
             xanchor="left",
             yshift=8,
             font=dict(size=9, color="#757575"),
-            row=1,
-            col=1,
         )
 
 
@@ -507,12 +545,12 @@ def _unfinished_layer(fig, unfinished: pd.DataFrame, colors: dict, labels: dict,
         )
 
 
-def _threshold_labels(fig, thr_labels: list[tuple[float, str, str]], xs: list) -> None:
+def _threshold_labels(ov: _Overlay, thr_labels: list[tuple[float, str, str]], xs: list) -> None:
     """The thresholds' labels along the top, in as many rows as needed not to overlap."""
     span = math.log10(max(xs)) - math.log10(min(xs)) if xs else 1.0
     rows = _label_rows([x for x, _, _ in thr_labels], [t for _, t, _ in thr_labels], span)
     for (x, text, color), row in zip(thr_labels, rows):
-        fig.add_annotation(
+        ov.annotation(
             x=x,
             y=1,
             yref="y domain",
@@ -522,8 +560,6 @@ def _threshold_labels(fig, thr_labels: list[tuple[float, str, str]], xs: list) -
             font=dict(color=color, size=11),
             bgcolor="rgba(255,255,255,0.85)",
             yshift=-2 - 17 * row,
-            row=1,
-            col=1,
         )
 
 

@@ -246,9 +246,27 @@ def analysis_for(
     run_id: str, level: float, cutoffs, metric: str = "degradation_pct"
 ) -> analysis.ThresholdReport | None:
     """`analysis.threshold_report` of one run (threshold, bootstrap interval, fits) under one
-    forgetting measure, cached until the database changes or the level / cut-offs do."""
+    forgetting measure, cached until the database changes or the level / cut-offs do. A shipped
+    reference run's report does not depend on the database: a run writing its progress does not
+    make the page recompute it."""
     db = resolve_db(None)
-    return _analysis(str(db), db_version(db), run_id, float(level), tuple(cutoffs), metric)
+    version = () if run_id.startswith(reference.REF_PREFIX) else db_version(db)
+    return _analysis(str(db), version, run_id, float(level), tuple(cutoffs), metric)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _agreement(
+    db: str, version: tuple, run_id: str, level: float, cutoffs: tuple
+) -> analysis.MeasureAgreement:
+    return analysis.measure_agreement(points_for([run_id]), items_for(run_id), level, cutoffs)
+
+
+def agreement_for(run_id: str, level: float, cutoffs) -> analysis.MeasureAgreement:
+    """`analysis.measure_agreement` of one run (a threshold report per measure), cached like
+    `analysis_for`: a rerun for another widget does not redo its bootstraps."""
+    db = resolve_db(None)
+    version = () if run_id.startswith(reference.REF_PREFIX) else db_version(db)
+    return _agreement(str(db), version, run_id, float(level), tuple(cutoffs))
 
 
 def run_info_for(run_id: str) -> dict:

@@ -4,6 +4,7 @@ import streamlit as st
 
 from core import analysis, charts, data, forgotten, reference, sources
 from pages._ui import (
+    agreement_for,
     all_labels,
     analysis_for,
     generations_for,
@@ -305,9 +306,7 @@ if own_multi:
         which_m = st.selectbox(
             "Run", own_multi, format_func=lambda r: lab.get(r, r), key="agree_run"
         )
-        agree = analysis.measure_agreement(
-            pts[pts.run_id == which_m], items_for(which_m), level, cutoffs
-        )
+        agree = agreement_for(which_m, level, cutoffs)
         st.caption(
             f"The threshold ({level:g} % or its nats equivalent) and each size's phase under every "
             "measure this run has. Where they differ, the choice of measure decides where the "

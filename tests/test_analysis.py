@@ -442,3 +442,52 @@ def test_method_summary_and_spectral_totals_carry_the_measure_and_intruder_dimen
     assert t["intruder_dims"] == pytest.approx(5.0)  # (1 + 2 + 3 + 4) / 2 seeds
     older = analysis.spectral_totals(spectral.drop(columns="intruder_dims")).iloc[0]
     assert np.isnan(older["intruder_dims"])  # reference rows counted none
+
+
+def test_per_scale_interval_is_the_student_t_interval():
+    """per_scale's t quantile comes from a table (importing scipy costs seconds on a page's
+    first render); the interval is still mean ± t(0.975, n-1) · s / sqrt(n), scipy's t."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    rows = [
+        ("r", sc, sd, "done", v) for sc in (10, 100) for sd, v in enumerate(rng.normal(5, 2, 7))
+    ]
+    rows += [("r", 1000, 0, "done", 3.0)]  # one seed: no interval
+    pts = pd.DataFrame(rows, columns=["run_id", "scale", "seed", "status", "degradation_pct"])
+    out = analysis.per_scale(pts).set_index("scale")
+    for sc in (10, 100):
+        v = pts[pts.scale == sc].degradation_pct
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std() / np.sqrt(len(v))
+        assert out.loc[sc, "ci_high"] - out.loc[sc, "mean"] == pytest.approx(half, rel=1e-12)
+        assert out.loc[sc, "mean"] - out.loc[sc, "ci_low"] == pytest.approx(half, rel=1e-12)
+    assert out.loc[1000, "ci_low"] == out.loc[1000, "ci_high"] == 3.0
+    for df in range(1, 40):  # the table's entries, and scipy past its end
+        assert analysis.t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-13)
+
+
+def test_block_bootstraps_give_the_sample_by_sample_intervals():
+    """The bootstraps compute their samples in blocks (for speed); the thresholds are those of
+    `threshold_scale` on each sample, drawn in the same order as one sample at a time."""
+    rng = np.random.default_rng(5)
+    scales = np.array([50, 100, 200, 400, 800])
+    rows = np.cumsum(rng.normal(4, 9, (300, len(scales))), axis=1)
+    rows[7] = [30, 40, 50, 60, 70]  # above from the first size
+    rows[8] = [1, 1, 1, 1, 1]  # never crosses
+    want = [analysis.threshold_scale(scales, r, 10.0) for r in rows]
+    got = analysis._threshold_scales(scales, rows, 10.0)
+    assert list(got) == [np.inf if w is None else w for w in want]
+
+    pts = pd.DataFrame(
+        [("r", int(sc), sd, "done", v) for sd in range(4) for sc, v in zip(scales, rows[sd])],
+        columns=["run_id", "scale", "seed", "status", "degradation_pct"],
+    )
+    vals = pts.pivot_table(index="seed", columns="scale", values="degradation_pct").to_numpy()
+    draw = np.random.default_rng(0)
+    loop = []
+    for _ in range(150):
+        t = analysis.threshold_scale(scales, vals[draw.integers(0, 4, 4)].mean(0), 10.0)
+        loop.append(np.inf if t is None else t)
+    np.testing.assert_equal(  # NaN-aware: never-crossing samples can make the bound NaN
+        analysis.bootstrap_threshold_seeds(pts, 10.0, 150), analysis._interval(loop, "seeds", 4)
+    )

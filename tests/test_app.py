@@ -627,3 +627,29 @@ def test_threshold_headlines_the_runs_measure_and_keeps_the_token_weighted_one(
     assert "Token-weighted perplexity change: " in captions
     at.selectbox(key="thr_measure").set_value("degradation_pct").run()
     assert "Token-weighted perplexity change: " not in " ".join(c.value for c in at.caption)
+
+
+def test_threshold_first_render_imports_no_heavy_module(tmp_path):
+    """A cold server's first render of the Threshold page (a fresh process) draws charts: it
+    must not import the training stack or scipy (seconds each on a small machine, issue 18)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300)\n"
+        "at.switch_page('pages/threshold.py').run()\n"
+        "assert not at.exception, at.exception\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    env = {**os.environ, "FORGETTING_LAB_HOME": str(tmp_path)}
+    env.pop("FORGETTING_LAB_DB", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "plotly" in loaded  # the page did draw
+    assert not loaded & {"torch", "transformers", "peft", "scipy", "sklearn"}

@@ -249,3 +249,42 @@ def test_cross_domain_and_replay_heatmaps_share_one_signed_log_colour_scale():
     assert {"0", "+10%", "+100%"} <= set(at_c) & set(at_r)
     assert all(at_c[k] == pytest.approx(at_r[k]) for k in set(at_c) & set(at_r))
     assert "+1,000%" not in at_c and "+1,000%" not in at_r  # beyond the range: no label
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_overlay_adds_what_plotlys_own_calls_add(rows):
+    """The Threshold chart adds its lines, bands and labels in one step (`charts._Overlay`, for
+    speed); the layout must hold what plotly's add_vline / add_hline / add_hrect /
+    add_annotation on row 1 would have added, in the same order, none of the lines on an empty
+    panel."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    def fig():
+        return make_subplots(rows=rows, cols=1, subplot_titles=("a", "b")[:rows])
+
+    calls = [
+        ("vline", dict(x=50.0, line=dict(color="#1565c0", dash="dot", width=1.5))),
+        ("hrect", dict(y0=0.7, y1=1.1, fillcolor="#2e7d32", opacity=0.07, line=dict(width=0))),
+        ("annotation", dict(x=1, xref="x domain", y=0.1, text="safe", showarrow=False)),
+        ("hline", dict(y=1.2, line=dict(color="#9e9e9e", width=1, dash="dashdot"))),
+        ("annotation", dict(x=1.7, y=1, yref="y domain", yanchor="top", text="t", yshift=-19)),
+        ("annotation", dict(x=2.0, y=0.3, text="forecast")),
+    ]
+    for with_data in (True, False):
+        plain, fast = fig(), fig()
+        if with_data:
+            for f in (plain, fast):
+                f.add_trace(go.Scatter(x=[10, 100], y=[1.0, 2.0]), row=1, col=1)
+        ov = charts._Overlay(fast)
+        for kind, kw in calls:
+            kw = dict(kw)
+            getattr(plain, f"add_{kind}")(**kw, row=1, col=1)
+            if kind == "annotation":
+                ov.annotation(**kw)
+            else:
+                pos = [kw.pop(k) for k in ("x", "y", "y0", "y1") if k in kw]
+                getattr(ov, kind)(*pos, **kw)
+        ov.apply()
+        assert fast.to_plotly_json()["layout"] == plain.to_plotly_json()["layout"]
+        assert len(fast.layout.shapes) == (3 if with_data else 0)
