@@ -191,12 +191,11 @@ elif show_fc:
 fig = charts.threshold_figure(
     curves,
     lab,
-    cutoffs,
-    thr,
-    level,
-    None,  # the slider's read-off is below the chart (a fragment: moving it is cheap)
-    dom,
-    paper,
+    cutoffs=cutoffs,
+    threshold=thr,
+    level=level,
+    domain_curves=dom,
+    paper=paper,
     guidance=(alert, rollback) if show_guidance else (),
     fits=fits,
     unfinished=pts[pts["status"] != "done"] if "status" in pts else None,
