@@ -45,6 +45,7 @@ import pandas as pd
 
 from . import sources
 from .analysis import pct_to_ratio, ratio_to_pct
+from .states import DONE
 
 MODELS = ("power law", "exponential", "saturating", "rise and fall")
 MODEL_SOURCES = {
@@ -170,12 +171,12 @@ def choose(n, y) -> tuple[str, dict[str, float]]:
 def _mean_curve(points: pd.DataFrame, metric: str) -> pd.DataFrame:
     if metric not in points.columns:
         raise ForecastError(f"--metric: the run has no column {metric!r}")
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     return ok.groupby("scale", as_index=False)[metric].mean().sort_values("scale")
 
 
 def _seed_matrix(points: pd.DataFrame, metric: str) -> pd.DataFrame | None:
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     if ok["seed"].nunique() < 2:
         return None
     m = ok.pivot_table(index="seed", columns="scale", values=metric).dropna(axis=1)
