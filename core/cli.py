@@ -609,14 +609,15 @@ def cmd_list(store: Store, a: argparse.Namespace) -> int:
 
     df = runner.runs_with_status(store.list_runs())
     if not df.empty:
-        df["points"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
+        # DONE points (measured in full) of all, as the sidebar and the Launch panel count them
+        df["points done"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
         df["created"] = df["created_at"].astype(str).str[:19]
     _print_table(
         df,
         [
             "run_id",
             "status_effective",
-            "points",
+            "points done",
             "model",
             "method",
             "domain",
