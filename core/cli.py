@@ -681,11 +681,10 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
 
 
 def cmd_delete(store: Store, a: argparse.Namespace) -> int:
-    """`delete`: a run, its points, adapters and checkpoints."""
-    store.delete_run(a.run_id)
-    from .paths import discard_run_files
+    """`delete`: a run, its points, adapters and checkpoints (not a queued or running one)."""
+    from . import runner
 
-    discard_run_files(a.run_id)
+    runner.delete_run(store, a.run_id)
     print(f"deleted {a.run_id} (its points, saved adapters and checkpoints)")
     return 0
 
