@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis import DEFAULT_CUTOFFS, PHASE_COLORS, PHASES, pct_to_ratio
+from .forecast import backtest_text
 from .labels import short_names
 
 PALETTE = ["#1565c0", "#d84315", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#f9a825"]
@@ -258,18 +259,6 @@ def _fit_layer(fig, c: pd.DataFrame, f, run_id, short: str, color: str) -> None:
     )
 
 
-def forecast_backtest_text(fc: dict) -> str:
-    """The backtest's error in a few words, shown next to every forecast."""
-    bt = fc.get("backtest") or {}
-    if "coverage" not in bt:
-        return "backtest: " + str(bt.get("note", "not run"))
-    n = len(bt["held_out"])
-    return (
-        f"backtest from ≤ {bt['fit_upto']:,}: median error {bt['abs_error_points']:,.0f} pts, "
-        f"{round(bt['coverage'] * n)}/{n} inside the interval"
-    )
-
-
 def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: str) -> list:
     """The forecast beyond the last measured size: a hatched band (95 % interval) and a dotted
     line from the last measured mean, labelled "forecast" on the chart and in the legend, with
@@ -286,7 +275,7 @@ def _forecast_layer(fig, c: pd.DataFrame, fc: dict, run_id, short: str, color: s
     hi = np.clip(
         pct_to_ratio(np.array([float(last["mean"])] + [p["hi"] for p in preds])), 1e-3, None
     )
-    bt = forecast_backtest_text(fc)
+    bt = backtest_text(fc.get("backtest"), short=True)
     fig.add_trace(
         go.Scatter(
             x=xs + xs[::-1],
