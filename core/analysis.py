@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .states import DONE
+
 # Phase cut-offs on general-knowledge degradation (%). Defaults follow our reading of Martz 2025:
 # safe below 10 %, a threshold crossing up to 50 %, catastrophic beyond, exponential growth from
 # about +1,000 % (its 2.5K-10K points) and collapse from about +10,000 % (its 25K-50K points).
@@ -204,7 +206,7 @@ def t975(df: int) -> float:
 def per_scale(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.DataFrame:
     """Mean, std, n, min, max and a 95 % t-interval of `metric` per (run, scale), over seeds.
     Only finished points count."""
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     if ok.empty:
         return pd.DataFrame(columns=PER_SCALE_COLUMNS)
     g = ok.groupby(["run_id", "scale"])[metric]
@@ -406,7 +408,7 @@ def bootstrap_threshold_seeds(
     curve). Needs at least two seeds measured at every scale used. `level` is in % (a measure in
     nats is averaged in nats, then converted: `Metric`)."""
     met = metric_of(metric)
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     m = ok.pivot_table(index="seed", columns="scale", values=metric).dropna(axis=1)
     if len(m) < 2 or m.shape[1] < 2:
         raise ValueError("a seed bootstrap needs at least two seeds measured at two or more scales")
@@ -567,7 +569,7 @@ def method_summary(points: pd.DataFrame, metric: str = "degradation_pct") -> pd.
     equivalent, averaged in nats first); `intruder_dims_at_largest` the intruder dimensions
     there (NaN where not counted)."""
     met = metric_of(metric)
-    ok = points[points["status"] == "done"].copy()
+    ok = points[points["status"] == DONE].copy()
     if ok.empty:
         return pd.DataFrame()
     for col in ("model_mem_mb", "disk_mb", "gen_tokens_per_s", "intruder_dims", metric):
@@ -679,7 +681,7 @@ def smoke_failed_points(points: pd.DataFrame, failures: pd.DataFrame | None) -> 
     cols = ["run_id", "scale", "seeds", "reasons"]
     if points.empty or "smoke_ok" not in points:
         return pd.DataFrame(columns=cols)
-    bad = points[(points["status"] == "done") & (points["smoke_ok"] == False)]  # noqa: E712
+    bad = points[(points["status"] == DONE) & (points["smoke_ok"] == False)]  # noqa: E712
     if bad.empty:
         return pd.DataFrame(columns=cols)
     failures = failures if failures is not None else pd.DataFrame()

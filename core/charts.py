@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis import DEFAULT_CUTOFFS, PHASE_COLORS, PHASES, pct_to_ratio
+from .forecast import backtest_text
 from .labels import short_names
 
 PALETTE = ["#1565c0", "#d84315", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#f9a825"]
@@ -155,7 +156,6 @@ def threshold_figure(
     cutoffs=DEFAULT_CUTOFFS,
     threshold: dict[str, float | None] | None = None,
     level: float = 10.0,
-    marker: dict | None = None,
     domain_curves: pd.DataFrame | None = None,
     paper: pd.DataFrame | None = None,
     guidance: tuple[float, ...] = (),
@@ -166,19 +166,19 @@ def threshold_figure(
 ) -> go.Figure:
     """Degradation vs dataset size on log-log axes (the y axis is the perplexity ratio, labelled
     in %, so -20 % and +20,000 % are both readable), one line per run with a band over seeds,
-    phase bands, the threshold, an optional slider marker and the curves claimed by Martz 2025
-    (one style per domain); domain improvement in a second panel. `unfinished` points (stopped by
-    the in-training smoke test, diverged, failed: columns run_id, scale, seed, status, error) are
-    left out of the curves and marked along the bottom edge at their size, with the reason on
-    hover. `smoke_failed` (run_id, scale, seeds, reasons: `analysis.smoke_failed_points`) rings the
-    curve's points whose smoke test failed, with the reasons on hover. `forecasts` (run id ->
-    `forecast.forecast` output) adds a labelled forecast band beyond the run's last measured size,
-    with the backtest's error in its legend entry and hover. Legend names keep only what
-    differs between the runs' labels; hovers carry the full label.
+    phase bands, the threshold and the curves claimed by Martz 2025 (one style per domain); domain
+    improvement in a second panel. `unfinished` points (stopped by the in-training smoke test,
+    diverged, failed: columns run_id, scale, seed, status, error) are left out of the curves and
+    marked along the bottom edge at their size, with the reason on hover. `smoke_failed` (run_id,
+    scale, seeds, reasons: `analysis.smoke_failed_points`) rings the curve's points whose smoke
+    test failed, with the reasons on hover. `forecasts` (run id -> `forecast.forecast` output)
+    adds a labelled forecast band beyond the run's last measured size, with the backtest's error
+    in its legend entry and hover. Legend names keep only what differs between the runs' labels;
+    hovers carry the full label.
 
     Drawn in layers, bottom to top, one helper each: per run its curve with band, growth fit,
     threshold line and domain curve; the claimed curves; phase bands; guidance and level lines;
-    the slider marker; unfinished points; threshold labels; failed smoke tests; the axes."""
+    unfinished points; threshold labels; failed smoke tests; the axes."""
     two = domain_curves is not None and not domain_curves.empty
     fig = make_subplots(
         rows=2 if two else 1,
@@ -221,8 +221,6 @@ def threshold_figure(
     _phase_bands(ov, cutoffs, lo_r, hi_r)
     _guidance_lines(ov, guidance, lo_r, hi_r)
     ov.hline(pct_to_ratio(level), line=dict(color="#424242", width=1))
-    if marker:
-        _slider_marker(fig, marker)
     colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(curves["run_id"].unique())}
     if unfinished is None:
         unfinished = curves.iloc[0:0]
@@ -307,18 +305,6 @@ def _fit_layer(fig, c: pd.DataFrame, f, run_id, short: str, color: str) -> None:
     )
 
 
-def forecast_backtest_text(fc: dict) -> str:
-    """The backtest's error in a few words, shown next to every forecast."""
-    bt = fc.get("backtest") or {}
-    if "coverage" not in bt:
-        return "backtest: " + str(bt.get("note", "not run"))
-    n = len(bt["held_out"])
-    return (
-        f"backtest from ≤ {bt['fit_upto']:,}: median error {bt['abs_error_points']:,.0f} pts, "
-        f"{round(bt['coverage'] * n)}/{n} inside the interval"
-    )
-
-
 def _forecast_layer(
     fig, ov: _Overlay, c: pd.DataFrame, fc: dict, run_id, short: str, color: str
 ) -> list:
@@ -337,7 +323,7 @@ def _forecast_layer(
     hi = np.clip(
         pct_to_ratio(np.array([float(last["mean"])] + [p["hi"] for p in preds])), 1e-3, None
     )
-    bt = forecast_backtest_text(fc)
+    bt = backtest_text(fc.get("backtest"), short=True)
     fig.add_trace(
         go.Scatter(
             x=xs + xs[::-1],
@@ -494,24 +480,6 @@ def _guidance_lines(ov: _Overlay, guidance, lo_r: float, hi_r: float) -> None:
             yshift=8,
             font=dict(size=9, color="#757575"),
         )
-
-
-def _slider_marker(fig, marker: dict) -> None:
-    fig.add_trace(
-        go.Scatter(
-            x=[marker["x"]],
-            y=[pct_to_ratio(marker["value"])],
-            mode="markers+text",
-            marker=dict(size=16, color="#000", symbol="diamond-open", line=dict(width=3)),
-            text=[f"{pct_label(marker['value'])} ({marker['kind']})"],
-            textposition="top center",
-            name="slider",
-            showlegend=False,
-            hoverinfo="skip",
-        ),
-        row=1,
-        col=1,
-    )
 
 
 def _unfinished_layer(fig, unfinished: pd.DataFrame, colors: dict, labels: dict, lo_r) -> None:

@@ -611,14 +611,15 @@ def cmd_list(store: Store, a: argparse.Namespace) -> int:
 
     df = runner.runs_with_status(store.list_runs())
     if not df.empty:
-        df["points"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
+        # DONE points (measured in full) of all, as the sidebar and the Launch panel count them
+        df["points done"] = df["points_done"].astype(str) + "/" + df["n_points"].astype(str)
         df["created"] = df["created_at"].astype(str).str[:19]
     _print_table(
         df,
         [
             "run_id",
             "status_effective",
-            "points",
+            "points done",
             "model",
             "method",
             "domain",
@@ -682,11 +683,10 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
 
 
 def cmd_delete(store: Store, a: argparse.Namespace) -> int:
-    """`delete`: a run, its points, adapters and checkpoints."""
-    store.delete_run(a.run_id)
-    from .paths import discard_run_files
+    """`delete`: a run, its points, adapters and checkpoints (not a queued or running one)."""
+    from . import runner
 
-    discard_run_files(a.run_id)
+    runner.delete_run(store, a.run_id)
     print(f"deleted {a.run_id} (its points, saved adapters and checkpoints)")
     return 0
 

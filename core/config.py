@@ -286,14 +286,14 @@ class RunSpec:
     )
     mc_eval: bool = setting(
         True,
-        "Also score the 108 own-written four-option general-knowledge questions before and after "
-        "(multiple-choice accuracy, a second forgetting metric).",
+        f"Also score the {len(data.load_mc())} own-written four-option general-knowledge questions "
+        "before and after (multiple-choice accuracy, a second forgetting metric).",
         label="Multiple-choice questions",
     )
     mc_items: int = setting(
         0,
-        "Multiple-choice questions scored: 0 = all 108; N = a fixed subset of N spread evenly over "
-        "the set.",
+        f"Multiple-choice questions scored: 0 = all {len(data.load_mc())}; N = a fixed subset of N "
+        "spread evenly over the set.",
         label="Multiple-choice items",
         lo=0,
         hi=100_000,

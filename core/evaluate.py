@@ -29,11 +29,6 @@ class PerplexityResult:
     logp: list[torch.Tensor] | None = None
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _length_batches(lengths: list[int], batch_size: int):
     """Indices grouped into batches of similar length (longest first, so a batch that does not
     fit in memory fails at once): padding is what a batch of mixed lengths wastes."""
@@ -107,12 +102,6 @@ def token_stats(
     if was_training:
         model.train()
     return nll, counts, kept, kl
-
-
-def token_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512):
-    """Summed negative log-likelihood and predicted-token count per text (`token_stats`)."""
-    nll, counts, _, _ = token_stats(model, tokenizer, texts, batch_size, max_length)
-    return nll, counts
 
 
 def perplexity(
@@ -398,11 +387,6 @@ def verdict(text: str, new_tokens: int, prompt: str = "") -> tuple[bool, list[st
         if copied >= ECHO_SHARE:
             reasons.append(f"repeats the prompt ({copied:.0%} of its 4-word phrases)")
     return not reasons, reasons
-
-
-def is_degenerate(text: str, new_tokens: int) -> bool:
-    """Kept for callers of the old name: the opposite of `verdict`'s ok, without a prompt."""
-    return not verdict(text, new_tokens)[0]
 
 
 @dataclass

@@ -45,6 +45,7 @@ import pandas as pd
 
 from . import sources
 from .analysis import pct_to_ratio, ratio_to_pct
+from .states import DONE
 
 MODELS = ("power law", "exponential", "saturating", "rise and fall")
 MODEL_SOURCES = {
@@ -170,12 +171,12 @@ def choose(n, y) -> tuple[str, dict[str, float]]:
 def _mean_curve(points: pd.DataFrame, metric: str) -> pd.DataFrame:
     if metric not in points.columns:
         raise ForecastError(f"--metric: the run has no column {metric!r}")
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     return ok.groupby("scale", as_index=False)[metric].mean().sort_values("scale")
 
 
 def _seed_matrix(points: pd.DataFrame, metric: str) -> pd.DataFrame | None:
-    ok = points[(points["status"] == "done") & points[metric].notna()]
+    ok = points[(points["status"] == DONE) & points[metric].notna()]
     if ok["seed"].nunique() < 2:
         return None
     m = ok.pivot_table(index="seed", columns="scale", values=metric).dropna(axis=1)
@@ -483,10 +484,17 @@ def interval_text(out: dict) -> str:
     )
 
 
-def backtest_text(bt: dict | None) -> str:
-    """One line: how the same procedure did on this run's own held-out largest sizes."""
+def backtest_text(bt: dict | None, short: bool = False) -> str:
+    """How the same procedure did on this run's own held-out largest sizes: one line, or with
+    `short` a few words (the chart's legend entry and hover)."""
     if not bt or "held_out" not in bt:
-        return "backtest: " + ((bt or {}).get("note") or "not run")
+        return "backtest: " + str((bt or {}).get("note") or "not run")
+    if short:
+        n = len(bt["held_out"])
+        return (
+            f"backtest from ≤ {bt['fit_upto']:,}: median error {bt['abs_error_points']:,.0f} pts, "
+            f"{round(bt['coverage'] * n)}/{n} inside the interval"
+        )
     sizes = ", ".join(f"{r['scale']:,}" for r in bt["held_out"])
     return (
         f"backtest (fit on sizes <= {bt['fit_upto']:,}, predict {sizes}): median error "
@@ -495,22 +503,39 @@ def backtest_text(bt: dict | None) -> str:
     )
 
 
-def describe(out: dict) -> str:
-    """The forecast as text for the command line; says that it is a projection."""
-    lines = [
-        f"PROJECTION (not a measurement) of {out['metric']} with the {out['model']} form "
-        f"({out['model_source']}), chosen by out-of-sample error",
-        out.get("interval_note") or interval_text(out),
-    ]
-    for p in out["predictions"]:
-        lines.append(f"  {p['scale']:>8,}  {p['pct']:+10.1f}   [{p['lo']:+.1f}, {p['hi']:+.1f}]")
+def threshold_text(out: dict) -> str:
+    """Where the forecast crosses the threshold level, with its 95 % interval; else why there is
+    no crossing (`threshold_note`); empty when neither."""
     t = out.get("threshold")
     if t:
-        at = f"{t['scale']:,.0f}" if t["scale"] is not None else "beyond the range"
+        at = f"{t['scale']:,.0f} samples" if t["scale"] is not None else "beyond the range"
         lo = f"{t['lo']:,.0f}" if t["lo"] is not None else "?"
         hi = f"{t['hi']:,.0f}" if t["hi"] is not None else "beyond the range"
-        lines.append(f"threshold {t['level']:g} % projected at {at} samples [{lo}, {hi}]")
-    elif out.get("threshold_note"):
-        lines.append(f"threshold: {out['threshold_note']}")
-    lines.append(backtest_text(out.get("backtest")))
+        return f"threshold {t['level']:g} % projected at {at} (95 %: {lo}–{hi})"
+    if out.get("threshold_note"):
+        return f"threshold: {out['threshold_note']}"
+    return ""
+
+
+def summary(out: dict, sep: str = ". ") -> str:
+    """The forecast in a few sentences: the form and why it was chosen, the threshold crossing
+    (or why none), the backtest and what the interval covers, joined by `sep` (one line each
+    with "\\n"). The one wording of a forecast: the Threshold page's caption and the command
+    line's `describe` both use it."""
+    parts = [
+        f"{out['model']} form ({out['model_source']}), chosen by out-of-sample error",
+        threshold_text(out),
+        backtest_text(out.get("backtest")),
+        out.get("interval_note") or interval_text(out),
+    ]
+    return sep.join(p for p in parts if p)
+
+
+def describe(out: dict) -> str:
+    """The forecast as text for the command line (`summary`, one line each, then the projected
+    values); says that it is a projection."""
+    head = f"PROJECTION (not a measurement) of {out['metric']} with the "
+    lines = [head + summary(out, "\n")]
+    for p in out["predictions"]:
+        lines.append(f"  {p['scale']:>8,}  {p['pct']:+10.1f}   [{p['lo']:+.1f}, {p['hi']:+.1f}]")
     return "\n".join(lines)

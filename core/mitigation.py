@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import interpolate, metric_of, pct_to_ratio
+from .states import DONE
 
 IMPROVEMENT = "domain_improvement_pct"
 N_BOOT = 1000
@@ -192,7 +193,7 @@ def _with_keys(points: pd.DataFrame) -> pd.DataFrame:
     """Finished points with a known replay fraction, with the family columns filled in."""
     if points is None or points.empty or "replay" not in points:
         return pd.DataFrame()
-    df = points[(points["status"] == "done") & points["replay"].notna()].copy()
+    df = points[(points["status"] == DONE) & points["replay"].notna()].copy()
     if "ref_set" in df:
         df["source"] = df["ref_set"].where(df["ref_set"].notna(), "yours")
     else:

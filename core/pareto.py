@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .states import DONE
+
 # column -> (label, better): "min" when lower is better
 METRICS: dict[str, tuple[str, str]] = {
     "degradation_pct": ("general degradation (perplexity change, %)", "min"),
@@ -37,7 +39,7 @@ def assemble(own: pd.DataFrame, ref: pd.DataFrame, labels: dict[str, str]) -> pd
     for src, df in (("yours", own), ("reference", ref)):
         if df is None or df.empty:
             continue
-        d = df[df["status"] == "done"].copy() if "status" in df else df.copy()
+        d = df[df["status"] == DONE].copy() if "status" in df else df.copy()
         d["source"] = src
         parts.append(d)
     if not parts:

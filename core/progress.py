@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import RunSpec
-from .store import ENDED
+from .store import DONE, ENDED
 from .train import total_steps
 
 
@@ -29,11 +29,21 @@ class PointInFlight:
 @dataclass
 class RunProgress:
     stage: str  # what the run does now, in words
-    points_done: int
+    points_done: int  # DONE: measured in full (what the sidebar and `cli list` count)
     points_total: int
     fraction: float  # of the run's estimated time, 0..1
     eta_s: float | None  # None: no rate measured yet
     live: list[PointInFlight] = field(default_factory=list)
+    # points that ended without a result, by status (failed, diverged, stopped)
+    unfinished: dict[str, int] = field(default_factory=dict)
+
+    def points_text(self) -> str:
+        """'X of Y points done', with the points that ended without a result named by status:
+        e.g. '2 of 4 points done (1 failed)'."""
+        text = f"{self.points_done} of {self.points_total} points done"
+        if self.unfinished:
+            text += " (" + ", ".join(f"{n} {s}" for s, n in self.unfinished.items()) + ")"
+        return text
 
 
 def point_steps(spec: RunSpec, scale: int) -> int:
@@ -78,7 +88,7 @@ def run_progress(
         stage = "; ".join(f"{p.scale:,} samples (seed {p.seed}): {p.phase}" for p in live)
     if status not in ("running", "queued"):
         stage = status
-    done = len(ended)
+    n_ended = len(ended)
 
     # Measured rates.
     trained = ended[ended.steps.fillna(0) > 0] if not ended.empty else ended
@@ -123,8 +133,17 @@ def run_progress(
     elif eta is not None and worked + eta > 0:
         fraction = worked / (worked + eta)
     else:
-        fraction = done / max(total, 1)
-    return RunProgress(stage, done, total, min(max(fraction, 0.0), 1.0), eta, live)
+        fraction = n_ended / max(total, 1)
+    counts = ended.status.value_counts() if not ended.empty else {}
+    return RunProgress(
+        stage,
+        int((ended.status == DONE).sum()) if not ended.empty else 0,
+        total,
+        min(max(fraction, 0.0), 1.0),
+        eta,
+        live,
+        {s: int(counts[s]) for s in ENDED if s != DONE and s in counts},
+    )
 
 
 def format_eta(seconds: float | None) -> str:

@@ -29,7 +29,7 @@ from . import data
 from .config import RunSpec
 from .errors import ConfigError, LabError, RunNotFound, StoreError
 from .outbox import Event, import_spilled
-from .paths import REPO_ROOT, git_commit
+from .paths import REPO_ROOT, discard_run_files, git_commit
 from .store import Store, now, spec_of
 
 log = logging.getLogger(__name__)
@@ -434,6 +434,17 @@ def cancel(store: Store, run_id: str) -> str:
             store.request_cancel(r)
             result = "cancelling"
     return result
+
+
+def delete_run(store: Store, run_id: str) -> None:
+    """Delete a run: its rows (points, evaluations, progress...) and its files (saved adapters,
+    checkpoints). Refuses a queued or running run (its worker would write to a run that is gone):
+    cancel it first. The one rule for the app's Runs page and `cli delete`."""
+    st = effective_status(store.get_run(run_id))
+    if st in ("queued", "running"):
+        raise LabError(f"run {run_id} is {st}; cancel it before deleting it")
+    store.delete_run(run_id)
+    discard_run_files(run_id)
 
 
 def can_resume(run: dict) -> bool:

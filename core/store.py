@@ -27,15 +27,12 @@ import duckdb
 import pandas as pd
 
 from .errors import RunNotFound, StoreError
+from .states import DONE, ENDED, FINISHED  # noqa: F401 (re-exported: store.DONE, ...)
 
 SCHEMA_VERSION = 6
 LOCK_TIMEOUT_S = 60.0
 FINAL_STATES = ("done", "failed", "cancelled")  # of a run
-# Of a point (points.status): done | failed | diverged | stopped. The one definition of which
-# point counts as what:
-DONE = "done"  # measured in full: has results to show
-FINISHED = (DONE, "diverged", "stopped")  # kept for good: resume never trains these again
-ENDED = (*FINISHED, "failed")  # no longer in flight (a failed point is retried on resume)
+# Of a point: DONE, FINISHED, ENDED (core/states.py, the one definition, imported above)
 _process_lock = threading.RLock()
 
 SCHEMA = """
@@ -749,11 +746,12 @@ class Store:
         return int(row[0])
 
     def finished_adapters(self, run_id: str) -> pd.DataFrame:
-        """Finished points of a run with their saved adapter (for the Smoke test page)."""
+        """The DONE points of a run (measured in full) with their saved adapter (for the Smoke
+        test page)."""
         return self.query_df(
             "SELECT scale, seed, adapter_path, degradation_pct FROM points "
-            "WHERE run_id = ? AND status = 'done' ORDER BY scale, seed",
-            [run_id],
+            "WHERE run_id = ? AND status = ? ORDER BY scale, seed",
+            [run_id, DONE],
         )
 
     def progress_df(self, run_id: str) -> pd.DataFrame:

@@ -345,7 +345,7 @@ def _sidebar_runs() -> None:
             group = len(r["group"])  # runs queued together train together
             st.caption(
                 f"{r['status_effective']}: {r['name'] or r['run_id']} — "
-                f"{r['points_done']}/{r['n_points']} points"
+                f"{r['points_done']}/{r['n_points']} points done"
                 + (f" (one of a group of {group})" if group > 1 else "")
             )
     else:

@@ -361,7 +361,7 @@ def group_panel(members: list[str], names: dict[str, str]) -> None:
         name = names.get(r, r)
         st.progress(
             rp.fraction,
-            text=f"{name}: {rp.points_done} of {rp.points_total} points finished · {eta}",
+            text=f"{name}: {rp.points_text()} · {eta}",
         )
         if status == "running":
             live_points(rp, f"{name} · ")
@@ -421,7 +421,7 @@ def panel() -> None:
         eta = format_eta(rp.eta_s) if status == "running" else status
         st.progress(
             rp.fraction,
-            text=f"Whole run: {rp.points_done} of {rp.points_total} points finished · {eta}",
+            text=f"Whole run: {rp.points_text()} · {eta}",
         )
     if status == "running":
         st.caption(f"Now: {rp.stage}")

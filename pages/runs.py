@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from core import analysis, charts
+from core import analysis, charts, runner
 from core.errors import LabError
 from core.labels import short_names
-from core.paths import discard_run_files
 from pages._ui import (
     changed,
     export_bytes,
@@ -140,11 +139,8 @@ if victim:
     sure = st.checkbox(f"Yes, delete {victim} and all its points", key="confirm_delete")
     if st.button("Delete run", type="secondary", disabled=not sure):
         try:
-            if view.set_index("run_id").loc[victim, "status_effective"] in ("running", "queued"):
-                raise LabError("cancel the run before deleting it")
-            store().delete_run(victim)
+            runner.delete_run(store(), victim)  # refuses a queued or running run
             changed()
-            discard_run_files(victim)
             st.success(f"Deleted {victim} (points, saved adapters, checkpoints).")
             st.rerun()
         except LabError as e:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import analysis, charts, data, forgotten, reference, sources
+from core import analysis, charts, data, forecast, forgotten, reference, sources
 from pages._ui import (
     agreement_for,
     all_labels,
@@ -151,8 +151,6 @@ with st.sidebar:
 
 @st.cache_data(show_spinner="Forecasting…", max_entries=64)
 def _forecast(run_id: str, key: tuple, to: float, level: float, measure: str) -> dict | None:
-    from core import forecast
-
     try:
         return forecast.forecast(
             points_for([run_id]), metric=measure, to=to, level=level, n_boot=200
@@ -178,27 +176,18 @@ elif show_fc:
             st.sidebar.caption(f"No forecast for {lab.get(r, r)}: {fc['error']}")
         elif fc:
             forecasts[r] = fc
-            t = fc.get("threshold")
-            thr_txt = (
-                f"; threshold {level:g} % projected at {t['scale']:,.0f} samples "
-                f"(95 %: {t['lo'] or 0:,.0f}–{t['hi']:,.0f})"
-                if t and t.get("scale") and t.get("hi")
-                else ""
-            )
             st.caption(
                 f"**Forecast (a projection, not measured)** for {lab.get(r, r)}: "
-                f"{fc['model']} form ({fc['model_source']}){thr_txt}. "
-                f"{charts.forecast_backtest_text(fc)}. {fc.get('interval_note', '')}"
+                f"{forecast.summary(fc)}"
             )
 fig = charts.threshold_figure(
     curves,
     lab,
-    cutoffs,
-    thr,
-    level,
-    None,  # the slider's read-off is below the chart (a fragment: moving it is cheap)
-    dom,
-    paper,
+    cutoffs=cutoffs,
+    threshold=thr,
+    level=level,
+    domain_curves=dom,
+    paper=paper,
     guidance=(alert, rollback) if show_guidance else (),
     fits=fits,
     unfinished=pts[pts["status"] != "done"] if "status" in pts else None,

@@ -201,3 +201,35 @@ def test_analyze_headlines_the_runs_measure_and_keeps_the_token_weighted_one(db)
     assert raw["token_weighted"]["metric"] == "degradation_pct"
     plain = cli("analyze", rid, "--metric", "degradation_pct", "--db", str(db)).stdout
     assert "token-weighted perplexity change (degradation_pct)" not in plain
+
+
+def test_delete_refuses_a_running_run_and_deletes_a_finished_one(db, capsys):
+    """One delete rule for the app and the command line (`runner.delete_run`): a queued or
+    running run is refused, naming it and saying to cancel it first; a finished one goes with its
+    saved adapters and checkpoints."""
+    import os
+    import socket
+
+    from core import runner
+    from core.cli import main
+    from core.config import preset
+    from core.errors import RunNotFound
+    from core.paths import adapters_dir
+    from core.store import Store
+
+    store = Store(db)
+    run_id = runner.create_run(store, preset("tiny-test", scales=(4,)), "queued")
+    store.set_status(run_id, "running", pid=os.getpid(), host=socket.gethostname())
+    assert main(["delete", run_id, "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert run_id in err and "running" in err and "cancel it before deleting it" in err
+    assert store.get_run(run_id)["status"] == "running"  # still there
+
+    store.set_status(run_id, "done")
+    saved = adapters_dir() / run_id / "4-0"
+    saved.mkdir(parents=True)
+    assert main(["delete", run_id, "--db", str(db)]) == 0
+    assert f"deleted {run_id}" in capsys.readouterr().out
+    assert not saved.exists()
+    with pytest.raises(RunNotFound):
+        store.get_run(run_id)

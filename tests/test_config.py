@@ -286,3 +286,13 @@ def test_probe_choices_name_the_general_probe_and_its_former_name_still_loads():
     assert RunSpec.from_dict(old).probe == "general"
     with pytest.raises(ConfigError, match="probe"):
         RunSpec.from_dict({"probe": "general-999"})
+
+
+def test_multiple_choice_help_counts_the_question_file():
+    """The multiple-choice help texts name the number of questions the set holds (read from the
+    file, as the probe's help counts its statements), not a number typed in."""
+    from core import config, data
+
+    n = len(data.load_mc())
+    assert f"the {n} own-written" in config.SETTINGS["mc_eval"].metadata["help"]
+    assert f"0 = all {n};" in config.SETTINGS["mc_items"].metadata["help"]

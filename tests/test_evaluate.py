@@ -132,8 +132,8 @@ def test_verdict_fails_degenerate_answers_with_a_reason(label, prompt, text, n, 
     assert any(fails_with in r for r in reasons), (label, reasons)
     g = evaluate.Generation.judged(prompt, text, n)
     assert not g.ok and fails_with in g.reason
-    # the old name (no prompt) still answers for everything judged from the answer alone
-    assert evaluate.is_degenerate(text, n) is (fails_with != "repeats the prompt")
+    # without the prompt, everything judged from the answer alone still fails
+    assert (not evaluate.verdict(text, n)[0]) is (fails_with != "repeats the prompt")
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,11 @@ def test_forecast_threshold_crossing_when_not_yet_crossed():
     assert abs(t["scale"] - truth) / truth < 0.1
     crossed = F.forecast(pts, to=50000, level=10, n_boot=30, with_backtest=False)
     assert crossed["threshold"] is None and "already" in crossed["threshold_note"]
+    # one wording (`summary`) for the page and the command line, the crossing or its note in it
+    assert f"projected at {t['scale']:,.0f} samples" in F.summary(out)
+    assert f"threshold: {crossed['threshold_note']}" in F.summary(crossed)
+    for o in (out, crossed):
+        assert F.summary(o, "\n") in F.describe(o) and "backtest: not run" in F.summary(o)
 
 
 def test_other_metric_columns_are_forecast_in_their_own_units():
@@ -217,7 +222,7 @@ def test_threshold_page_draws_a_labelled_forecast_band_with_its_backtest(tmp_pat
     at.checkbox(key="fc_show").check().run()
     assert not at.exception, at.exception
     captions = " ".join(c.value for c in at.caption)
-    assert "Forecast (a projection, not measured)" in captions and "backtest from" in captions
+    assert "Forecast (a projection, not measured)" in captions and "backtest (fit on" in captions
     import json as _json
 
     fig = _json.loads(at.get("plotly_chart")[0].proto.spec)

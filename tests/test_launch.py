@@ -38,9 +38,7 @@ def test_a_running_run_is_shown_first_with_a_whole_run_eta(db, monkeypatch):
     form = next(e for e in at.expander if e.label == "New run")
     assert not form.proto.expanded  # the form is folded while a run is active
     texts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    assert any(
-        p.proto.text.startswith("Whole run: 0 of 2 points finished") for p in at.get("progress")
-    )
+    assert any(p.proto.text.startswith("Whole run: 0 of 2 points done") for p in at.get("progress"))
     assert any("Status: :blue[running]" in t for t in texts)
     assert any("4 samples (seed 0): training" in t for t in texts)
 
@@ -84,8 +82,8 @@ def test_several_domains_queue_one_group_and_bad_lists_name_their_field(db, monk
     # the panel shows each series of the group, the sidebar says they go together
     bars = [p.proto.text for p in at.get("progress")]
     assert sorted(bars) == [
-        "tiny-test · financial: 0 of 3 points finished · queued",
-        "tiny-test: 0 of 3 points finished · queued",
+        "tiny-test · financial: 0 of 3 points done · queued",
+        "tiny-test: 0 of 3 points done · queued",
     ], bars
     side = [c.value for c in _launch_page(db, monkeypatch).sidebar.get("caption")]
     assert sum("(one of a group of 2)" in c for c in side) == 2, side

@@ -87,3 +87,20 @@ def test_a_resumed_run_counts_work_not_the_days_it_waited():
     rp = run_progress(SPEC, "running", pts, _progress([]), {})
     # done: 6 s of work; left: 20 + 40 steps at 0.4 s and two evaluations of 2 s
     assert rp.fraction == pytest.approx(6.0 / (6.0 + 60 * 0.4 + 2 * 2.0))
+
+
+def test_points_done_counts_measured_points_and_names_the_others():
+    """'Done' means what the sidebar and `cli list` count (measured in full); a point that failed
+    or diverged ended without a result and is named by its status, not counted as done."""
+    pts = _points(
+        [
+            (10, 0, "done", 10, 1.0, 1.0),
+            (20, 0, "failed", 0, None, None),
+            (40, 0, "diverged", 5, 1.0, None),
+        ]
+    )
+    rp = run_progress(SPEC, "done", pts, _progress([]), {})
+    assert rp.points_done == 1 and rp.unfinished == {"failed": 1, "diverged": 1}
+    assert rp.points_text() == "1 of 3 points done (1 diverged, 1 failed)"
+    fresh = run_progress(SPEC, "running", _points([]), _progress([]), {})
+    assert fresh.points_text() == "0 of 3 points done"
