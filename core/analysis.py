@@ -721,6 +721,9 @@ def describe_interval(
     ('61 – 61') reads as a bug: it gets the decimals that tell them apart, and an interval pinned
     at the smallest measured size says the threshold lies somewhere below it."""
     lo, hi = float(ci[0]), float(ci[1])
+    # a bound the resamples did not place (some never cross the level in the measured range,
+    # so the quantile is undefined) reads as not reached, never as "nan"
+    lo, hi = (math.inf if math.isnan(v) else v for v in (lo, hi))
     head = f"95 % bootstrap interval over {over}"
     if math.isinf(hi) and math.isinf(lo):
         return f"{head}: no resample crosses the level in the measured range"

@@ -1,12 +1,14 @@
 """Where a run stands and how long it still needs, from what the database holds: the stored
 points, the progress rows of points in flight and the run's timing facts. One ETA for the whole
-run, from measured rates only: a time per training step (finished points, else the point in
-flight) and a time per evaluation (finished points, else the base model's measurement, which
-runs the same evaluation once). No rate measured yet means no ETA, said as such.
+run, from measured rates only: a time per training step (the point stored last, else the point
+in flight) and a time per evaluation (the point stored last, else the base model's measurement,
+which runs the same evaluation once); a point being evaluated counts the parts it has not begun.
+No rate measured yet means no ETA, said as such.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -56,6 +58,23 @@ def _seconds(a, b) -> float:
     return max((pd.Timestamp(b) - pd.Timestamp(a)).total_seconds(), 0.0)
 
 
+def _latest(points: pd.DataFrame) -> pd.Series:
+    """The point stored last (by `finished_at` where the frame has it, else the last row)."""
+    if "finished_at" in points and points.finished_at.notna().any():
+        return points.loc[points.finished_at.idxmax()]
+    return points.iloc[-1]
+
+
+def _eval_left(phase: str) -> float:
+    """The share of a point's evaluation still ahead: 1 before it starts; during part i of n
+    ('evaluating: smoke test (2/3)'), the parts from i on."""
+    m = re.search(r"\((\d+)/(\d+)\)", phase) if phase.startswith("evaluating") else None
+    if m is None:
+        return 1.0
+    i, n = int(m.group(1)), int(m.group(2))
+    return max(n - i + 1, 0) / max(n, 1)
+
+
 def run_progress(
     spec: RunSpec,
     status: str,
@@ -90,18 +109,26 @@ def run_progress(
         stage = status
     n_ended = len(ended)
 
-    # Measured rates.
-    trained = ended[ended.steps.fillna(0) > 0] if not ended.empty else ended
+    # Measured rates: the most recent ones (the last point stored), so the ETA follows a machine
+    # whose load changes and is not held up by the first point's one-time work.
+    trained = (
+        ended[(ended.steps.fillna(0) > 0) & ended.train_seconds.notna()] if len(ended) else ended
+    )
     step_s = None
-    if not trained.empty and trained.train_seconds.notna().any():
-        step_s = float(trained.train_seconds.sum() / trained.steps.sum())
+    if not trained.empty:
+        last = _latest(trained)
+        step_s = float(last.train_seconds / last.steps)
     elif not progress.empty:
         cur = progress[(progress.phase == "training") & (progress.step > 0)]
         if not cur.empty:
             r = cur.iloc[0]
             step_s = _seconds(r.started_at, r.updated_at) / int(r.step)
-    measured = ended.eval_seconds.dropna() if not ended.empty else pd.Series(dtype=float)
-    eval_s = float(measured.mean()) if not measured.empty else info.get("timing", {}).get("base_s")
+    measured = ended[ended.eval_seconds.notna()] if len(ended) else ended
+    eval_s = (
+        float(_latest(measured).eval_seconds)
+        if not measured.empty
+        else info.get("timing", {}).get("base_s")
+    )
 
     eta = None
     if status == "running" and step_s is not None and eval_s is not None:
@@ -120,7 +147,9 @@ def run_progress(
         # sets the time; one after another, the steps add up.
         together = sum(p.phase == "training" for p in live) > 1
         steps = max(train_left, default=0) if together else sum(train_left)
-        eta = steps * step_s + len(todo) * eval_s
+        # a point being evaluated counts only the evaluation parts it has not begun
+        evals = sum(_eval_left(in_flight[key].phase) if key in in_flight else 1.0 for key in todo)
+        eta = steps * step_s + evals * eval_s
     # Work done, in the same measured seconds as the ETA (not the wall clock since the run
     # started: a resumed run may have waited for days in between).
     worked = 0.0

@@ -208,12 +208,14 @@ def test_phase_legend_runs_in_severity_order_with_distinct_colours():
         ((50.0, 50.0), 50.0, "at or below it"),
         ((120.0, float("inf")), 150.0, "not reached"),
         ((100.0, 400.0), 200.0, "100 – 400"),
+        ((11.0, float("nan")), 13.0, "11 – not reached"),  # a run with 3 of 5 points
+        ((float("nan"), float("nan")), 13.0, "no resample crosses"),
     ],
 )
 def test_threshold_interval_never_reads_like_a_bug(ci, t, fragment):
     text = analysis.describe_interval(ci, "seeds", t, 50.0)
     assert fragment in text
-    assert "61 – 61" not in text and "50 – 50" not in text
+    assert "61 – 61" not in text and "50 – 50" not in text and "nan" not in text
 
 
 def test_item_heatmap_marks_where_each_statement_first_crossed():

@@ -50,6 +50,19 @@ def test_eta_uses_finished_points_once_there_are_some():
     assert rp.points_done == 1 and "evaluating" in rp.stage
 
 
+def test_eta_follows_the_last_stored_point_and_counts_down_an_evaluation():
+    """Rates from the point stored last (a machine whose load changed, a first point slowed by
+    one-time work), and an evaluation in its second of three parts counts two thirds."""
+    pts = _points([(10, 0, "done", 10, 9.0, 6.0), (20, 0, "done", 20, 4.0, 3.0)])
+    pts["finished_at"] = [T0, T0 + timedelta(seconds=30)]
+    prog = _progress([(40, 0, "evaluating: smoke test (2/3)", 40, 40, 1.0, T0, T0)])
+    rp = run_progress(SPEC, "running", pts, prog, {})
+    assert rp.eta_s == pytest.approx(0 * 0.2 + (2 / 3) * 3.0)
+    prog = _progress([(40, 0, "training", 30, 40, 1.0, T0, T0 + timedelta(seconds=60))])
+    rp = run_progress(SPEC, "running", pts, prog, {})
+    assert rp.eta_s == pytest.approx(10 * 0.2 + 1 * 3.0)  # 4 s / 20 steps, not 13 s / 30
+
+
 def test_points_training_together_share_their_steps():
     prog = _progress(
         [
