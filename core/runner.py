@@ -108,6 +108,23 @@ def runs_with_status(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def machine_busy(threshold: float = 0.75) -> str | None:
+    """A sentence when this machine is already busy (1-minute load average above `threshold` of
+    its cores), else None: a run started now shares the cores and takes longer than the times
+    the app quotes. Call it when no run of the lab is active (an active one is load too)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+    cores = os.cpu_count() or 1
+    if load <= threshold * cores:
+        return None
+    return (
+        f"This machine is busy (load {load:.1f} on {cores} core{'s' * (cores > 1)}): other "
+        "programs share its cores, so a run takes longer than the times quoted here."
+    )
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 

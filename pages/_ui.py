@@ -21,7 +21,7 @@ ACTIVE = ("queued", "running")
 REFRESH_S = 5.0
 # How long the quick-cpu preset takes, said the same way on every page; the measurement (97 s on
 # two CPU cores, bench/results) lives in the README's quick-start section, not here.
-QUICK_CPU_TIME = "in under two minutes on two CPU cores (measured in the README)"
+QUICK_CPU_TIME = "in under two minutes on two otherwise idle CPU cores (measured in the README)"
 
 
 def via_app(page_file: str) -> None:

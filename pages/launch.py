@@ -48,6 +48,8 @@ if "flash" in st.session_state:
     st.success(st.session_state.pop("flash"), icon=":material/check_circle:")
 df = runs()
 any_active = not df.empty and bool(df["status_effective"].isin(ACTIVE).any())
+if not any_active and (busy := runner.machine_busy()):
+    st.warning(busy, icon=":material/speed:")
 if df.empty:
     quick = preset("quick-cpu")
     st.info(

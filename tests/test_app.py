@@ -653,3 +653,13 @@ def test_threshold_first_render_imports_no_heavy_module(tmp_path):
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "plotly" in loaded  # the page did draw
     assert not loaded & {"torch", "transformers", "peft", "scipy", "sklearn"}
+
+
+def test_launch_warns_when_the_machine_is_busy(tmp_path, monkeypatch):
+    """A new user on a loaded machine is told why the quoted times will not hold."""
+    from core import runner
+
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    at = _app("launch", tmp_path / "busy.duckdb", monkeypatch)
+    assert not at.exception, at.exception
+    assert any("This machine is busy" in w.value for w in at.warning)

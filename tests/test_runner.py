@@ -28,3 +28,21 @@ def test_finished_worker_is_reaped_not_left_a_zombie(tmp_path):
     while proc.returncode is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.returncode == 0  # collected by the reaper thread, not by this test
+
+
+def test_machine_busy_says_so_only_above_the_share_of_cores(monkeypatch):
+    """The Launch page warns when other programs already load the cores (a run then takes longer
+    than the times quoted), from the 1-minute load average against the core count."""
+    from core import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    assert runner.machine_busy() is None  # 0.7 per core: not busy
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (7.9, 0.0, 0.0))
+    assert "busy (load 7.9 on 2 cores)" in runner.machine_busy()
+
+    def unavailable():
+        raise OSError
+
+    monkeypatch.setattr(runner.os, "getloadavg", unavailable)
+    assert runner.machine_busy() is None
