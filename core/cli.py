@@ -33,6 +33,12 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def quiet_transformers() -> None:
+    """transformers' logging and weight-loading bars, silenced by the commands that load a
+    model once their input is checked: importing transformers costs a second of CPU that
+    `list`, `show` or a rejected command line need not pay."""
     try:
         from transformers.utils import logging as hf_logging
 
@@ -466,6 +472,7 @@ def cmd_worker(store: Store, a: argparse.Namespace) -> int:
     """`worker`: drain the queue (used by the app)."""
     from . import runner
 
+    quiet_transformers()
     return runner.worker_main(store.path)
 
 
@@ -580,6 +587,7 @@ def cmd_prepare(store: Store, a: argparse.Namespace) -> int:
     """`prepare`: the embedded model cache and the database."""
     from .models import ensure_embedded_cache
 
+    quiet_transformers()
     print(f"embedded model cache: {ensure_embedded_cache()}")
     print(f"database: {store.path} ({len(store.list_runs())} runs)")
     return 0
@@ -597,6 +605,7 @@ def cmd_run(store: Store, a: argparse.Namespace) -> int:
         for run_id in runner.launch_group(store, specs):
             print(run_id)
         return 0
+    quiet_transformers()
     worst = 0
     # e.g. --domain legal,financial: one group; series that differ in how they train (rank...):
     # one group each, one after another
@@ -679,6 +688,7 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
         return 0
     for run_id in a.run_id:  # every run is checked before any continues
         runner.prepare_resume(store, run_id)
+    quiet_transformers()
     return _foreground(store, list(a.run_id))
 
 

@@ -292,13 +292,19 @@ def _train_ck(runs, ckpt=None, stop_at=None, seed_noise=0, crash=False):
     return status, got
 
 
-def test_resume_from_checkpoint_is_bit_identical(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """The checkpoint tests' reference: `_runs_ckpt()` trained without a stop (trained once)."""
+    return _train_ck(_runs_ckpt())
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, uninterrupted):
     """Killed after the save at packed step 6, a new process resumes there: every run ends with
     exactly the adapter and losses of an uninterrupted run (dropout and warm-up included)."""
     from core.packed import Checkpoint
 
     runs = _runs_ckpt()
-    status, whole = _train_ck(runs)
+    status, whole = uninterrupted
     assert status == "done" and len(whole) == 4
     ck = Checkpoint(tmp_path / "ck", every_s=1e9, every_steps=3)
     status, first = _train_ck(runs, ck, stop_at=7)  # the 7th check comes right after step 6
@@ -312,13 +318,14 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
         assert all(torch.equal(w[k], whole[key][0][k]) for k in w), key
 
 
-def test_a_stop_saves_the_step_it_reached(tmp_path):
+def test_a_stop_saves_the_step_it_reached(tmp_path, uninterrupted):
     """A cancel (or SIGTERM) between periodic saves checkpoints the step it stopped at, and the
     resume ends bit-identical to an uninterrupted run."""
     from core.packed import Checkpoint
 
     runs = _runs_ckpt()
-    status, whole = _train_ck(runs)
+    status, whole = uninterrupted
+    assert status == "done" and len(whole) == 4
     ck = Checkpoint(tmp_path / "ck", every_s=1e9)  # no periodic save at all
     status, first = _train_ck(runs, ck, stop_at=6)
     assert status == "cancelled" and ck.load_meta()["step"] == 5
