@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core import runner
+from core import data, runner
 from core.config import preset
 from core.engine import adapter_abspath
 from core.errors import LabError
@@ -95,7 +95,9 @@ def test_sweep_stores_intruder_dimensions_and_each_questions_answer(tiny_run, tm
     s.export(out, "csv", [run_id])
     assert pd.read_csv(out).intruder_dims.notna().all()
     mc = s.mc_items_df(run_id)
-    assert len(mc) == len(pts) * 108 and mc.item.nunique() == 108  # every question, every point
+    asked = data.spread(len(data.load_mc()), spec.mc_items)  # tiny-test: 16 of the set
+    assert len(asked) == 16 and sorted(mc.item.unique()) == asked
+    assert len(mc) == len(pts) * len(asked)  # every question asked, at every point
     for (scale, seed), g in mc.groupby(["scale", "seed"]):
         p = pts.loc[(scale, seed)]
         assert g.correct_before.mean() == pytest.approx(p.mc_acc_before)
