@@ -179,6 +179,10 @@ def cold_main(args) -> None:
         "cold_first_render_cpu_ms": {p: v["cpu_ms"] for p, v in cold.items()},
         "goal": "issue 18: a cold server's first render in a few seconds at most",
     }
+    _write(result, args)
+
+
+def _write(result: dict, args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result['date']}-app-latency-cpu{args.suffix}.json"
@@ -265,12 +269,7 @@ def main() -> None:
         "page_switch_ms_max": round(max(pages.values()), 1),
         "goal": "issue 18: <= 250 ms per slider move and per page switch with 10,000 points",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['date']}-app-latency-cpu{args.suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    _write(result, args)
 
 
 if __name__ == "__main__":
