@@ -254,25 +254,13 @@ def threshold_scale(scales, pct, level: float = 10.0) -> float | None:
     """The dataset size where degradation first rises above `level`, log-interpolated between the
     last measured point below and the first at or above it. None if it never crosses; the
     smallest scale if it is already above there."""
-    s = np.asarray(scales, dtype=float)
-    v = np.asarray(pct, dtype=float)
-    order = np.argsort(s)
-    s, v = s[order], v[order]
-    above = np.nonzero(v >= level)[0]
-    if len(above) == 0:
-        return None
-    j = int(above[0])
-    if j == 0:
-        return float(s[0])
-    lr = _log_ratio(np.array([v[j - 1], v[j]]))
-    target = float(np.log(pct_to_ratio(level)))
-    frac = (target - lr[0]) / (lr[1] - lr[0]) if lr[1] != lr[0] else 1.0
-    return float(np.exp(np.log(s[j - 1]) + frac * (np.log(s[j]) - np.log(s[j - 1]))))
+    t = float(_threshold_scales(scales, np.asarray(pct, dtype=float)[None, :], level)[0])
+    return None if math.isinf(t) else t
 
 
 def _threshold_scales(scales, pct_rows: np.ndarray, level: float) -> np.ndarray:
     """`threshold_scale` of each row of `pct_rows` (one row per bootstrap sample, one column per
-    scale) in one step, inf where a row never crosses: the same arithmetic, element by element."""
+    scale) in one step, inf where a row never crosses."""
     s = np.asarray(scales, dtype=float)
     order = np.argsort(s)
     s, v = s[order], np.asarray(pct_rows, dtype=float)[:, order]
