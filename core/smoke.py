@@ -21,6 +21,42 @@ MAX_NEW_TOKENS = 256
 MAX_TEMPERATURE = 2.0
 
 
+@dataclass(frozen=True)
+class StoredCheck:
+    """The smoke test stored with a point (its fixed prompts, answered after training): None when
+    it stored none, else whether every answer passed and why the others failed."""
+
+    passed: bool | None
+    prompts: int = 0
+    failures: tuple[str, ...] = ()
+
+    def sentence(self) -> str:
+        if self.passed is None:
+            return "No smoke-test answers were stored with this point."
+        if self.passed:
+            return (
+                f"The smoke test stored with this point passed: {self.prompts} prompt(s) answered."
+            )
+        return (
+            f"The smoke test stored with this point failed {len(self.failures)} of "
+            f"{self.prompts} prompt(s): " + "; ".join(self.failures)
+        )
+
+
+def stored_check(generations) -> StoredCheck:
+    """`StoredCheck` of a point from its stored answers (`Store.generations_df(run, scale,
+    seed)` rows; the base model's rows are left out)."""
+    after = generations[generations["stage"] == "after"] if len(generations) else generations
+    if after is None or len(after) == 0:
+        return StoredCheck(None)
+    bad = after[after["ok"] == False]  # noqa: E712  (NULL: an answer stored before verdicts)
+    failures = tuple(
+        f"'{str(r.prompt)[:30]}': {r.reason if isinstance(r.reason, str) and r.reason else 'failed'}"
+        for r in bad.itertuples()
+    )
+    return StoredCheck(not failures, len(after), failures)
+
+
 def clean_prompt(prompt: str) -> str:
     """Refuse prompts a model cannot sensibly take; return the trimmed prompt."""
     if prompt is None or not prompt.strip():

@@ -4,8 +4,15 @@ import streamlit as st
 
 from core import sources
 from core.errors import LabError
-from core.smoke import MAX_NEW_TOKENS, SmokeModel, StreamResult, check_settings, clean_prompt
-from pages._ui import labels, no_results, runs, store, via_app
+from core.smoke import (
+    MAX_NEW_TOKENS,
+    SmokeModel,
+    StreamResult,
+    check_settings,
+    clean_prompt,
+    stored_check,
+)
+from pages._ui import labels, no_results, read, runs, store, via_app
 
 via_app(__file__)
 
@@ -33,13 +40,25 @@ c1, c2 = st.columns([2, 1])
 run_id = c1.selectbox("Run", list(lab), format_func=lab.get)
 pts = store().finished_adapters(run_id)
 opts = list(range(len(pts)))
+deg = pts.degradation_pct
 i = c2.selectbox(
     "Point",
     opts,
+    # the most-forgotten point first: where a silent failure is likeliest
+    index=int(deg.idxmax()) if deg.notna().any() else len(opts) - 1,
     format_func=lambda k: (
-        f"{pts.scale[k]:,} samples · seed {pts.seed[k]} · {pts.degradation_pct[k]:+,.1f}%"
+        f"{pts.scale[k]:,} samples · seed {pts.seed[k]} · general PPL {deg[k]:+,.1f}%"
     ),
+    help="Each finished point with its general-knowledge perplexity change; the list opens on "
+    "the point that forgot most.",
 )
+check = stored_check(read("generations_df", run_id, int(pts.scale[i]), int(pts.seed[i])))
+if check.passed is False:  # a finding about the model, not an error of the app
+    st.warning(check.sentence(), icon=":material/report:")
+elif check.passed:
+    st.success(check.sentence(), icon=":material/check_circle:")
+else:
+    st.caption(check.sentence())
 adapter = pts.adapter_path[i]
 if not adapter:
     st.warning(
@@ -72,7 +91,11 @@ if go:
             res = StreamResult()
             st.write_stream(m.stream(prompt, adapted, max_new, temp, result=res))
             if res.ok:
-                st.success(f"{res.new_tokens} new tokens", icon=":material/check_circle:")
+                st.success(
+                    f"Passed the smoke check: {res.new_tokens} new tokens, none of the failure "
+                    "signs above",
+                    icon=":material/check_circle:",
+                )
             else:
                 st.error(
                     f"Smoke test failed: {res.new_tokens} new tokens — " + "; ".join(res.reasons),

@@ -161,8 +161,14 @@ def test_smoke_test_generates_side_by_side(tiny_run, monkeypatch):
     at.text_area[0].input("The court held that")
     next(b for b in at.button if b.label == "Generate").click().run()
     assert not at.exception, at.exception
-    verdicts = [m.value for m in at.success] + [m.value for m in at.error]
-    assert len(verdicts) == 2 and all("new tokens" in v for v in verdicts)
+    shown = [m.value for m in [*at.success, *at.error, *at.warning]]
+    verdicts = [v for v in shown if "new tokens" in v]  # the two live answers' verdicts
+    assert len(verdicts) == 2
+    assert len(shown) == 3  # and the point's stored smoke test, above the prompt
+    assert any("smoke test stored with this point" in v for v in shown)
+    # the point list opens on the point that forgot most
+    pick = at.selectbox[1]
+    assert "general PPL" in pick.format_func(pick.value)
 
 
 def test_smoke_test_rejects_empty_prompt(tiny_run, monkeypatch):

@@ -215,7 +215,9 @@ def test_story_3_prompt_base_and_adapted(page, app_url, finished_run):
     box.fill("The court held that")
     page.get_by_role("button", name="Generate").click()
     verdict = page.get_by_text(
-        re.compile(r"^(\d+ new tokens|Smoke test failed: \d+ new tokens.*)$")
+        re.compile(
+            r"^(Passed the smoke check: \d+ new tokens.*|Smoke test failed: \d+ new tokens.*)$"
+        )
     )
     try:
         verdict.nth(1).wait_for(timeout=120_000)

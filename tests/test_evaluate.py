@@ -359,3 +359,26 @@ def test_pitfall_padding_is_excluded_from_ce_and_kl(tiny):
     assert both.item_nll[0] == pytest.approx(alone.item_nll[0], rel=1e-4)
     assert both.item_kl[0] == pytest.approx(alone.item_kl[0], rel=1e-3, abs=1e-5)
     assert both_b.logp[0].shape[0] == alone.item_tokens[0]
+
+
+def test_stored_check_summarises_a_points_stored_answers():
+    """The Smoke test page says above the prompt box whether the point's stored smoke test
+    passed, and why an answer failed (the base model's rows do not count)."""
+    import pandas as pd
+
+    from core.smoke import stored_check
+
+    cols = ["stage", "prompt", "ok", "reason"]
+    rows = [
+        ("before", "Hello, my name is", True, None),
+        ("after", "The capital of France is", True, None),
+        ("after", "Hello, my name is", False, "no new tokens"),
+    ]
+    check = stored_check(pd.DataFrame(rows, columns=cols))
+    assert check.passed is False and check.prompts == 2
+    assert check.failures == ("'Hello, my name is': no new tokens",)
+    assert "failed 1 of 2 prompt(s)" in check.sentence()
+    ok = stored_check(pd.DataFrame(rows[:2], columns=cols))
+    assert ok.passed and "passed: 1 prompt(s)" in ok.sentence()
+    assert stored_check(pd.DataFrame(rows[:1], columns=cols)).passed is None  # base rows only
+    assert stored_check(pd.DataFrame(columns=cols)).passed is None
