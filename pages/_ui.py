@@ -115,7 +115,7 @@ def pick_runs(
     if not lab:
         return []
     own = [r for r in lab if r not in ref_ids]
-    return st.multiselect(
+    chosen = st.multiselect(
         "Runs",
         list(lab),
         default=own[:max_default] if own else main_ref,
@@ -124,6 +124,27 @@ def pick_runs(
         help=help
         or "Your runs with finished points, and the shipped reference runs (measured by us on an "
         "H100, an H200 or a CPU, see docs/RESULTS.md; read-only).",
+    )
+    _note_unfinished(have, chosen)
+    return chosen
+
+
+def _note_unfinished(df: pd.DataFrame, chosen: list[str]) -> None:
+    """Say which chosen runs are still queued or training: their curves, thresholds and fits
+    are drawn from the points finished so far and will change."""
+    if df.empty or not chosen:
+        return
+    live = df[df["run_id"].isin(chosen) & df["status_effective"].isin(ACTIVE)]
+    if live.empty:
+        return
+    runs_text = "; ".join(
+        f"{r['name'] or r['run_id']}: {int(r['points_done'])} of {int(r['n_points'])} points done"
+        for r in live.to_dict("records")
+    )
+    st.info(
+        f"Still running — {runs_text}. What is drawn from it uses the points finished so far and "
+        "will change as the rest arrive.",
+        icon=":material/hourglass_top:",
     )
 
 

@@ -672,3 +672,25 @@ def test_launch_warns_when_the_machine_is_busy(tmp_path, monkeypatch):
     at = _app("launch", tmp_path / "busy.duckdb", monkeypatch)
     assert not at.exception, at.exception
     assert any("This machine is busy" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", ["threshold", "phases"])
+def test_pages_say_when_a_chosen_run_is_still_running(page, tiny_run, tmp_path, monkeypatch):
+    """A run still training is drawn from its finished points: the page says so (a new user read
+    a threshold and a growth fit from 3 of 5 points as final)."""
+    import os
+    import shutil
+    import socket
+
+    from core.store import Store
+
+    db, run_id = tiny_run
+    copy = tmp_path / "live.duckdb"
+    shutil.copy(db, copy)
+    Store(copy).set_status(run_id, "running", pid=os.getpid(), host=socket.gethostname())
+    at = _app(page, copy, monkeypatch)
+    assert not at.exception, at.exception
+    notes = [i.value for i in at.info if i.value.startswith("Still running")]
+    assert len(notes) == 1 and "6 of 6 points done" in notes[0] and "will change" in notes[0]
+    at = _app(page, db, monkeypatch)  # the finished run: no such note
+    assert not any(i.value.startswith("Still running") for i in at.info)
