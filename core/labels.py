@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pandas import NA
+
 from .analysis import PHASES
 
 MISSING = "—"
@@ -225,14 +227,18 @@ def label(name: str) -> str:
     return col(name).label
 
 
+# A verdict as text: an unticked grey checkbox was easy to miss for a failed smoke test
+VERDICT = {True: "✓ passed", False: "✗ failed"}
+
+
 def cell(name: str, value) -> str:
     """One value as text for a static table: '—' when missing, ✓ / ✗ for a verdict, numbers in
     the column's printf format (Streamlit's named formats print plainly)."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or value is NA or (isinstance(value, float) and value != value):
         return MISSING
     c = col(name)
     if c.kind == "bool":
-        return "✓" if bool(value) else "✗"
+        return VERDICT[bool(value)]
     if c.kind == "number" and c.format and c.format.startswith("%"):
         try:
             return c.format % value

@@ -416,9 +416,7 @@ def column_config(columns, overrides: dict[str, str] | None = None) -> dict:
         c = column_labels.col(str(name))
         lab = (overrides or {}).get(name, c.label)
         kw = dict(help=c.help or None, width=c.width)
-        if c.kind == "bool":
-            cfg[name] = st.column_config.CheckboxColumn(lab, **kw)
-        elif c.kind == "number":
+        if c.kind == "number":
             cfg[name] = st.column_config.NumberColumn(lab, format=c.format, **kw)
         elif c.kind == "time":
             cfg[name] = st.column_config.DatetimeColumn(lab, format="YYYY-MM-DD HH:mm", **kw)
@@ -430,6 +428,11 @@ def column_config(columns, overrides: dict[str, str] | None = None) -> dict:
 def table(df: pd.DataFrame, overrides: dict[str, str] | None = None, **kw) -> None:
     """st.dataframe with human column labels, '—' for missing values and no index."""
     kw.setdefault("hide_index", True)
+    verdicts = [c for c in df.columns if column_labels.col(str(c)).kind == "bool"]
+    if verdicts:  # "✓ passed" / "✗ failed" (text columns), '—' where there is none
+        df = df.copy()
+        for c in verdicts:
+            df[c] = [column_labels.cell(str(c), v) for v in df[c]]
     st.dataframe(
         df,
         column_config=column_config(df.columns, overrides),

@@ -38,7 +38,8 @@ def test_cells_show_a_dash_for_missing_and_a_mark_for_verdicts():
     assert labels.cell("degradation_pct", None) == labels.MISSING == "—"
     assert labels.cell("degradation_pct", float("nan")) == "—"
     assert labels.cell("degradation_pct", 12.345) == "+12.3%"
-    assert labels.cell("ok", True) == "✓" and labels.cell("ok", False) == "✗"
+    assert labels.cell("ok", True) == "✓ passed" and labels.cell("ok", False) == "✗ failed"
+    assert labels.cell("smoke_ok", pd.NA) == labels.MISSING  # a nullable column's gap
     assert labels.cell("scale", 5000) == "5,000"
     assert labels.cell("reason", "repetition loop") == "repetition loop"
 
