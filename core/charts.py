@@ -48,12 +48,20 @@ def pct_label(p: float) -> str:
     return f"{p:+,.0f}%" if abs(p) >= 10 else f"{p:+.1f}%"
 
 
+MAX_SIZE_TICKS = 8
+
+
 def log_x_ticks(scales) -> dict:
-    """Tick values 1-2-5 per decade across the data, labelled with thousands separators (plotly's
-    default log ticks print bare minor digits such as '2 3 4')."""
+    """Ticks at the measured sizes themselves when there are a few (at most `MAX_SIZE_TICKS`: a
+    sweep of 4, 8, 16, 32, 64 reads off its own sizes), else 1-2-5 per decade across the data;
+    labelled with thousands separators (plotly's default log ticks print bare minor digits such
+    as '2 3 4')."""
     vals = [float(v) for v in scales if v and v > 0]
     if not vals:
         return {}
+    sizes = sorted(set(vals))
+    if len(sizes) <= MAX_SIZE_TICKS:
+        return dict(tickvals=sizes, ticktext=[f"{t:,.0f}" for t in sizes])
     lo, hi = min(vals), max(vals)
     ticks = [
         m * 10**e
@@ -98,6 +106,15 @@ def _ratio_ticks(lo_ratio: float, hi_ratio: float) -> tuple[list[float], list[st
                 last = y
     vals.sort()
     return [1 + c / 100 for c in vals], [pct_label(c) if c else "0%" for c in vals]
+
+
+def _ratio_axis(lo_ratio: float, hi_ratio: float) -> dict:
+    """A log y axis in perplexity ratio labelled in %: the ticks of `_ratio_ticks`, and a range
+    widened to the outermost tick kept (the axis then ends on a labelled value: a curve reaching
+    +348 % shows a +500 % tick above it, not +200 % as its top label)."""
+    tv, tt = _ratio_ticks(lo_ratio, hi_ratio)
+    lo, hi = min([lo_ratio, *tv]) / 1.02, max([hi_ratio, *tv]) * 1.02
+    return dict(type="log", tickvals=tv, ticktext=tt, range=[math.log10(lo), math.log10(hi)])
 
 
 class _Overlay:
@@ -573,16 +590,7 @@ def _smoke_failed_layer(fig, smoke_failed: pd.DataFrame, curves: pd.DataFrame, l
 
 def _threshold_axes(fig, lo_r: float, hi_r: float, xs: list, two: bool) -> None:
     """Log axes: the y axis in perplexity ratio labelled in %, the x axis in samples."""
-    tv, tt = _ratio_ticks(lo_r, hi_r)
-    fig.update_yaxes(
-        type="log",
-        tickvals=tv,
-        ticktext=tt,
-        range=[math.log10(lo_r), math.log10(hi_r)],
-        title_text="general PPL change",
-        row=1,
-        col=1,
-    )
+    fig.update_yaxes(**_ratio_axis(lo_r, hi_r), title_text="general PPL change", row=1, col=1)
     fig.update_xaxes(type="log", **log_x_ticks(xs))
     fig.update_xaxes(title_text="training samples (log scale)", row=2 if two else 1, col=1)
     if two:
@@ -756,10 +764,7 @@ def compare_figure(
     )
     if ratio_axis:
         lo, hi = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
-        tv, tt = _ratio_ticks(lo, hi)
-        fig.update_yaxes(
-            type="log", tickvals=tv, ticktext=tt, range=[math.log10(lo), math.log10(hi)]
-        )
+        fig.update_yaxes(**_ratio_axis(lo, hi))
     elif unit == "%":
         fig.update_yaxes(ticksuffix="%")
     fig.update_yaxes(title_text=y_title)
@@ -1120,14 +1125,7 @@ def replay_curve(by_replay: list[tuple[float, float]], level: float, answer=None
             annotation_position="bottom right",
         )
     lo, hi = max(min(ratios) * 0.8, 1e-3), max(ratios) * 1.25
-    tv, tt = _ratio_ticks(lo, hi)
-    fig.update_yaxes(
-        type="log",
-        tickvals=tv,
-        ticktext=tt,
-        range=[math.log10(lo), math.log10(hi)],
-        title_text="general PPL change",
-    )
+    fig.update_yaxes(**_ratio_axis(lo, hi), title_text="general PPL change")
     fig.update_xaxes(title_text="replay fraction")
     fig.update_layout(
         height=320,

@@ -290,3 +290,24 @@ def test_overlay_adds_what_plotlys_own_calls_add(rows):
         ov.apply()
         assert fast.to_plotly_json()["layout"] == plain.to_plotly_json()["layout"]
         assert len(fast.layout.shapes) == (3 if with_data else 0)
+
+
+def test_a_few_sizes_are_the_ticks_themselves():
+    """quick-cpu's sizes (4 … 64) are read off at their own ticks; many sizes get 1-2-5 ticks."""
+    few = charts.log_x_ticks([4, 8, 16, 32, 64, 8])
+    assert few["tickvals"] == [4, 8, 16, 32, 64] and few["ticktext"][-1] == "64"
+    grid = [50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000]
+    many = charts.log_x_ticks(grid)
+    assert 50 in many["tickvals"] and 150 not in many["tickvals"]  # 1-2-5 per decade
+    assert many["ticktext"][-1] == "50,000"
+
+
+def test_the_ratio_axis_ends_on_a_labelled_tick():
+    """A curve reaching +348 % gets a +500 % tick inside the axis (the walk saw +200 % on top)."""
+    import math
+
+    ax = charts._ratio_axis(0.8, 4.48 * 1.25)
+    top = 10 ** ax["range"][1]
+    assert max(ax["tickvals"]) == pytest.approx(6.0) and top >= 6.0
+    assert ax["ticktext"][-1] == charts.pct_label(500)
+    assert 10 ** ax["range"][0] <= min(ax["tickvals"]) and math.isfinite(ax["range"][0])
