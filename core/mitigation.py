@@ -121,23 +121,23 @@ class Plan:
                 f"95 % interval: beyond the largest measured fraction in most resamples "
                 f"({self.uncertainty})"
             )
-        top = f"{hi:.3g}" if math.isfinite(hi) else "beyond the largest measured fraction"
+        top = f"{hi:.2g}" if math.isfinite(hi) else "beyond the largest measured fraction"
         share = (
             f"; in {self.beyond_share:.0%} of resamples no measured fraction sufficed"
             if self.beyond_share > 0
             else ""
         )
-        return f"95 % interval {lo:.3g}–{top}, {self.uncertainty}{share}"
+        return f"95 % interval {lo:.2g}–{top}, {self.uncertainty}{share}"
 
     def cost_text(self) -> str:
         if self.cost is None:
             return "its cost in domain improvement cannot be read (not measured in every cell)"
         what = "costs" if self.cost >= 0 else "gains"
         base = f"replay {self.base_replay:g}"
-        text = (
-            f"it {what} {abs(self.cost):.1f} points of domain improvement "
-            f"({self.improvement_base:+.1f} % at {base} → {self.improvement:+.1f} %"
-        )
+        head = f"it {what} {abs(self.cost):.1f} points of domain improvement"
+        if abs(self.cost) < 0.05:  # "gains 0.0 points" read as a finding
+            head = "it leaves the domain improvement as it was"
+        text = f"{head} ({self.improvement_base:+.1f} % at {base} → {self.improvement:+.1f} %"
         if self.cost_interval is not None:
             lo, hi = self.cost_interval
             text += f"; cost 95 % interval {lo:+.1f} to {hi:+.1f} points"
@@ -182,7 +182,7 @@ class Plan:
             )
         else:
             text = (
-                f"At {n} samples a replay fraction of {self.replay:.3g} keeps the {measure} below "
+                f"At {n} samples a replay fraction of {self.replay:.2g} keeps the {measure} below "
                 f"{self.level:g} % ({self.interval_text()}); {self.cost_text()}."
             )
         return " ".join(p for p in (text, self.where_text(), *self.notes) if p)

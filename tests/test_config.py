@@ -176,6 +176,7 @@ _EXPECTED_PRESETS = {
         domain_eval_size=8,
         eval_batch_size=8,
         smoke_max_new_tokens=6,
+        mc_items=16,
         device="cpu",
     ),
     "adaptq-001": {
