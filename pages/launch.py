@@ -405,6 +405,8 @@ def panel() -> None:
     run, _, pts, rp = series_state(run_id)
     members = [r for r in all_runs.set_index("run_id").group[run_id] if r in lab]
     status = run["status_effective"]
+    if status in ACTIVE:  # remembered for this session: when it ends, its results stay above
+        st.session_state["watch"] = run_id  # the form (also when the page was opened mid-run)
     color = {"running": "blue", "queued": "gray", "done": "green", "failed": "red"}.get(
         status, "orange"
     )

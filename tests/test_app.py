@@ -694,3 +694,31 @@ def test_pages_say_when_a_chosen_run_is_still_running(page, tiny_run, tmp_path, 
     assert len(notes) == 1 and "6 of 6 points done" in notes[0] and "will change" in notes[0]
     at = _app(page, db, monkeypatch)  # the finished run: no such note
     assert not any(i.value.startswith("Still running") for i in at.info)
+
+
+def test_a_run_watched_from_a_reopened_page_keeps_its_results_first(
+    tiny_run, tmp_path, monkeypatch
+):
+    """A user who opened the Launch page while a run trained (no launch in this session) still
+    gets the progress panel above the form when the run ends, not the form pushed over it."""
+    import os
+    import shutil
+    import socket
+
+    from core.store import Store
+
+    db, run_id = tiny_run
+    copy = tmp_path / "watched.duckdb"
+    shutil.copy(db, copy)
+    store = Store(copy)
+    store.set_status(run_id, "running", pid=os.getpid(), host=socket.gethostname())
+    at = _app("launch", copy, monkeypatch)
+    assert not at.exception, at.exception
+    assert at.session_state["watch"] == run_id
+    store.set_status(run_id, "done")
+    at.run()
+    assert not at.exception, at.exception
+    heads = [h.value for h in at.subheader]
+    assert "Progress" in heads and at.session_state["watch"] == run_id
+    # the panel sits in the slot made above the form: its heading is the first subheader
+    assert heads[0] == "Progress", heads
