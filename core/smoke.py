@@ -47,7 +47,7 @@ def stored_check(generations) -> StoredCheck:
     """`StoredCheck` of a point from its stored answers (`Store.generations_df(run, scale,
     seed)` rows; the base model's rows are left out)."""
     after = generations[generations["stage"] == "after"] if len(generations) else generations
-    if after is None or len(after) == 0:
+    if len(after) == 0:
         return StoredCheck(None)
     bad = after[after["ok"] == False]  # noqa: E712  (NULL: an answer stored before verdicts)
     failures = tuple(

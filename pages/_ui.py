@@ -138,12 +138,12 @@ def _note_unfinished(df: pd.DataFrame, chosen: list[str]) -> None:
     if live.empty:
         return
     runs_text = "; ".join(
-        f"{r['name'] or r['run_id']}: {int(r['points_done'])} of {int(r['n_points'])} points done"
+        f"{label(r)}: {int(r['points_done'])} of {int(r['n_points'])} points done"
         for r in live.to_dict("records")
     )
     st.info(
-        f"Still running — {runs_text}. What is drawn from it uses the points finished so far and "
-        "will change as the rest arrive.",
+        f"Still running — {runs_text}. Its curve, threshold and fits use the points finished so "
+        "far and will change as the rest arrive.",
         icon=":material/hourglass_top:",
     )
 
