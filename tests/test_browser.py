@@ -166,15 +166,17 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     page.get_by_role("button", name="Queue run").click()
     page.get_by_text(re.compile(r"^Queued 1 run")).wait_for()
     # The run's progress comes first: above the (now folded) form, with one ETA for the run.
-    progress = page.get_by_role("heading", name="Progress", exact=True)
-    progress.wait_for()
+    # Until the rerun after the click has replaced the page, Streamlit keeps the previous
+    # render's elements: for a moment the old "Progress" heading below the form and the new one
+    # above it are both there. Wait until the stale one is gone.
+    headings = page.get_by_role("heading", name="Progress", exact=True)
+    expect(headings).to_have_count(1, timeout=20_000)
+    progress = headings.first
     form = page.get_by_text("New run", exact=True).first
 
     def progress_above_form() -> bool:
         return progress.bounding_box()["y"] < form.bounding_box()["y"]
 
-    # Until the rerun after the click has replaced the page, Streamlit keeps the previous
-    # render's elements (the old "Progress" heading below the form): wait for the new layout.
     deadline = time.monotonic() + 20
     while not progress_above_form() and time.monotonic() < deadline:
         time.sleep(0.25)
