@@ -183,8 +183,8 @@ def test_story_1_launch_a_run_and_watch_it_finish(page, app_url):
     assert progress_above_form()
     page.get_by_text(re.compile(r"^Whole run: \d+ of 3 points done")).first.wait_for()
     _shot(page, "02a-launch-started")
-    page.get_by_text("Whole run: 3 of 3 points done").wait_for(timeout=180_000)
-    page.get_by_text("Status: done").wait_for()
+    page.get_by_text("Whole run: 3 of 3 points done").first.wait_for(timeout=180_000)
+    page.get_by_text("Status: done").first.wait_for()
     # The sidebar's run list agrees with the panel (it refreshes with it).
     page.get_by_test_id("stSidebar").get_by_text("none active").wait_for(timeout=10_000)
     _shot(page, "02-launch-done")
